@@ -1,0 +1,123 @@
+package homeserver
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// dendrite returns the binary the tests use, building it if needed.
+func dendrite(t *testing.T) string {
+	t.Helper()
+	bin, err := FindDendrite(t.Context(), t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+func TestFindDendriteEnvNotExecutable(t *testing.T) {
+	notBinary := filepath.Join(t.TempDir(), "dendrite")
+	if err := os.WriteFile(notBinary, []byte("not a program"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{notBinary, filepath.Join(t.TempDir(), "missing")} {
+		t.Setenv(EnvDendrite, path)
+		_, err := FindDendrite(t.Context(), nil)
+		if !errors.Is(err, ErrNoDendrite) || !strings.Contains(err.Error(), EnvDendrite) {
+			t.Errorf("%s=%s: error %v, want ErrNoDendrite naming the variable", EnvDendrite, path, err)
+		}
+	}
+}
+
+func TestBuildWithoutGoNamesTheFix(t *testing.T) {
+	t.Setenv("PATH", t.TempDir()) // no go here
+	err := build(context.Background(), t.TempDir())
+	if !errors.Is(err, ErrNoDendrite) {
+		t.Fatalf("error %v, want ErrNoDendrite", err)
+	}
+	for _, want := range []string{"Go toolchain", EnvDendrite} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+func TestBuildFailureShowsOutput(t *testing.T) {
+	// A GOPROXY that refuses everything makes `go install` fail fast, as an offline machine would.
+	t.Setenv("GOPROXY", "off")
+	t.Setenv("GOFLAGS", "-mod=mod")
+	t.Setenv("GOMODCACHE", t.TempDir())
+	err := build(context.Background(), t.TempDir())
+	if !errors.Is(err, ErrNoDendrite) || !strings.Contains(err.Error(), "go install") || !strings.Contains(err.Error(), "GOPROXY") {
+		t.Fatalf("error %v, want ErrNoDendrite with the go install output", err)
+	}
+}
+
+func TestFixedPortInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, err = Start(t.Context(), Options{Dir: t.TempDir(), Binary: dendrite(t), Port: l.Addr().(*net.TCPAddr).Port})
+	if !errors.Is(err, ErrPortInUse) {
+		t.Fatalf("start on a taken port: %v, want ErrPortInUse", err)
+	}
+}
+
+func TestPortClashRetries(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	taken := l.Addr().(*net.TCPAddr).Port
+	calls := 0
+	pickPort = func(host string) (int, error) {
+		calls++
+		if calls == 1 {
+			return taken, nil // as if another process took it after we probed it
+		}
+		return freePort(host)
+	}
+	t.Cleanup(func() { pickPort = freePort })
+
+	h, err := Start(t.Context(), Options{Dir: t.TempDir(), Binary: dendrite(t)})
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	defer h.Stop()
+	if strings.HasSuffix(h.URL(), ":"+itoa(taken)) {
+		t.Fatalf("server claims the taken port: %s", h.URL())
+	}
+	if _, err := h.Register(t.Context(), "after-retry", "long-enough-pw", false); err != nil {
+		t.Fatalf("server after retry does not work: %v", err)
+	}
+}
+
+func TestRegisterRejectsBadInput(t *testing.T) {
+	h, err := Start(t.Context(), Options{Dir: t.TempDir(), Binary: dendrite(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Stop()
+	var herr *HTTPError
+	if _, err := h.Register(t.Context(), "Not Valid", "long-enough-pw", false); !errors.As(err, &herr) || herr.Status != 400 {
+		t.Errorf("invalid localpart: %v, want HTTP 400", err)
+	}
+	if _, err := h.Register(t.Context(), "short", "pw", false); !errors.As(err, &herr) || herr.ErrCode != "M_WEAK_PASSWORD" {
+		t.Errorf("weak password: %v, want M_WEAK_PASSWORD", err)
+	}
+	h.secret = "wrong"
+	if _, err := h.Register(t.Context(), "forged", "long-enough-pw", false); !errors.As(err, &herr) || herr.Status/100 != 4 {
+		t.Errorf("wrong shared secret: %v, want a 4xx", err)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

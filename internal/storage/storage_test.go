@@ -1,0 +1,63 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestOpenSQLite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nested", "samtal.db")
+	db, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("database file not created: %v", err)
+	}
+	for pragma, want := range map[string]string{"journal_mode": "wal", "foreign_keys": "1", "busy_timeout": "10000", "synchronous": "2"} {
+		var got string
+		if err := db.RawDB.QueryRowContext(t.Context(), "PRAGMA "+pragma).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("PRAGMA %s = %s, want %s", pragma, got, want)
+		}
+	}
+	// Foreign keys are enforced, not just declared.
+	_, err = db.Exec(t.Context(), `CREATE TABLE parent (id INTEGER PRIMARY KEY); CREATE TABLE child (p INTEGER REFERENCES parent(id))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(t.Context(), `INSERT INTO child (p) VALUES (42)`); err == nil {
+		t.Error("insert violating a foreign key succeeded")
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	if _, err := Open(t.Context(), "  "); !errors.Is(err, ErrEmptyDSN) {
+		t.Errorf("empty DSN: %v, want ErrEmptyDSN", err)
+	}
+	if _, err := Open(t.Context(), "file:?x=1"); err == nil {
+		t.Error("empty SQLite path accepted")
+	}
+	// A directory cannot be a database; the error says which.
+	dir := t.TempDir()
+	if _, err := Open(t.Context(), dir); err == nil || !strings.Contains(err.Error(), dir) {
+		t.Errorf("directory as database: %v", err)
+	}
+	// A PostgreSQL that is not there fails at Open, and the password never reaches the error.
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, err := Open(ctx, "postgres://samtal:s3cret@127.0.0.1:1/samtal?sslmode=disable")
+	if err == nil {
+		t.Fatal("unreachable PostgreSQL accepted")
+	}
+	if strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("error leaks the password: %v", err)
+	}
+}
