@@ -1,0 +1,3 @@
+// Package examples holds small runnable programs, one per user story, each in its own
+// directory. None exist yet.
+package examples
