@@ -1,0 +1,85 @@
+package matrix
+
+import (
+	"fmt"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
+)
+
+const (
+	// reconcileSkew allows for the homeserver's clock being behind ours when deciding how far
+	// back in the room a stored item could have landed.
+	reconcileSkew = 5 * time.Minute
+	// reconcilePages bounds the look-back: 50 pages of 100 of our own events.
+	reconcilePages = 50
+)
+
+// reconcile runs when a lane starts after a restart: items the previous run may have sent
+// without recording it are looked up in the room, recorded as sent, and dropped from rows. It
+// retries until the room can be read, and returns ok=false only when the outbox is closing.
+func (o *outbox) reconcile(room id.RoomID, rows []row) ([]row, bool) {
+	for attempt := 1; ; attempt++ {
+		found, err := o.findSent(room, rows)
+		if err == nil {
+			var rest []row
+			for _, r := range rows {
+				if evt, ok := found[r.id]; ok {
+					o.c.log.Info("outbox: item was already in the room", "room", room, "id", r.id, "event", evt)
+					o.succeed(r, evt)
+				} else {
+					rest = append(rest, r)
+				}
+			}
+			return rest, true
+		}
+		if o.ctx.Err() != nil {
+			return nil, false
+		}
+		delay := o.backoff(attempt, err)
+		o.c.log.Warn("outbox: cannot read the room to resume sends; retrying", "room", room, "retry_in", delay, "err", err)
+		if !o.sleep(delay) {
+			return nil, false
+		}
+	}
+}
+
+// findSent pages back through our own events in room, newest first, until it passes the time
+// the oldest of rows was stored, and returns the event IDs of those rows it finds: by
+// unsigned.transaction_id where the server echoes it to the sending device, else by the
+// transaction ID the outbox put in the content.
+func (o *outbox) findSent(room id.RoomID, rows []row) (map[int64]id.EventID, error) {
+	want := make(map[string]int64, len(rows))
+	oldest := time.Now()
+	for _, r := range rows {
+		want[o.txnID(r.id)] = r.id
+		if r.createdAt.Before(oldest) {
+			oldest = r.createdAt
+		}
+	}
+	stop := oldest.Add(-reconcileSkew).UnixMilli()
+	filter := &mautrix.FilterPart{Senders: []id.UserID{o.c.UserID()}}
+	found := map[int64]id.EventID{}
+	from := ""
+	for page := 0; page < reconcilePages && len(found) < len(want); page++ {
+		resp, err := o.c.send.Messages(o.ctx, room, from, "", mautrix.DirectionBackward, filter, 100)
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", room, wrapErr(err))
+		}
+		for _, evt := range resp.Chunk {
+			txn := evt.Unsigned.TransactionID
+			if _, ok := want[txn]; !ok {
+				txn, _ = evt.Content.Raw[txnContentKey].(string)
+			}
+			if rowID, ok := want[txn]; ok {
+				found[rowID] = evt.ID
+			}
+		}
+		if len(resp.Chunk) == 0 || resp.End == "" || resp.Chunk[len(resp.Chunk)-1].Timestamp < stop {
+			break
+		}
+		from = resp.End
+	}
+	return found, nil
+}
