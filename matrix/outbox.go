@@ -28,6 +28,11 @@ type OutboxOptions struct {
 	MaxRetryDelay    time.Duration // longest wait between tries (rate limits excepted); 0 means 15 s
 	MaxAttempts      int           // tries before a temporary failure becomes final; 0 means no limit
 	OnOutcome        func(Outcome) // called once per item when it is sent or fails for good; must not block
+	// ResumeDelay is how long a lane waits, after a restart or a send with no answer, before
+	// it looks in the room for items whose fate is unknown. A homeserver may still be working
+	// on a request whose client died, and only shows the event once it is done; checking
+	// earlier would miss it and send it twice. 0 means 3 s.
+	ResumeDelay time.Duration
 }
 
 // SendOptions are per-send settings.
@@ -200,6 +205,9 @@ func newOutbox(ctx context.Context, c *Client, opts OutboxOptions) (*outbox, err
 	if opts.MaxRetryDelay <= 0 {
 		opts.MaxRetryDelay = 15 * time.Second
 	}
+	if opts.ResumeDelay <= 0 {
+		opts.ResumeDelay = 3 * time.Second
+	}
 	o := &outbox{
 		c: c, db: c.db, opts: opts,
 		sem:       make(chan struct{}, opts.MaxParallelRooms),
@@ -357,6 +365,9 @@ func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 			continue
 		}
 		if recover && len(rows) > 0 {
+			if !o.sleep(o.opts.ResumeDelay) {
+				return
+			}
 			var ok bool
 			if rows, ok = o.reconcile(room, rows); !ok {
 				return // closing
@@ -445,6 +456,9 @@ func (o *outbox) deliver(r row) bool {
 		// broken connection) may have been accepted, so check the room before trying again.
 		unknown = unknown || !errors.As(err, &he)
 		delay := o.backoff(attempt, err)
+		if unknown {
+			delay = max(delay, o.opts.ResumeDelay)
+		}
 		o.c.log.Warn("outbox: send failed, retrying", "room", r.room, "id", r.id, "attempt", attempt, "retry_in", delay, "err", err)
 		if !o.sleep(delay) {
 			return false

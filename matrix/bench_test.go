@@ -1,0 +1,131 @@
+package matrix_test
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/matrix"
+	"github.com/samtalhq/samtal/matrix/matrixtest"
+)
+
+// The send benchmarks compare the outbox with raw mautrix on the same Dendrite in one run.
+// Dendrite on a 2-core machine tops out near 100 sends/s, so compare ratios, not rates:
+//
+//	go test -tags goolm -run '^$' -bench 'BenchmarkSend' -benchtime 1000x -count 6 ./matrix/ | tee new.txt
+//	benchstat -col /impl new.txt
+//
+// Each op is one message; "raw" is a plain loop over mautrix's SendMessageEvent, what an
+// integrator writes without samtal.
+
+// BenchmarkSendOneRoom sends b.N messages into one room: raw loop vs the durable outbox
+// (stored with a full fsync before it goes out, marked sent after).
+func BenchmarkSendOneRoom(b *testing.B) {
+	srv := matrixtest.NewServer(b)
+	raw := srv.Client(b, "raw")
+	rawRoom := benchRoom(b, raw)
+	ob := newClient(b, srv, "outbox")
+	obRoom := benchRoom(b, ob.Mautrix())
+
+	b.Run("impl=raw", func(b *testing.B) {
+		for i := range b.N {
+			if _, err := raw.SendMessageEvent(b.Context(), rawRoom, eventMessage, matrix.Text(body(i)).Content); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("impl=outbox", func(b *testing.B) {
+		var last *matrix.Pending
+		for i := range b.N {
+			p, err := ob.Send(b.Context(), obRoom, matrix.Text(body(i)), matrix.SendOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			last = p
+		}
+		if _, err := last.Wait(b.Context()); err != nil {
+			b.Fatal(err)
+		}
+	})
+}
+
+// BenchmarkSendFarAway puts a 20 ms delay on every round trip (a homeserver in another data
+// centre) and spreads b.N messages over 8 rooms: a plain loop, 8 hand-written goroutines (one
+// per room), and the outbox.
+func BenchmarkSendFarAway(b *testing.B) {
+	const rooms = 8
+	srv := matrixtest.NewServer(b)
+	proxy := newFaultProxy(b, srv.URL)
+	raw := srv.Client(b, "raw")
+	raw.HomeserverURL, _ = raw.HomeserverURL.Parse(proxy.URL)
+	var rawRooms []id.RoomID
+	for range rooms {
+		rawRooms = append(rawRooms, benchRoom(b, raw))
+	}
+	_, pw := srv.RegisterUser(b, "outbox")
+	ob := newClientWith(b, matrix.Options{HomeserverURL: proxy.URL, Login: matrix.Password("outbox", pw), DB: testDB(b)})
+	var obRooms []id.RoomID
+	for range rooms {
+		obRooms = append(obRooms, benchRoom(b, ob.Mautrix()))
+	}
+	proxy.delay = 20 * time.Millisecond
+
+	b.Run("impl=loop", func(b *testing.B) {
+		for i := range b.N {
+			if _, err := raw.SendMessageEvent(b.Context(), rawRooms[i%rooms], eventMessage, matrix.Text(body(i)).Content); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("impl=goroutines", func(b *testing.B) {
+		var wg sync.WaitGroup
+		for r := range rooms {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := r; i < b.N; i += rooms {
+					if _, err := raw.SendMessageEvent(b.Context(), rawRooms[r], eventMessage, matrix.Text(body(i)).Content); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	})
+	b.Run("impl=outbox", func(b *testing.B) {
+		last := make([]*matrix.Pending, rooms)
+		for i := range b.N {
+			p, err := ob.Send(b.Context(), obRooms[i%rooms], matrix.Text(body(i)), matrix.SendOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			last[i%rooms] = p
+		}
+		for _, p := range last {
+			if p == nil {
+				continue
+			}
+			if _, err := p.Wait(b.Context()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+var eventMessage = matrix.Text("").Type
+
+func body(i int) string { return fmt.Sprintf("Case %d: status changed to Awaiting decision", i) }
+
+func benchRoom(b *testing.B, c *mautrix.Client) id.RoomID {
+	b.Helper()
+	resp, err := c.CreateRoom(b.Context(), &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return resp.RoomID
+}
