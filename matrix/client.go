@@ -41,6 +41,11 @@ type Client struct {
 
 	outbox *outbox
 
+	encMu    sync.Mutex
+	enc      Encryption
+	encRooms encryptionCache
+	mediaState
+
 	closeOnce sync.Once
 }
 

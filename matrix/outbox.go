@@ -96,7 +96,8 @@ const txnContentKey = "io.samtal.txn_id"
 // harmless, and after a crash the room is checked for the item before it is sent again.
 //
 // Content over the event size limit is shortened, and the full text is uploaded and sent right
-// after it as a file.
+// after it as a file. Into an end-to-end encrypted room it sends only when the client has
+// encryption (UseEncryption); otherwise it returns ErrEncryptionRequired.
 func (c *Client) Send(ctx context.Context, room id.RoomID, msg Message, opts SendOptions) (*Pending, error) {
 	if err := ValidateRoomID(room); err != nil {
 		return nil, err
@@ -112,13 +113,21 @@ func (c *Client) Send(ctx context.Context, room id.RoomID, msg Message, opts Sen
 			return p, err
 		}
 	}
-	fitted, overflow, mime, fits := Fit(msg)
+	encrypted, err := c.checkCanSend(ctx, room)
+	if err != nil {
+		return nil, err
+	}
+	limit := MaxContentSize
+	if encrypted {
+		limit = MaxEncryptedContentSize
+	}
+	fitted, overflow, mime, fits := FitWithin(msg, limit)
 	items := []Message{fitted}
 	if !fits {
 		if overflow == nil {
 			return nil, fmt.Errorf("%w: content cannot be encoded", ErrInvalidContent)
 		}
-		file, err := c.attachOverflow(ctx, msg, overflow, mime)
+		file, err := c.attachOverflow(ctx, msg, overflow, mime, encrypted)
 		if err != nil {
 			return nil, err
 		}
@@ -129,18 +138,17 @@ func (c *Client) Send(ctx context.Context, room id.RoomID, msg Message, opts Sen
 
 // attachOverflow uploads the full text of a message that was too large and returns the file
 // message that goes after its shortened version, in the same thread.
-func (c *Client) attachOverflow(ctx context.Context, orig Message, data []byte, mime string) (Message, error) {
+func (c *Client) attachOverflow(ctx context.Context, orig Message, data []byte, mime string, encrypt bool) (Message, error) {
 	name := "message.txt"
 	if strings.HasPrefix(mime, "text/html") {
 		name = "message.html"
 	} else if strings.HasPrefix(mime, "application/json") {
 		name = "content.json"
 	}
-	up, err := c.mx.UploadBytesWithName(ctx, data, mime, name)
+	file, err := c.upload(ctx, Attachment{Name: name, MimeType: mime, Data: data}, encrypt)
 	if err != nil {
-		return Message{}, fmt.Errorf("matrix: upload full text of an oversized message: %w", wrapErr(err))
+		return Message{}, fmt.Errorf("matrix: attach full text of an oversized message: %w", err)
 	}
-	file := File(FileKind, up.ContentURI.CUString(), name, mime, int64(len(data)))
 	if mc, ok := orig.Content.(*event.MessageEventContent); ok && mc.RelatesTo != nil && mc.RelatesTo.Type == event.RelThread {
 		file = InThread(mc.RelatesTo.EventID, "", file)
 	}

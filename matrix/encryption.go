@@ -1,0 +1,96 @@
+package matrix
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// ErrEncryptionRequired is returned when a send or upload targets an end-to-end encrypted room
+// and the client has no encryption: samtal never puts plaintext into an encrypted room. Enable
+// it with the e2ee package.
+var ErrEncryptionRequired = errors.New("matrix: room is end-to-end encrypted and this client has no encryption (see package e2ee)")
+
+// Encryption is what the e2ee package plugs into a Client: mautrix's crypto helper, which
+// encrypts outgoing events in encrypted rooms and decrypts incoming ones. A client without it
+// carries no crypto code.
+type Encryption interface {
+	CryptoHelper() mautrix.CryptoHelper
+}
+
+// UseEncryption makes the client encrypt what it sends into encrypted rooms (including the
+// outbox's sends and uploads) and decrypt what it receives.
+func (c *Client) UseEncryption(e Encryption) {
+	h := e.CryptoHelper()
+	c.mx.Crypto = h
+	c.send.Crypto = h
+	c.encMu.Lock()
+	c.enc = e
+	c.encMu.Unlock()
+}
+
+// Encrypting reports whether encryption was plugged in with UseEncryption.
+func (c *Client) Encrypting() bool {
+	c.encMu.Lock()
+	defer c.encMu.Unlock()
+	return c.enc != nil
+}
+
+// encryptionCache remembers which rooms are encrypted. Encryption cannot be turned off in a
+// room, so "encrypted" is kept for good; "not encrypted" is asked again after a while, since
+// someone may turn it on.
+type encryptionCache struct {
+	mu    sync.Mutex
+	rooms map[id.RoomID]time.Time // zero time: encrypted; else: not encrypted, as of then
+}
+
+const plaintextRecheck = 30 * time.Second
+
+// RoomEncrypted reports whether room has m.room.encryption state. A room the client cannot
+// read (not joined) reports false; the send that follows fails with the server's reason.
+func (c *Client) RoomEncrypted(ctx context.Context, room id.RoomID) (bool, error) {
+	if err := ValidateRoomID(room); err != nil {
+		return false, err
+	}
+	c.encRooms.mu.Lock()
+	when, known := c.encRooms.rooms[room]
+	c.encRooms.mu.Unlock()
+	if known && (when.IsZero() || time.Since(when) < plaintextRecheck) {
+		return when.IsZero(), nil
+	}
+	var content event.EncryptionEventContent
+	err := wrapErr(c.send.StateEvent(ctx, room, event.StateEncryption, "", &content))
+	encrypted := err == nil && content.Algorithm != ""
+	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrForbidden) {
+		return false, fmt.Errorf("matrix: is %s encrypted: %w", room, err)
+	}
+	c.encRooms.mu.Lock()
+	if c.encRooms.rooms == nil {
+		c.encRooms.rooms = map[id.RoomID]time.Time{}
+	}
+	if encrypted {
+		c.encRooms.rooms[room] = time.Time{}
+	} else {
+		c.encRooms.rooms[room] = time.Now()
+	}
+	c.encRooms.mu.Unlock()
+	return encrypted, nil
+}
+
+// checkCanSend refuses an encrypted room when the client cannot encrypt.
+func (c *Client) checkCanSend(ctx context.Context, room id.RoomID) (encrypted bool, err error) {
+	encrypted, err = c.RoomEncrypted(ctx, room)
+	if err != nil {
+		return false, err
+	}
+	if encrypted && !c.Encrypting() {
+		return true, fmt.Errorf("%w: %s", ErrEncryptionRequired, room)
+	}
+	return encrypted, nil
+}
