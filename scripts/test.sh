@@ -6,9 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use: a C compiler to build Dendrite (its SQLite driver is cgo).
+# Debian packages the tests use: a C compiler to build Dendrite (its SQLite driver is cgo), and a
+# PostgreSQL server that tests start on their own (internal/pgtest).
 need=()
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing Debian packages: ${need[*]}" >&2
