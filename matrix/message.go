@@ -1,23 +1,14 @@
 package matrix
 
 import (
-	"cmp"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"html"
-	"reflect"
-	"regexp"
 	"slices"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
-	"github.com/yuin/goldmark"
-	nethtml "golang.org/x/net/html"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/format"
-	"maunium.net/go/mautrix/format/mdext"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -53,98 +44,6 @@ func Notice(body string) Message {
 // Emote is an m.emote message, shown as an action ("* bot waves").
 func Emote(body string) Message {
 	return plain(event.MsgEmote, body)
-}
-
-// Markdown renders md (CommonMark with tables, strikethrough and spoilers)
-// into formatted_body and keeps md itself as body: Markdown source is the
-// most readable plaintext a client without HTML can get.
-//
-// Raw HTML in md is shown as text, not interpreted; the rendered HTML still
-// passes through SanitizeHTML, because Markdown links and images can carry
-// any URL. Each user ID written as @user:server outside code and links
-// becomes a mention pill and is listed in m.mentions, so those users are
-// notified.
-//
-// Markdown that would render to more than 16 times its size plus 1 KiB of
-// HTML (wide tables over many lines, one long link referenced many times)
-// is sent as plain text instead, as is Markdown longer than MaxContentSize,
-// whose formatting Fit would drop anyway.
-func Markdown(md string) Message {
-	budget := maxMarkdownGrowth*len(md) + 1024
-	rendered, ok := renderMarkdown(md, budget)
-	if !ok {
-		return plain(event.MsgText, md)
-	}
-	formatted, users := mentionPills(rendered)
-	formatted = SanitizeHTML(formatted)
-	if len(formatted) > budget {
-		return plain(event.MsgText, md)
-	}
-	mentions := &event.Mentions{}
-	for _, u := range users {
-		mentions.Add(u)
-	}
-	return rich(event.MsgText, md, formatted, mentions)
-}
-
-// maxMarkdownGrowth bounds how many bytes of HTML Markdown may produce per
-// byte of source before Markdown gives up on formatting.
-const maxMarkdownGrowth = 16
-
-// markdownRenderer is the renderer format.RenderMarkdown uses for
-// allowMarkdown=true, allowHTML=false. It is called directly so that the
-// output can be capped while it is written: format.RenderMarkdown would
-// first build all of it in memory.
-var markdownRenderer = goldmark.New(format.Extensions, format.HTMLOptions, goldmark.WithExtensions(mdext.EscapeHTML))
-
-// renderMarkdown renders md to HTML of at most budget bytes, or reports
-// that it cannot.
-func renderMarkdown(md string, budget int) (string, bool) {
-	// GFM pads every table row to the header's width, so the work grows
-	// with rows times columns; each cell is at least "<td></td>\n".
-	if len(md) > MaxContentSize || tableCells(md)*len("<td></td>\n") > budget {
-		return "", false
-	}
-	out := &cappedBuffer{limit: budget}
-	if err := markdownRenderer.Convert([]byte(md), out); err != nil {
-		return "", false
-	}
-	return format.UnwrapSingleParagraph(out.String()), true
-}
-
-// tableCells counts, generously, the cells of the Markdown tables in md:
-// for each line that looks like a table's delimiter row, its columns times
-// the lines up to the next blank line.
-func tableCells(md string) int {
-	cells, columns := 0, 0
-	for line := range strings.Lines(md) {
-		line = strings.TrimLeft(strings.TrimSpace(line), "> \t") // also in quotes
-		switch {
-		case line == "":
-			columns = 0
-		case columns > 0:
-			cells += columns
-		case strings.Contains(line, "-") && strings.Contains(line, "|") && strings.Trim(line, "|-: \t") == "":
-			columns = strings.Count(line, "|") + 1
-		}
-	}
-	return cells
-}
-
-// errTooLong stops rendering once the output is over its budget.
-var errTooLong = errors.New("matrix: rendered output too long")
-
-// cappedBuffer is a strings.Builder that refuses to grow past limit.
-type cappedBuffer struct {
-	strings.Builder
-	limit int
-}
-
-func (b *cappedBuffer) Write(p []byte) (int, error) {
-	if b.Len()+len(p) > b.limit {
-		return 0, errTooLong
-	}
-	return b.Builder.Write(p)
 }
 
 // HTML sends s as formatted_body after SanitizeHTML, with a plaintext body
@@ -342,127 +241,6 @@ func (m Message) WithImageSize(w, h int) Message {
 	})
 }
 
-// Validate reports, wrapped in ErrInvalidContent, why m must not be sent:
-// servers accept much that clients then fail to show, so the check is made
-// before sending rather than left to the reader's client.
-//
-// It checks the event type (one mautrix knows as a room message event) and
-// that the content is of the matching Go type; for messages a msgtype, a
-// non-blank body, an mxc:// source for media, valid mention user IDs and
-// valid UTF-8 in every text field; for reactions a target and a key. Size
-// is checked by Fit, not here.
-func (m Message) Validate() error {
-	if err := m.validate(); err != nil {
-		return fmt.Errorf("%w: %w", ErrInvalidContent, err)
-	}
-	return nil
-}
-
-func (m Message) validate() error {
-	if m.Type.Type == "" {
-		return errors.New("empty event type")
-	}
-	want, known := event.TypeMap[m.Type]
-	if !known || m.Type.Class != event.MessageEventType {
-		return fmt.Errorf("event type %q is not a known room message event", m.Type.Type)
-	}
-	if m.Content == nil || reflect.ValueOf(m.Content).Kind() == reflect.Pointer && reflect.ValueOf(m.Content).IsNil() {
-		return errors.New("nil content")
-	}
-	if got := reflect.TypeOf(m.Content); got != want && got != reflect.PointerTo(want) {
-		return fmt.Errorf("content of %s is %s, want *%s", m.Type.Type, got, want)
-	}
-	switch c := m.Content.(type) {
-	case *event.MessageEventContent:
-		return validateMessage(c, m.Type)
-	case event.MessageEventContent:
-		return validateMessage(&c, m.Type)
-	case *event.ReactionEventContent:
-		return validateReaction(&c.RelatesTo)
-	case event.ReactionEventContent:
-		return validateReaction(&c.RelatesTo)
-	}
-	return nil
-}
-
-func validateMessage(c *event.MessageEventContent, typ event.Type) error {
-	if c.MsgType == "" && typ != event.EventSticker {
-		return errors.New("empty msgtype")
-	}
-	if strings.TrimSpace(c.Body) == "" {
-		return fmt.Errorf("%s with empty body", cmp.Or(string(c.MsgType), typ.Type))
-	}
-	for _, f := range [...]struct{ name, value string }{
-		{"body", c.Body}, {"formatted_body", c.FormattedBody}, {"filename", c.FileName},
-	} {
-		if !utf8.ValidString(f.value) {
-			return fmt.Errorf("%s is not valid UTF-8", f.name)
-		}
-	}
-	if c.FormattedBody != "" && c.Format != event.FormatHTML {
-		return fmt.Errorf("formatted_body in unknown format %q", c.Format)
-	}
-	if c.MsgType.IsMedia() || typ == event.EventSticker {
-		if err := validateSource(c); err != nil {
-			return err
-		}
-	}
-	if c.Mentions != nil {
-		for _, u := range c.Mentions.UserIDs {
-			if _, _, err := u.ParseAndValidateRelaxed(); err != nil {
-				return fmt.Errorf("mention of invalid user ID %q: %w", u, err)
-			}
-		}
-	}
-	if rel := c.RelatesTo; rel != nil {
-		switch {
-		case rel.Type != "" && rel.EventID == "":
-			return fmt.Errorf("%s relation without an event", rel.Type)
-		case rel.InReplyTo != nil && rel.InReplyTo.EventID == "":
-			return errors.New("reply without an event to reply to")
-		}
-	}
-	if c.NewContent != nil {
-		if c.RelatesTo.GetReplaceID() == "" {
-			return errors.New("m.new_content without an m.replace relation")
-		}
-		if err := validateMessage(c.NewContent, typ); err != nil {
-			return fmt.Errorf("m.new_content: %w", err)
-		}
-	}
-	return nil
-}
-
-func validateSource(c *event.MessageEventContent) error {
-	uri := c.URL
-	switch {
-	case c.URL == "" && c.File == nil:
-		return fmt.Errorf("%s without url or file", c.MsgType)
-	case c.URL != "" && c.File != nil:
-		return fmt.Errorf("%s with both url and file", c.MsgType)
-	case c.File != nil:
-		uri = c.File.URL
-	}
-	if _, err := uri.Parse(); err != nil {
-		return fmt.Errorf("%s source %q: %w", c.MsgType, uri, err)
-	}
-	return nil
-}
-
-func validateReaction(rel *event.RelatesTo) error {
-	switch {
-	case rel.Type != event.RelAnnotation:
-		return fmt.Errorf("reaction with relation %q, want %q", rel.Type, event.RelAnnotation)
-	case rel.EventID == "":
-		return errors.New("reaction without target event")
-	case rel.Key == "":
-		return errors.New("reaction with empty key")
-	case !utf8.ValidString(rel.Key):
-		return errors.New("reaction key is not valid UTF-8")
-	}
-	return nil
-}
-
 // with applies fn to a copy of m's message content, leaving m itself
 // untouched. Content that is not a message passes through unchanged.
 func (m Message) with(fn func(c *event.MessageEventContent)) Message {
@@ -543,78 +321,4 @@ func threadRoot(ev *event.Event) id.EventID {
 		return ""
 	}
 	return raw.RelatesTo.GetThreadParent()
-}
-
-// userIDPattern finds user IDs in running text: the spec's localpart
-// grammar and a server name with an optional port.
-var userIDPattern = regexp.MustCompile(`@[a-z0-9._=/+-]+:(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?`)
-
-// mentionPills links every user ID in the text of s (outside links and
-// code) to its matrix.to URL, which clients show as a pill, and returns the
-// users found.
-func mentionPills(s string) (string, []id.UserID) {
-	if !strings.Contains(s, "@") {
-		return s, nil
-	}
-	var (
-		out     strings.Builder
-		users   []id.UserID
-		inside  int // depth inside a, code and pre, where text is not prose
-		z       = nethtml.NewTokenizer(strings.NewReader(s))
-		skipped = map[string]bool{"a": true, "code": true, "pre": true}
-	)
-	for {
-		tt := z.Next()
-		if tt == nethtml.ErrorToken {
-			return out.String(), users
-		}
-		raw := string(z.Raw())
-		tok := z.Token()
-		switch {
-		case tt == nethtml.StartTagToken && skipped[tok.Data]:
-			inside++
-		case tt == nethtml.EndTagToken && skipped[tok.Data] && inside > 0:
-			inside--
-		case tt == nethtml.TextToken && inside == 0:
-			text, found := linkUserIDs(tok.Data)
-			if len(found) > 0 {
-				out.WriteString(text)
-				users = append(users, found...)
-				continue
-			}
-		}
-		out.WriteString(raw)
-	}
-}
-
-// linkUserIDs escapes text for HTML, turning each user ID into a pill.
-func linkUserIDs(text string) (string, []id.UserID) {
-	var (
-		out   strings.Builder
-		users []id.UserID
-		last  int
-	)
-	for _, loc := range userIDPattern.FindAllStringIndex(text, -1) {
-		start, end := loc[0], loc[1]
-		if r, _ := utf8.DecodeLastRuneInString(text[:start]); start > 0 && (unicode.IsLetter(r) || unicode.IsDigit(r) || strings.ContainsRune("._=/+-", r)) {
-			continue // part of a longer word, like an email address
-		}
-		// Sentence punctuation after a server name is not part of it.
-		for end > start && strings.ContainsRune(".-", rune(text[end-1])) {
-			end--
-		}
-		user := id.UserID(text[start:end])
-		if _, _, err := user.ParseAndValidateRelaxed(); err != nil {
-			continue
-		}
-		out.WriteString(html.EscapeString(text[last:start]))
-		fmt.Fprintf(&out, `<a href="%s">%s</a>`, html.EscapeString(user.URI().MatrixToURL()), html.EscapeString(string(user)))
-		users = append(users, user)
-		last = end
-	}
-	if users == nil {
-		return "", nil
-	}
-	out.WriteString(html.EscapeString(text[last:]))
-	return out.String(), users
 }

@@ -155,15 +155,6 @@ func (c *Client) attachOverflow(ctx context.Context, orig Message, data []byte, 
 	return file, nil
 }
 
-// ValidateRoomID checks that room is syntactically a room ID (not an alias), before any request.
-func ValidateRoomID(room id.RoomID) error {
-	s := string(room)
-	if len(s) < 2 || s[0] != '!' || len(s) > 255 || !utf8.ValidString(s) || strings.ContainsAny(s, " \t\r\n\x00/") {
-		return fmt.Errorf("%w: %q is not a room ID", ErrInvalidRoom, room)
-	}
-	return nil
-}
-
 // outbox is the durable send queue of one client.
 type outbox struct {
 	c        *Client
