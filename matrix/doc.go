@@ -1,7 +1,24 @@
 // Package matrix is samtal's typed Matrix client: login, rooms, rich messages, a durable
 // outbox for sends that are never lost and never doubled, and restart-safe receiving.
 //
-// It wraps maunium.net/go/mautrix, which stays reachable for what this package does not wrap.
-// So far it holds the message builders; the client, outbox and syncer are being built (see
-// CHANGELOG.md).
+// A program opens the shared database once, makes a Client, and sends:
+//
+//	db, _ := matrix.OpenDatabase(ctx, "samtal.db") // or a postgres:// URL
+//	c, _ := matrix.New(ctx, matrix.Options{HomeserverURL: url, Login: matrix.Password(user, pw), DB: db})
+//	p, _ := c.Send(ctx, room, matrix.Notice("Case 4711 updated"), matrix.SendOptions{IdempotencyKey: "case-4711/3"})
+//	eventID, err := p.Wait(ctx)
+//
+// Send stores the message before it goes out, with a transaction ID that makes a retry
+// harmless; after a crash the outbox checks the room before sending again. Items for one room
+// go in order, rooms in parallel; rate limits and server errors back off. The Syncer hands
+// events to handlers and commits its position only after they return, so a crash repeats a
+// batch rather than skipping it.
+//
+// Errors are typed: *HTTPError carries the Matrix errcode, and errors.Is works with
+// ErrRateLimited, ErrForbidden, ErrNotFound, ErrUnknownToken, ErrTooLarge and the input errors
+// ErrInvalidRoom, ErrInvalidUserID and ErrInvalidContent.
+//
+// The package wraps maunium.net/go/mautrix, which stays reachable through Client.Mautrix for
+// what it does not wrap. It does no end-to-end encryption itself: it refuses to send into an
+// encrypted room until package e2ee plugs encryption in (ErrEncryptionRequired).
 package matrix

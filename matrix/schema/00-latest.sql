@@ -40,3 +40,12 @@ CREATE TABLE samtal_sync (
 	session     TEXT PRIMARY KEY,
 	next_batch  TEXT NOT NULL
 );
+
+-- The newest timeline event of each room as of the stored sync token: when a later sync leaves
+-- out part of a room's timeline (limited), the syncer fetches the missing events back to it.
+CREATE TABLE samtal_sync_room (
+	session   TEXT NOT NULL,
+	room_id   TEXT NOT NULL,
+	event_id  TEXT NOT NULL,
+	PRIMARY KEY (session, room_id)
+);

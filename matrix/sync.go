@@ -1,0 +1,468 @@
+package matrix
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"maps"
+	mrand "math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+// SyncOptions configure a Syncer. The zero value suits a bot: new events only, invites handed
+// to OnInvite handlers but not accepted.
+type SyncOptions struct {
+	Timeout       time.Duration   // long-poll timeout of one sync request, below the HTTP client's; 0 means 30 s
+	ReplayHistory bool            // on the very first sync (no stored token) also deliver the messages already in rooms; by default only invites are
+	IncludeOwn    bool            // deliver events this account sent (from any device); by default they are skipped
+	AutoJoin      *AutoJoinPolicy // which invites to accept before OnInvite handlers run; nil accepts none
+	MinBackoff    time.Duration   // first wait after a failed sync; 0 means 1 s
+	MaxBackoff    time.Duration   // longest wait between failed syncs; 0 means 60 s
+}
+
+// AutoJoinPolicy says whose invites a Syncer accepts: an invite is accepted if the inviter is
+// listed in Users or has an account on one of Servers. An empty policy accepts nothing.
+type AutoJoinPolicy struct {
+	Users   []id.UserID
+	Servers []string // server names, such as "agency.example"
+}
+
+// Allows reports whether an invite from inviter is to be accepted.
+func (p *AutoJoinPolicy) Allows(inviter id.UserID) bool {
+	if p == nil {
+		return false
+	}
+	if slices.Contains(p.Users, inviter) {
+		return true
+	}
+	server := inviter.Homeserver()
+	return server != "" && slices.ContainsFunc(p.Servers, func(s string) bool { return strings.EqualFold(s, server) })
+}
+
+// SyncStats are a Syncer's counters since it was made, for metrics and health checks.
+type SyncStats struct {
+	Batches       uint64    // sync responses handled and committed
+	Events        uint64    // events handed to handlers
+	HandlerErrors uint64    // handler calls that failed or panicked, and failed auto-joins
+	SyncErrors    uint64    // failed sync requests and gap fills, each followed by a backoff
+	LastBatch     time.Time // when the last batch was committed; zero before the first
+}
+
+// Syncer receives events for a Client and hands them to handlers.
+//
+// Delivery is at least once: the sync token is stored only after the handlers for a whole
+// batch have returned, so a crash, a kill or a cancelled context mid-batch means the batch is
+// delivered again by the next Run. Handlers deduplicate by event ID where a repeat would hurt;
+// Event.Reply does so for answers by itself.
+//
+// Within a batch, events are handed over one at a time, in timeline order per room, rooms in a
+// fixed order, and each event to the matching handlers in the order they were registered. A
+// handler's error or panic is logged and counted; it does not hold up the batch, so one
+// unprocessable event cannot stop a bot for good.
+//
+// A room's events from before this account joined it are history and not delivered, with one
+// exception: ReplayHistory on the very first sync. When the server leaves out part of a room's
+// timeline because too much happened since the last sync, the Syncer fetches the missing
+// events (up to 1000 per room and batch) so that none is skipped.
+//
+// Run one Syncer per session at a time: they share the stored token.
+type Syncer struct {
+	c    *Client
+	opts SyncOptions
+
+	mu       sync.Mutex
+	handlers []handler
+
+	running atomic.Bool
+
+	batches, events, handlerErrors, syncErrors atomic.Uint64
+	lastBatch                                  atomic.Int64 // Unix milliseconds
+}
+
+const (
+	// timelineLimit is how many events per room one sync returns; a longer timeline is
+	// marked limited and the Syncer fills the gap from /messages.
+	timelineLimit = 50
+	// maxGapEvents bounds how far back a gap is filled, per room and batch.
+	maxGapEvents = 1000
+	// gapPage is how many events one /messages request fetches while filling a gap.
+	gapPage = 100
+)
+
+// syncFilter keeps a sync to what the Syncer delivers: room timelines of at most limit events,
+// invites and leaves. Presence, typing, receipts and account data are left out; member state
+// is lazy-loaded.
+func syncFilter(limit int) string {
+	return fmt.Sprintf(`{"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]},`+
+		`"room":{"timeline":{"limit":%d},"state":{"lazy_load_members":true},`+
+		`"ephemeral":{"not_types":["*"]},"account_data":{"not_types":["*"]}}}`, limit)
+}
+
+// NewSyncer returns a Syncer for c. Register handlers, then call Run.
+func (c *Client) NewSyncer(opts SyncOptions) *Syncer {
+	if opts.Timeout <= 0 {
+		opts.Timeout = 30 * time.Second
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = time.Second
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 60 * time.Second
+	}
+	opts.MaxBackoff = max(opts.MaxBackoff, opts.MinBackoff)
+	return &Syncer{c: c, opts: opts}
+}
+
+// ErrSyncerRunning is returned by Run when the Syncer is already running.
+var ErrSyncerRunning = errors.New("matrix: syncer is already running")
+
+// Run syncs and hands events to the handlers until ctx is done, and then returns nil. A batch
+// in progress when ctx ends is not committed and is delivered again by the next Run.
+//
+// Failed syncs (the homeserver down, a network error, a rate limit) are retried with
+// exponential backoff and jitter, for as long as it takes. Run returns an error only when it
+// cannot go on: the session was revoked (errors.Is(err, ErrUnknownToken)), the stored token
+// cannot be read, or Run is already running.
+func (s *Syncer) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return ErrSyncerRunning
+	}
+	defer s.running.Store(false)
+	since, err := s.loadToken(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	log := s.c.log
+	if since == "" {
+		log.Info("sync: first sync of this session", "replay_history", s.opts.ReplayHistory)
+	}
+	failures := 0
+	for {
+		timeout := s.opts.Timeout
+		if since == "" || failures > 0 {
+			timeout = 0 // answer at once: nothing to wait for, or checking the server is back
+		}
+		filter := syncFilter(timelineLimit)
+		if since == "" && !s.opts.ReplayHistory {
+			// The timelines are skipped: only each room's newest event is needed, as the
+			// point a later gap is filled back to.
+			filter = syncFilter(1)
+		}
+		resp, err := s.c.mx.SyncRequest(ctx, int(timeout.Milliseconds()), since, filter, false, "")
+		if err == nil {
+			err = s.process(ctx, resp, since)
+		} else {
+			err = fmt.Errorf("matrix: sync: %w", wrapErr(err))
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			if errors.Is(err, ErrUnknownToken) {
+				log.Error("sync: the session was revoked", "err", err)
+				return err
+			}
+			failures++
+			s.syncErrors.Add(1)
+			delay := s.backoff(failures, err)
+			log.Warn("sync failed; retrying", "failures", failures, "retry_in", delay, "err", err)
+			if !sleepCtx(ctx, delay) {
+				return nil
+			}
+			continue
+		}
+		if failures > 0 {
+			log.Info("sync: recovered", "after_failures", failures)
+			failures = 0
+		}
+		since = resp.NextBatch
+	}
+}
+
+// Stats returns the Syncer's counters.
+func (s *Syncer) Stats() SyncStats {
+	st := SyncStats{
+		Batches:       s.batches.Load(),
+		Events:        s.events.Load(),
+		HandlerErrors: s.handlerErrors.Load(),
+		SyncErrors:    s.syncErrors.Load(),
+	}
+	if ms := s.lastBatch.Load(); ms != 0 {
+		st.LastBatch = time.UnixMilli(ms)
+	}
+	return st
+}
+
+// batch is one sync response made ready for the handlers.
+type batch struct {
+	events []*Event
+	// last is each room's newest timeline event: where a gap in a later sync is filled to.
+	last map[id.RoomID]id.EventID
+	left []id.RoomID // rooms this account left, whose last event is forgotten
+}
+
+// process hands one sync response to the handlers and then commits its token. It returns the
+// context's error, without committing, when ctx ends before the handlers are through.
+func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since string) error {
+	b, err := s.collect(ctx, resp, since)
+	if err != nil {
+		return err
+	}
+	for _, evt := range b.events {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		s.dispatch(ctx, evt)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.commit(ctx, resp.NextBatch, b); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// The handlers are through: keep going with the new token in memory. If this process
+		// ends before a later commit succeeds, the batch is delivered again, which the
+		// at-least-once contract allows.
+		s.c.log.Error("sync: cannot store the sync token; continuing", "err", err)
+	}
+	s.batches.Add(1)
+	s.lastBatch.Store(time.Now().UnixMilli())
+	return nil
+}
+
+// collect turns a sync response into the events to deliver, in order: joined rooms, then left
+// rooms, then invites, rooms sorted by ID so that a repeated batch comes in the same order.
+func (s *Syncer) collect(ctx context.Context, resp *mautrix.RespSync, since string) (*batch, error) {
+	b := &batch{last: map[id.RoomID]id.EventID{}}
+	seen := map[id.EventID]bool{}
+	add := func(room id.RoomID, evts []*event.Event, invite bool) {
+		for _, raw := range evts {
+			if raw == nil || (raw.ID != "" && seen[raw.ID]) {
+				continue
+			}
+			if raw.ID != "" {
+				seen[raw.ID] = true
+			}
+			if !invite && !s.opts.IncludeOwn && raw.Sender == s.c.UserID() {
+				continue
+			}
+			b.events = append(b.events, s.prepare(room, raw, invite))
+		}
+	}
+	for _, room := range slices.Sorted(maps.Keys(resp.Rooms.Join)) {
+		tl := resp.Rooms.Join[room].Timeline
+		if n := len(tl.Events); n > 0 {
+			b.last[room] = tl.Events[n-1].ID
+		}
+		evts, err := s.timeline(ctx, room, tl, since)
+		if err != nil {
+			return nil, err
+		}
+		add(room, evts, false)
+	}
+	for _, room := range slices.Sorted(maps.Keys(resp.Rooms.Leave)) {
+		evts, err := s.timeline(ctx, room, resp.Rooms.Leave[room].Timeline, since)
+		if err != nil {
+			return nil, err
+		}
+		add(room, evts, false)
+		b.left = append(b.left, room)
+	}
+	for _, room := range slices.Sorted(maps.Keys(resp.Rooms.Invite)) {
+		for _, raw := range resp.Rooms.Invite[room].State.Events {
+			if raw.Type.Type == event.StateMember.Type && raw.GetStateKey() == string(s.c.UserID()) {
+				add(room, []*event.Event{raw}, true)
+				break
+			}
+		}
+	}
+	return b, nil
+}
+
+// timeline returns the events of a room's timeline to deliver: none on a first sync unless
+// history is replayed; from this account's join on in a room just joined; and with the events
+// the server left out of a limited timeline fetched and put in front.
+func (s *Syncer) timeline(ctx context.Context, room id.RoomID, tl mautrix.SyncTimeline, since string) ([]*event.Event, error) {
+	evts := tl.Events
+	if since == "" {
+		if !s.opts.ReplayHistory {
+			return nil, nil
+		}
+		return evts, nil
+	}
+	for i := len(evts) - 1; i >= 0; i-- {
+		if s.ownJoin(evts[i]) {
+			return evts[i:], nil // what came before the join is history
+		}
+	}
+	if !tl.Limited || tl.PrevBatch == "" {
+		return evts, nil
+	}
+	gap, err := s.fillGap(ctx, room, tl.PrevBatch, since)
+	if err != nil {
+		return nil, err
+	}
+	return append(gap, evts...), nil
+}
+
+// fillGap fetches, oldest first, the events of room from before the token from back to the
+// newest event an earlier batch had from room, to since, or to this account's join, whichever
+// comes first. (Some servers, Dendrite among them, ignore the to=since bound of /messages;
+// the stored event is what stops the walk there.)
+func (s *Syncer) fillGap(ctx context.Context, room id.RoomID, from, since string) ([]*event.Event, error) {
+	anchor, err := s.lastEvent(ctx, room)
+	if err != nil {
+		return nil, err
+	}
+	var back []*event.Event
+	done := func() []*event.Event {
+		slices.Reverse(back)
+		return back
+	}
+	for len(back) < maxGapEvents {
+		resp, err := s.c.mx.Messages(ctx, room, from, since, mautrix.DirectionBackward, nil, gapPage)
+		if err != nil {
+			return nil, fmt.Errorf("matrix: sync: fetch the events missing from %s: %w", room, wrapErr(err))
+		}
+		for _, evt := range resp.Chunk {
+			if anchor != "" && evt.ID == anchor {
+				return done(), nil
+			}
+			back = append(back, evt)
+			if s.ownJoin(evt) {
+				return done(), nil
+			}
+		}
+		if len(resp.Chunk) == 0 || resp.End == "" || resp.End == from {
+			return done(), nil
+		}
+		from = resp.End
+	}
+	s.c.log.Warn("sync: too many events missing from a room's timeline; older ones are skipped",
+		"room", room, "delivered", len(back))
+	return done(), nil
+}
+
+// ownJoin reports whether evt is this account joining a room (not a profile change, which is
+// a join following a join).
+func (s *Syncer) ownJoin(evt *event.Event) bool {
+	if evt.Type.Type != event.StateMember.Type || evt.GetStateKey() != string(s.c.UserID()) {
+		return false
+	}
+	if membership(&evt.Content) != string(event.MembershipJoin) {
+		return false
+	}
+	prev := evt.Unsigned.PrevContent
+	return prev == nil || membership(prev) != string(event.MembershipJoin)
+}
+
+func membership(c *event.Content) string {
+	m, _ := c.Raw["membership"].(string)
+	return m
+}
+
+// prepare makes a raw event from a sync into what handlers get: room ID and type class set,
+// content parsed where mautrix knows the type (else left raw).
+func (s *Syncer) prepare(room id.RoomID, raw *event.Event, invite bool) *Event {
+	raw.RoomID = room
+	if raw.StateKey != nil {
+		raw.Type.Class = event.StateEventType
+	} else {
+		raw.Type.Class = event.MessageEventType
+	}
+	err := raw.Content.ParseRaw(raw.Type)
+	if err != nil && !errors.Is(err, event.ErrUnsupportedContentType) && !errors.Is(err, event.ErrContentAlreadyParsed) {
+		s.c.log.Debug("sync: event content does not parse", "room", room, "event", raw.ID, "type", raw.Type.Type, "err", err)
+	}
+	return &Event{Event: raw, Client: s.c, invite: invite}
+}
+
+// commit stores the token of a batch whose handlers have returned, with each room's newest
+// event, in one transaction.
+func (s *Syncer) commit(ctx context.Context, next string, b *batch) error {
+	return s.c.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		for room, evt := range b.last {
+			if evt == "" {
+				continue
+			}
+			if _, err := s.c.db.Exec(ctx, `INSERT INTO samtal_sync_room (session, room_id, event_id) VALUES ($1, $2, $3)
+				ON CONFLICT (session, room_id) DO UPDATE SET event_id = excluded.event_id`, s.c.name, room, evt); err != nil {
+				return fmt.Errorf("matrix: sync: store last event of %s: %w", room, err)
+			}
+		}
+		for _, room := range b.left {
+			if _, err := s.c.db.Exec(ctx, `DELETE FROM samtal_sync_room WHERE session = $1 AND room_id = $2`, s.c.name, room); err != nil {
+				return fmt.Errorf("matrix: sync: forget left room %s: %w", room, err)
+			}
+		}
+		if _, err := s.c.db.Exec(ctx, `INSERT INTO samtal_sync (session, next_batch) VALUES ($1, $2)
+			ON CONFLICT (session) DO UPDATE SET next_batch = excluded.next_batch`, s.c.name, next); err != nil {
+			return fmt.Errorf("matrix: sync: store sync token: %w", err)
+		}
+		return nil
+	})
+}
+
+func (s *Syncer) loadToken(ctx context.Context) (string, error) {
+	var token string
+	err := s.c.db.QueryRow(ctx, `SELECT next_batch FROM samtal_sync WHERE session = $1`, s.c.name).Scan(&token)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("matrix: sync: load sync token: %w", err)
+	}
+	return token, nil
+}
+
+func (s *Syncer) lastEvent(ctx context.Context, room id.RoomID) (id.EventID, error) {
+	var evt id.EventID
+	err := s.c.db.QueryRow(ctx, `SELECT event_id FROM samtal_sync_room WHERE session = $1 AND room_id = $2`, s.c.name, room).Scan(&evt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("matrix: sync: load last event of %s: %w", room, err)
+	}
+	return evt, nil
+}
+
+// backoff is the wait after the given number of failed syncs in a row: what the server asked
+// for with a rate limit, else exponential from MinBackoff to MaxBackoff with equal jitter, so
+// that many clients that lost the same server do not come back at once.
+func (s *Syncer) backoff(failures int, err error) time.Duration {
+	var he *HTTPError
+	if errors.As(err, &he) && he.RetryAfter > 0 {
+		return he.RetryAfter + time.Duration(mrand.Int64N(int64(he.RetryAfter/10)+1))
+	}
+	d := s.opts.MinBackoff << min(failures-1, 20)
+	if d > s.opts.MaxBackoff || d <= 0 {
+		d = s.opts.MaxBackoff
+	}
+	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
+}
+
+// sleepCtx waits for d, and reports false if ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
