@@ -310,7 +310,7 @@ func TestRateLimitedSends(t *testing.T) {
 		rooms = append(rooms, sharedRoom(t, alice, bob))
 	}
 	var want []string
-	var last *matrix.Pending
+	var pend []*matrix.Pending
 	for i := range 15 {
 		want = append(want, fmt.Sprintf("n%d", i))
 		for _, r := range rooms {
@@ -318,11 +318,13 @@ func TestRateLimitedSends(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			last = p
+			pend = append(pend, p)
 		}
 	}
-	if _, err := last.Wait(t.Context()); err != nil {
-		t.Fatal(err)
+	for _, p := range pend {
+		if _, err := p.Wait(t.Context()); err != nil {
+			t.Fatal(err)
+		}
 	}
 	alice.Close() // waits for the lanes
 	if failed.Load() != 0 {
