@@ -203,6 +203,13 @@ func (c *Client) DeviceID() id.DeviceID { return c.session.DeviceID }
 // Session returns the stored session (including its tokens: handle with care).
 func (c *Client) Session() Session { return c.session }
 
+// Database is the database the client keeps its session, outbox and sync position in; the
+// e2ee package keeps the crypto store in it too.
+func (c *Client) Database() *dbutil.Database { return c.db }
+
+// SessionName is the key of this client's session in the database.
+func (c *Client) SessionName() string { return c.name }
+
 // Logger is the client's logger.
 func (c *Client) Logger() *slog.Logger { return c.log }
 

@@ -17,19 +17,23 @@ import (
 // it with the e2ee package.
 var ErrEncryptionRequired = errors.New("matrix: room is end-to-end encrypted and this client has no encryption (see package e2ee)")
 
-// Encryption is what the e2ee package plugs into a Client: mautrix's crypto helper, which
-// encrypts outgoing events in encrypted rooms and decrypts incoming ones. A client without it
-// carries no crypto code.
+// Encryption is what the e2ee package plugs into a Client. A client without it carries no
+// crypto code and refuses encrypted rooms (ErrEncryptionRequired).
 type Encryption interface {
-	CryptoHelper() mautrix.CryptoHelper
+	// Encrypt encrypts content for room, first sharing the room key with the devices of its
+	// members where needed.
+	Encrypt(ctx context.Context, room id.RoomID, evtType event.Type, content any) (*event.EncryptedEventContent, error)
+	// ProcessSync gives the crypto machine a sync response before its events are handed out:
+	// to-device messages (room keys), device list changes, one-time key counts, membership.
+	ProcessSync(ctx context.Context, resp *mautrix.RespSync, since string) error
+	// Decrypt decrypts an m.room.encrypted event. The result records how far the sender's
+	// device is trusted (Mautrix.TrustState); an error means the event cannot be read now.
+	Decrypt(ctx context.Context, evt *event.Event) (*event.Event, error)
 }
 
-// UseEncryption makes the client encrypt what it sends into encrypted rooms (including the
-// outbox's sends and uploads) and decrypt what it receives.
+// UseEncryption makes the client encrypt what it sends into encrypted rooms (messages, files,
+// the outbox's retries) and its Syncer decrypt what it receives. The e2ee package calls it.
 func (c *Client) UseEncryption(e Encryption) {
-	h := e.CryptoHelper()
-	c.mx.Crypto = h
-	c.send.Crypto = h
 	c.encMu.Lock()
 	c.enc = e
 	c.encMu.Unlock()
@@ -37,9 +41,13 @@ func (c *Client) UseEncryption(e Encryption) {
 
 // Encrypting reports whether encryption was plugged in with UseEncryption.
 func (c *Client) Encrypting() bool {
+	return c.encryption() != nil
+}
+
+func (c *Client) encryption() Encryption {
 	c.encMu.Lock()
 	defer c.encMu.Unlock()
-	return c.enc != nil
+	return c.enc
 }
 
 // encryptionCache remembers which rooms are encrypted. Encryption cannot be turned off in a

@@ -435,8 +435,7 @@ func (o *outbox) deliver(r row) bool {
 		case <-o.ctx.Done():
 			return false
 		}
-		resp, err := o.c.send.SendMessageEvent(o.ctx, r.room, event.Type{Type: r.evtType, Class: event.MessageEventType},
-			content, mautrix.ReqSendEvent{TransactionID: txn})
+		resp, err := o.sendOnce(r, content, txn)
 		<-o.sem
 		if err == nil {
 			o.succeed(r, resp.EventID)
@@ -463,6 +462,28 @@ func (o *outbox) deliver(r row) bool {
 			return false
 		}
 	}
+}
+
+// sendOnce makes one attempt. In an encrypted room the content is encrypted here, on each
+// attempt: a retry may carry other ciphertext, but its transaction ID makes the server keep
+// the first event.
+func (o *outbox) sendOnce(r row, content json.RawMessage, txn string) (*mautrix.RespSendEvent, error) {
+	typ := event.Type{Type: r.evtType, Class: event.MessageEventType}
+	var body any = content
+	if enc := o.c.encryption(); enc != nil {
+		encrypted, err := o.c.RoomEncrypted(o.ctx, r.room)
+		if err != nil {
+			return nil, err
+		}
+		if encrypted && typ != event.EventReaction {
+			ciphertext, err := enc.Encrypt(o.ctx, r.room, typ, content)
+			if err != nil {
+				return nil, fmt.Errorf("matrix: encrypt for %s: %w", r.room, err)
+			}
+			typ, body = event.EventEncrypted, ciphertext
+		}
+	}
+	return o.c.send.SendMessageEvent(o.ctx, r.room, typ, body, mautrix.ReqSendEvent{TransactionID: txn, DontEncrypt: true})
 }
 
 func (o *outbox) backoff(attempt int, err error) time.Duration {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -67,7 +68,17 @@ func (o *outbox) findSent(room id.RoomID, rows []row) (map[int64]id.EventID, err
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", room, wrapErr(err))
 		}
+		enc := o.c.encryption()
 		for _, evt := range resp.Chunk {
+			if enc != nil && evt.Type == event.EventEncrypted && evt.Unsigned.TransactionID == "" {
+				// Our own events are readable to us: the outbound session is ours.
+				evt.RoomID = room
+				if err := evt.Content.ParseRaw(evt.Type); err == nil {
+					if clear, err := enc.Decrypt(o.ctx, evt); err == nil {
+						evt = clear
+					}
+				}
+			}
 			txn := evt.Unsigned.TransactionID
 			if _, ok := want[txn]; !ok {
 				txn, _ = evt.Content.Raw[txnContentKey].(string)

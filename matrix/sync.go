@@ -54,6 +54,8 @@ type SyncStats struct {
 	Events        uint64    // events handed to handlers
 	HandlerErrors uint64    // handler calls that failed or panicked, and failed auto-joins
 	SyncErrors    uint64    // failed sync requests and gap fills, each followed by a backoff
+	Undecryptable uint64    // encrypted events that could not be decrypted when they arrived
+	LateDecrypted uint64    // of those, decrypted and handed out later, when their keys came
 	LastBatch     time.Time // when the last batch was committed; zero before the first
 }
 
@@ -85,6 +87,7 @@ type Syncer struct {
 	running atomic.Bool
 
 	batches, events, handlerErrors, syncErrors atomic.Uint64
+	undecryptable, lateDecrypted               atomic.Uint64
 	lastBatch                                  atomic.Int64 // Unix milliseconds
 }
 
@@ -198,6 +201,8 @@ func (s *Syncer) Stats() SyncStats {
 		Events:        s.events.Load(),
 		HandlerErrors: s.handlerErrors.Load(),
 		SyncErrors:    s.syncErrors.Load(),
+		Undecryptable: s.undecryptable.Load(),
+		LateDecrypted: s.lateDecrypted.Load(),
 	}
 	if ms := s.lastBatch.Load(); ms != 0 {
 		st.LastBatch = time.UnixMilli(ms)
@@ -211,18 +216,46 @@ type batch struct {
 	// last is each room's newest timeline event: where a gap in a later sync is filled to.
 	last map[id.RoomID]id.EventID
 	left []id.RoomID // rooms this account left, whose last event is forgotten
+
+	utd      []undecryptable // encrypted events to retry when their keys arrive
+	resolved []id.EventID    // stored undecryptable events decrypted or given up on now
 }
 
 // process hands one sync response to the handlers and then commits its token. It returns the
 // context's error, without committing, when ctx ends before the handlers are through.
+//
+// With encryption, the crypto machine sees the response first (room keys arrive as to-device
+// messages in the same response as the events they unlock), then encrypted events are
+// decrypted; those that cannot be yet are stored and retried with every later batch, and handed
+// out when their keys come, after the batch's own events.
 func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since string) error {
+	if enc := s.c.encryption(); enc != nil {
+		if err := enc.ProcessSync(ctx, resp, since); err != nil {
+			return fmt.Errorf("matrix: sync: crypto: %w", err)
+		}
+	}
 	b, err := s.collect(ctx, resp, since)
 	if err != nil {
 		return err
 	}
-	for _, evt := range b.events {
+	late, drop, err := s.retryUndecryptable(ctx)
+	if err != nil {
+		return err
+	}
+	for _, evt := range late {
+		b.resolved = append(b.resolved, evt.ID)
+	}
+	b.resolved = append(b.resolved, drop...)
+	for _, evt := range append(b.events, late...) {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		evt, ok, reason := s.decrypt(ctx, evt)
+		if !ok {
+			s.undecryptable.Add(1)
+			s.c.log.Warn("sync: cannot decrypt event yet; will retry when keys arrive", "room", evt.RoomID, "event", evt.ID, "sender", evt.Sender, "reason", reason)
+			b.utd = append(b.utd, undecryptable{evt: evt.Event, reason: reason})
+			continue // handed out once it can be read
 		}
 		s.dispatch(ctx, evt)
 	}
@@ -394,6 +427,9 @@ func (s *Syncer) prepare(room id.RoomID, raw *event.Event, invite bool) *Event {
 // event, in one transaction.
 func (s *Syncer) commit(ctx context.Context, next string, b *batch) error {
 	return s.c.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if err := s.storeUndecryptable(ctx, b); err != nil {
+			return err
+		}
 		for room, evt := range b.last {
 			if evt == "" {
 				continue

@@ -49,3 +49,15 @@ CREATE TABLE samtal_sync_room (
 	event_id  TEXT NOT NULL,
 	PRIMARY KEY (session, room_id)
 );
+
+-- Encrypted events that could not be decrypted when they arrived (keys not there yet). The
+-- syncer tries them again with every batch and hands them out once their keys arrive.
+CREATE TABLE samtal_utd (
+	session    TEXT   NOT NULL,
+	event_id   TEXT   NOT NULL,
+	room_id    TEXT   NOT NULL,
+	event_json TEXT   NOT NULL,
+	first_seen BIGINT NOT NULL,
+	reason     TEXT   NOT NULL,
+	PRIMARY KEY (session, event_id)
+);
