@@ -3,6 +3,7 @@ package matrix
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -26,17 +27,20 @@ type undecryptable struct {
 // decrypt replaces an encrypted event by its cleartext when the client has encryption. An
 // event that cannot be decrypted yet is returned unchanged with ok=false, to be stored and
 // retried; handlers see it only once it is decrypted.
-func (s *Syncer) decrypt(ctx context.Context, evt *Event) (out *Event, ok bool, reason string) {
+//
+// An event that can never be decrypted (tampered, replayed, from a device the trust policy
+// refuses) is returned with ok=false and final=true: it is counted and logged, not retried.
+func (s *Syncer) decrypt(ctx context.Context, evt *Event) (out *Event, ok bool, reason string, final bool) {
 	enc := s.c.encryption()
 	if enc == nil || evt.invite || evt.Type.Type != event.EventEncrypted.Type {
-		return evt, true, ""
+		return evt, true, "", false
 	}
 	decrypted, err := enc.Decrypt(ctx, evt.Event)
 	if err != nil {
-		return evt, false, err.Error()
+		return evt, false, err.Error(), !errors.Is(err, ErrKeysMissing)
 	}
 	decrypted.RoomID = evt.RoomID
-	return &Event{Event: decrypted, Client: s.c}, true, ""
+	return &Event{Event: decrypted, Client: s.c}, true, "", false
 }
 
 // retryUndecryptable tries the stored undecryptable events again, oldest first, and returns
@@ -76,8 +80,12 @@ func (s *Syncer) retryUndecryptable(ctx context.Context) (late []*Event, drop []
 			continue
 		}
 		evt := s.prepare(st.room, &raw, false)
-		out, ok, _ := s.decrypt(ctx, evt)
+		out, ok, reason, final := s.decrypt(ctx, evt)
 		switch {
+		case final:
+			s.rejected.Add(1)
+			s.c.log.Error("sync: event refused on retry", "room", st.room, "event", st.id, "reason", reason)
+			drop = append(drop, st.id)
 		case ok:
 			s.lateDecrypted.Add(1)
 			s.c.log.Info("sync: keys arrived for an event that could not be decrypted", "room", st.room, "event", st.id, "waited", time.Since(st.firstSeen).Round(time.Second))

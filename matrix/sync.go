@@ -56,6 +56,7 @@ type SyncStats struct {
 	SyncErrors    uint64    // failed sync requests and gap fills, each followed by a backoff
 	Undecryptable uint64    // encrypted events that could not be decrypted when they arrived
 	LateDecrypted uint64    // of those, decrypted and handed out later, when their keys came
+	Rejected      uint64    // encrypted events refused for good: tampered, replayed, untrusted sender
 	LastBatch     time.Time // when the last batch was committed; zero before the first
 }
 
@@ -87,7 +88,7 @@ type Syncer struct {
 	running atomic.Bool
 
 	batches, events, handlerErrors, syncErrors atomic.Uint64
-	undecryptable, lateDecrypted               atomic.Uint64
+	undecryptable, lateDecrypted, rejected     atomic.Uint64
 	lastBatch                                  atomic.Int64 // Unix milliseconds
 }
 
@@ -203,6 +204,7 @@ func (s *Syncer) Stats() SyncStats {
 		SyncErrors:    s.syncErrors.Load(),
 		Undecryptable: s.undecryptable.Load(),
 		LateDecrypted: s.lateDecrypted.Load(),
+		Rejected:      s.rejected.Load(),
 	}
 	if ms := s.lastBatch.Load(); ms != 0 {
 		st.LastBatch = time.UnixMilli(ms)
@@ -250,7 +252,12 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		evt, ok, reason := s.decrypt(ctx, evt)
+		evt, ok, reason, final := s.decrypt(ctx, evt)
+		if final {
+			s.rejected.Add(1)
+			s.c.log.Error("sync: encrypted event refused", "room", evt.RoomID, "event", evt.ID, "sender", evt.Sender, "reason", reason)
+			continue
+		}
 		if !ok {
 			s.undecryptable.Add(1)
 			s.c.log.Warn("sync: cannot decrypt event yet; will retry when keys arrive", "room", evt.RoomID, "event", evt.ID, "sender", evt.Sender, "reason", reason)

@@ -1,0 +1,201 @@
+package e2ee
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/crypto"
+	"maunium.net/go/mautrix/crypto/cryptohelper"
+	"maunium.net/go/mautrix/crypto/olm"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/matrix"
+)
+
+// Trust is how far a device must be trusted: to be given room keys (Options.ShareWith), or to
+// have its messages handed to handlers (Options.AcceptFrom).
+type Trust int
+
+const (
+	// AllDevices trusts every device of a room's members that is not blacklisted. It is the
+	// default, for both directions: in rooms shared between agencies most people have never
+	// verified their devices, and refusing them would make the bot unreadable to them and
+	// deaf to them. A bot that acts on commands checks Event.Mautrix.TrustState itself, or
+	// raises AcceptFrom.
+	AllDevices Trust = iota
+	// CrossSigned trusts devices signed by their owner's cross-signing key (which the bot has
+	// seen before, or verified).
+	CrossSigned
+	// Verified trusts only devices whose owner the bot has verified, directly or through
+	// cross-signing.
+	Verified
+)
+
+// String names the policy.
+func (t Trust) String() string {
+	switch t {
+	case AllDevices:
+		return "AllDevices"
+	case CrossSigned:
+		return "CrossSigned"
+	case Verified:
+		return "Verified"
+	}
+	return fmt.Sprintf("Trust(%d)", int(t))
+}
+
+func (t Trust) minState() (id.TrustState, error) {
+	switch t {
+	case AllDevices:
+		return id.TrustStateUnset, nil
+	case CrossSigned:
+		return id.TrustStateCrossSignedTOFU, nil
+	case Verified:
+		return id.TrustStateCrossSignedVerified, nil
+	}
+	return 0, fmt.Errorf("e2ee: unknown trust policy %d", int(t))
+}
+
+// Options configure encryption for a client. PickleKey is required.
+type Options struct {
+	// PickleKey encrypts the keys in the crypto store: at least 16 bytes, from configuration,
+	// the environment, or a file (LoadOrCreatePickleKey). Losing it loses the device's keys.
+	PickleKey  []byte
+	ShareWith  Trust        // whose devices get room keys for what the client sends; default AllDevices
+	AcceptFrom Trust        // whose messages the client's Syncer hands out; default AllDevices
+	Logger     *slog.Logger // nil means the client's logger
+}
+
+// Errors Enable returns when the crypto store cannot be used; each says what to do.
+var (
+	// ErrWrongPickleKey: the crypto store was written with another pickle key. Use the key it
+	// was written with; without it the device's keys cannot be read, and only Reset helps.
+	ErrWrongPickleKey = errors.New("e2ee: the pickle key does not open this crypto store (use the key it was created with, or Reset to start a new device)")
+	// ErrKeysGoneFromServer: the homeserver has no keys for this device although the store says
+	// they were uploaded (the device was deleted or the server restored from a backup). Reset
+	// and log in as a new device; history stays readable through key backup.
+	ErrKeysGoneFromServer = errors.New("e2ee: the homeserver lost this device's keys (the device was deleted or the server restored); Reset and log in as a new device")
+	// ErrStoreLost: the server has keys for this device but the local store has none (the
+	// database was replaced, or another program uses the same device). Reset and log in as a
+	// new device; never run two programs as one device.
+	ErrStoreLost = errors.New("e2ee: this device's keys are on the server but not in the crypto store (another database or program uses this device?); Reset and log in as a new device")
+	// ErrUntrustedSender wraps a decryption refused by Options.AcceptFrom.
+	ErrUntrustedSender = errors.New("e2ee: sender's device is not trusted enough")
+)
+
+// Machine is encryption enabled on a client. It implements matrix.Encryption.
+type Machine struct {
+	c      *matrix.Client
+	mx     *mautrix.Client
+	helper *cryptohelper.CryptoHelper
+	mach   *crypto.OlmMachine
+	opts   Options
+	accept id.TrustState
+	log    *slog.Logger
+
+	mu       sync.Mutex
+	lastSync time.Time             // when a Syncer last fed us a sync response
+	rooms    map[id.RoomID]roomKnown // send-only mode: when each room's members were last read
+}
+
+type roomKnown struct {
+	at      time.Time
+	members map[id.UserID]bool
+}
+
+var _ matrix.Encryption = (*Machine)(nil)
+
+// minPickleKey is the shortest pickle key Enable accepts.
+const minPickleKey = 16
+
+// Enable turns on end-to-end encryption for c: the crypto store goes into c's database (one
+// Olm account per session and device), the device's keys are uploaded if they are new, and from
+// then on c encrypts what it sends into encrypted rooms and its Syncer decrypts what arrives.
+//
+// Enable checks that the local store and the homeserver agree about the device and fails with
+// ErrWrongPickleKey, ErrKeysGoneFromServer or ErrStoreLost when they do not.
+func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, error) {
+	if len(opts.PickleKey) < minPickleKey {
+		return nil, fmt.Errorf("e2ee: the pickle key must be at least %d bytes (see LoadOrCreatePickleKey)", minPickleKey)
+	}
+	shareMin, err := opts.ShareWith.minState()
+	if err != nil {
+		return nil, err
+	}
+	acceptMin, err := opts.AcceptFrom.minState()
+	if err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = c.Logger()
+	}
+	mx := c.Mautrix()
+	helper, err := cryptohelper.NewCryptoHelper(mx, opts.PickleKey, c.Database())
+	if err != nil {
+		return nil, fmt.Errorf("e2ee: %w", err)
+	}
+	m := &Machine{c: c, mx: mx, helper: helper, opts: opts, accept: acceptMin, log: opts.Logger.With("component", "e2ee"),
+		rooms: map[id.RoomID]roomKnown{}}
+	helper.DBAccountID = accountID(c)
+	helper.DecryptErrorCallback = func(evt *event.Event, err error) {
+		m.log.Debug("mautrix could not decrypt an event (the Syncer retries it)", "room", evt.RoomID, "event", evt.ID, "err", err)
+	}
+	// mautrix decrypts on its own while it processes a sync response (and requests missing
+	// keys); our Syncer hands out events itself, so mautrix's copies go nowhere, except
+	// verification events, which its verification helper listens for.
+	helper.CustomPostDecrypt = func(ctx context.Context, evt *event.Event) {
+		if strings.HasPrefix(evt.Type.Type, "m.key.verification.") {
+			if ds, ok := mx.Syncer.(mautrix.DispatchableSyncer); ok {
+				ds.Dispatch(ctx, evt)
+			}
+		}
+	}
+	if err := helper.Init(ctx); err != nil {
+		return nil, classifyInitError(err)
+	}
+	m.mach = helper.Machine()
+	m.mach.SendKeysMinTrust = shareMin
+	mx.Crypto = helper
+	c.UseEncryption(m)
+	m.log.Info("end-to-end encryption enabled", "device", c.DeviceID(), "identity", m.mach.OwnIdentity().IdentityKey,
+		"share_with", opts.ShareWith, "accept_from", opts.AcceptFrom)
+	return m, nil
+}
+
+// accountID keys the Olm account in the shared crypto tables: one per session and device, so
+// that a new login (a new device) never reuses the old device's account.
+func accountID(c *matrix.Client) string {
+	return c.SessionName() + "/" + c.UserID().String() + "/" + c.DeviceID().String()
+}
+
+func classifyInitError(err error) error {
+	msg := err.Error()
+	switch {
+	case errors.Is(err, olm.ErrBadMAC) || strings.Contains(msg, "bad mac"):
+		return fmt.Errorf("%w: %w", ErrWrongPickleKey, err)
+	case strings.Contains(msg, "keys seem to have disappeared"):
+		return fmt.Errorf("%w: %w", ErrKeysGoneFromServer, err)
+	case strings.Contains(msg, "not marked as shared, but there are keys on the server"),
+		strings.Contains(msg, "mismatching identity key on server"):
+		return fmt.Errorf("%w: %w", ErrStoreLost, err)
+	}
+	return fmt.Errorf("e2ee: start crypto: %w", err)
+}
+
+// Client is the client encryption is enabled on.
+func (m *Machine) Client() *matrix.Client { return m.c }
+
+// OlmMachine returns mautrix's crypto machine, for what this package does not wrap.
+func (m *Machine) OlmMachine() *crypto.OlmMachine { return m.mach }
+
+// Fingerprint is this device's Ed25519 key, as clients show it when verifying manually.
+func (m *Machine) Fingerprint() string {
+	return m.mach.OwnIdentity().Fingerprint()
+}

@@ -1,0 +1,146 @@
+package e2ee_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"go.mau.fi/util/dbutil"
+
+	"github.com/samtalhq/samtal/e2ee"
+	"github.com/samtalhq/samtal/matrix"
+	"github.com/samtalhq/samtal/matrix/matrixtest"
+)
+
+// testKey is a pickle key for tests; real deployments use LoadOrCreatePickleKey.
+var testKey = []byte("0123456789abcdef0123456789abcdef")
+
+func logger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+// party is one encrypted samtal client with its database, as a bot or a person would run it.
+type party struct {
+	t        testing.TB
+	srv      *matrixtest.Server
+	dbPath   string
+	db       *dbutil.Database
+	user     string
+	password string
+	c        *matrix.Client
+	m        *e2ee.Machine
+	got      *inbox
+	stop     func()
+}
+
+// newParty registers localpart and starts an encrypted client with a running Syncer.
+func newParty(t testing.TB, srv *matrixtest.Server, localpart string) *party {
+	t.Helper()
+	_, pw := srv.RegisterUser(t, localpart)
+	p := &party{t: t, srv: srv, dbPath: filepath.Join(t.TempDir(), localpart+".db"), user: localpart, password: pw, got: &inbox{}}
+	p.start(e2ee.Options{PickleKey: testKey})
+	t.Cleanup(p.close)
+	return p
+}
+
+// start opens the database, the client (stored session or password login) and encryption,
+// and runs a Syncer that records messages.
+func (p *party) start(opts e2ee.Options) {
+	p.t.Helper()
+	if err := p.startErr(opts); err != nil {
+		p.t.Fatalf("%s: %v", p.user, err)
+	}
+}
+
+func (p *party) startErr(opts e2ee.Options) error {
+	ctx := context.Background()
+	db, err := matrix.OpenDatabase(ctx, p.dbPath)
+	if err != nil {
+		return err
+	}
+	c, err := matrix.New(ctx, matrix.Options{HomeserverURL: p.srv.URL, Login: matrix.Password(p.user, p.password), DB: db, Logger: logger(p.t)})
+	if err != nil {
+		db.Close()
+		return err
+	}
+	m, err := e2ee.Enable(ctx, c, opts)
+	if err != nil {
+		c.Close()
+		db.Close()
+		return err
+	}
+	p.db, p.c, p.m = db, c, m
+	s := c.NewSyncer(matrix.SyncOptions{Timeout: 2 * time.Second, AutoJoin: &matrix.AutoJoinPolicy{Servers: []string{p.srv.ServerName}}})
+	s.OnMessage(func(ctx context.Context, evt *matrix.Event) error { p.got.add(evt); return nil })
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Run(runCtx) }()
+	p.stop = func() { cancel(); <-done }
+	return nil
+}
+
+func (p *party) close() {
+	if p.stop != nil {
+		p.stop()
+		p.stop = nil
+	}
+	if p.c != nil {
+		p.c.Close()
+		p.db.Close()
+		p.c = nil
+	}
+}
+
+// inbox records the messages a party's Syncer handed out.
+type inbox struct {
+	mu   sync.Mutex
+	evts []*matrix.Event
+}
+
+func (b *inbox) add(e *matrix.Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.evts = append(b.evts, e)
+}
+
+// wait returns the first message with body, failing the test after a minute.
+func (b *inbox) wait(t testing.TB, body string) *matrix.Event {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		b.mu.Lock()
+		for _, e := range b.evts {
+			if e.Text() == body {
+				b.mu.Unlock()
+				return e
+			}
+		}
+		b.mu.Unlock()
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("no message %q arrived", body)
+	return nil
+}
+
+func (b *inbox) count(body string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := 0
+	for _, e := range b.evts {
+		if e.Text() == body {
+			n++
+		}
+	}
+	return n
+}
