@@ -135,7 +135,9 @@ func (c *Client) useSession(ctx context.Context, opts Options, sess *Session) er
 	}
 	send.DeviceID = sess.DeviceID
 	send.IgnoreRateLimit = true
-	resp, err := mx.Whoami(ctx)
+	// Asked without mautrix's retries: a homeserver that is down is reported at once, not
+	// after a minute of backoff.
+	resp, err := send.Whoami(ctx)
 	if err != nil {
 		return fmt.Errorf("matrix: check session of %s: %w", sess.UserID, wrapErr(err))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"strings"
 
 	"github.com/rs/zerolog"
 )
@@ -32,6 +33,10 @@ func (w slogWriter) Write(p []byte) (int, error) {
 		level = slog.LevelError
 	}
 	msg, _ := fields[zerolog.MessageFieldName].(string)
+	if errText, _ := fields[zerolog.ErrorFieldName].(string); level > slog.LevelDebug && strings.Contains(errText, "context canceled") {
+		// A request cut short because we stopped is not a problem worth a warning.
+		level = slog.LevelDebug
+	}
 	delete(fields, zerolog.LevelFieldName)
 	delete(fields, zerolog.MessageFieldName)
 	attrs := make([]slog.Attr, 0, len(fields)+1)

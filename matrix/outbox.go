@@ -357,6 +357,9 @@ func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 	for {
 		rows, err := o.pending(room, after)
 		if err != nil {
+			if o.ctx.Err() != nil {
+				return // closing
+			}
 			o.c.log.Error("outbox: read pending sends", "room", room, "err", err)
 			if !o.sleep(time.Second) {
 				return
