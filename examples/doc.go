@@ -1,3 +1,10 @@
 // Package examples holds small runnable programs, one per user story, each in its own
-// directory. None exist yet.
+// directory with its own test against a real homeserver:
+//
+//   - notify-case: a case system posts updates into one room per case, created with the first
+//     update, each update sent exactly once (EnsureRoom, CaseNotification, idempotent Send).
+//   - echo-bot: a bot that joins the rooms trusted people invite it to and answers "!echo TEXT"
+//     (Syncer, AutoJoinPolicy, Commands).
+//
+// Build and run them with the pure-Go Olm: go run -tags goolm ./examples/notify-case
 package examples

@@ -3,8 +3,29 @@
 // Build with the pure-Go Olm: go build -tags goolm ./cmd/samtal
 //
 //	samtal dev      run a development homeserver on this machine
+//	samtal login    log in and store the session
+//	samtal logout   end the stored session
+//	samtal send     send a message or a file into a room
+//	samtal room     create, ensure, join rooms and invite to them
+//	samtal tail     print the messages arriving in rooms
 //
-// Exit codes: 0 success, 1 failure, 2 bad usage.
+// The account: the first command logs in with SAMTAL_USER and SAMTAL_PASSWORD (or
+// SAMTAL_ACCESS_TOKEN) from the environment, on the homeserver named by --homeserver or
+// SAMTAL_HOMESERVER, and stores the session in the database named by --db or SAMTAL_DB
+// (default $XDG_DATA_HOME/samtal/samtal.db, else ~/.local/share/samtal/samtal.db). Later
+// commands need only the database. A password is never taken as a flag, since flags show in
+// ps. --session names one of several accounts kept in one database.
+//
+//	export SAMTAL_HOMESERVER=https://matrix.agency.example SAMTAL_USER=casebot
+//	read -rs SAMTAL_PASSWORD; export SAMTAL_PASSWORD
+//	samtal login && unset SAMTAL_PASSWORD
+//	samtal send '#case-4711:agency.example' 'Decision made'
+//
+// Exit codes that scripts can test: 0 success, 1 failure, 2 bad usage or input (flags,
+// arguments, a malformed room ID, an empty message), 3 not found (unknown room or alias, or a
+// room the account is not in), 4 authentication (no stored session and no credentials, wrong
+// credentials, a revoked session), 5 rate limited or the homeserver unavailable (try again
+// later).
 package main
 
 import (
@@ -14,20 +35,34 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"maunium.net/go/mautrix"
+
+	"github.com/samtalhq/samtal/matrix"
 )
 
 // Exit codes that scripts can test.
 const (
-	exitOK    = 0
-	exitFail  = 1
-	exitUsage = 2
+	exitOK          = 0
+	exitFail        = 1
+	exitUsage       = 2
+	exitNotFound    = 3
+	exitAuth        = 4
+	exitUnavailable = 5
 )
 
-// errUsage marks an error in how the command was called.
-var errUsage = errors.New("usage")
+var (
+	// errUsage marks an error in how the command was called.
+	errUsage = errors.New("usage")
+	// errAuth marks a command that cannot act as the account: not logged in, or no longer.
+	errAuth = errors.New("not logged in")
+	// errUnavailable marks a homeserver that did not answer in time.
+	errUnavailable = errors.New("homeserver unavailable")
+)
 
 // command is one subcommand of samtal.
 type command struct {
@@ -36,9 +71,10 @@ type command struct {
 	run     func(ctx context.Context, env *env, args []string) error
 }
 
-// env is what a command reads and writes besides its arguments, so tests can run commands
-// in-process.
+// env is what a command reads and writes besides its arguments and the environment variables,
+// so tests can run commands in-process.
 type env struct {
+	stdin          io.Reader // nil reads as a terminal: nothing piped in
 	stdout, stderr io.Writer
 	log            *slog.Logger
 }
@@ -46,13 +82,18 @@ type env struct {
 func commands() []command {
 	return []command{
 		{"dev", "run a development homeserver (Dendrite) on this machine", runDev},
+		{"login", "log in with SAMTAL_USER and SAMTAL_PASSWORD and store the session", runLogin},
+		{"logout", "end the stored session at the homeserver and forget it", runLogout},
+		{"send", "send a message or a file into a room", runSend},
+		{"room", "create, ensure or join rooms, and invite people to them", runRoom},
+		{"tail", "print the messages arriving in rooms until interrupted", runTail},
 	}
 }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	e := &env{stdout: os.Stdout, stderr: os.Stderr, log: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, log: slog.New(slog.NewTextHandler(os.Stderr, nil))}
 	os.Exit(run(ctx, e, os.Args[1:]))
 }
 
@@ -69,30 +110,82 @@ func run(ctx context.Context, e *env, args []string) int {
 			continue
 		}
 		err := c.run(ctx, e, args[1:])
-		switch {
-		case err == nil:
+		if err == nil || errors.Is(err, flag.ErrHelp) {
 			return exitOK
-		case errors.Is(err, flag.ErrHelp):
-			return exitOK
-		case errors.Is(err, errUsage):
-			fmt.Fprintf(e.stderr, "samtal %s: %v\n", c.name, err)
-			return exitUsage
-		default:
-			fmt.Fprintf(e.stderr, "samtal %s: %v\n", c.name, err)
-			return exitFail
 		}
+		fmt.Fprintf(e.stderr, "samtal %s: %v\n", c.name, err)
+		return exitCode(err)
 	}
 	fmt.Fprintf(e.stderr, "samtal: unknown command %q\n\n", args[0])
 	usage(e.stderr)
 	return exitUsage
 }
 
+// exitCode is the exit code for a command's error. A failure to reach the server comes before
+// authentication, so that a login that could not be tried is not taken for a wrong password.
+func exitCode(err error) int {
+	switch {
+	case errors.Is(err, errUsage), errors.Is(err, matrix.ErrInvalidRoom),
+		errors.Is(err, matrix.ErrInvalidUserID), errors.Is(err, matrix.ErrInvalidContent):
+		return exitUsage
+	case unavailable(err):
+		return exitUnavailable
+	case errors.Is(err, errAuth), errors.Is(err, matrix.ErrUnknownToken), errors.Is(err, matrix.ErrLogin),
+		errors.Is(err, mautrix.MUnknownToken), errors.Is(err, mautrix.MMissingToken):
+		return exitAuth
+	case errors.Is(err, matrix.ErrNotFound), errors.Is(err, mautrix.MNotFound):
+		return exitNotFound
+	}
+	return exitFail
+}
+
+// unavailable reports whether err means "try again later": a rate limit, a server error, no
+// answer. The errors of calls made through Client.Mautrix are mautrix's own, hence both kinds.
+func unavailable(err error) bool {
+	if errors.Is(err, context.Canceled) {
+		return false
+	}
+	var he *matrix.HTTPError
+	var mx mautrix.HTTPError
+	var op *net.OpError
+	var dns *net.DNSError
+	var ne net.Error
+	switch {
+	case errors.Is(err, errUnavailable), errors.Is(err, matrix.ErrRateLimited), errors.Is(err, mautrix.MLimitExceeded):
+		return true
+	case errors.As(err, &he):
+		return he.Temporary()
+	case errors.As(err, &mx) && mx.Response != nil:
+		return mx.Response.StatusCode >= 500
+	case errors.As(err, &op), errors.As(err, &dns):
+		return true
+	case errors.As(err, &ne):
+		return ne.Timeout()
+	}
+	return false
+}
+
 func usage(w io.Writer) {
-	fmt.Fprintln(w, "Usage: samtal COMMAND [flags]\n\nCommands:")
+	fmt.Fprintln(w, "Usage: samtal COMMAND [flags] [arguments]\n\nCommands:")
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintln(w, "\nRun 'samtal COMMAND -h' for a command's flags.")
+	fmt.Fprint(w, `
+Run 'samtal COMMAND -h' for a command's flags.
+
+The first command that needs the account logs in with SAMTAL_USER and SAMTAL_PASSWORD (or
+SAMTAL_ACCESS_TOKEN) from the environment, on the homeserver named by --homeserver or
+SAMTAL_HOMESERVER, and stores the session in the database (--db, SAMTAL_DB). Later commands
+need only the database. Passwords are never taken as flags: flags show in 'ps'.
+
+Exit codes:
+  0  success
+  1  failure
+  2  bad usage or input: flags, arguments, a malformed room ID, an empty message
+  3  not found: unknown room or alias, or a room the account is not in
+  4  authentication: not logged in, wrong credentials, session revoked
+  5  rate limited or homeserver unavailable: try again later
+`)
 }
 
 // newFlags returns a flag set whose errors come back to run instead of exiting.
@@ -100,6 +193,20 @@ func newFlags(e *env, name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("samtal "+name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	return fs
+}
+
+// setUsage makes fs -h print synopsis ("send [flags] ROOM [TEXT...]") and details above the
+// flags.
+func setUsage(fs *flag.FlagSet, synopsis, details string) {
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "Usage: samtal %s\n\n", synopsis)
+		if details != "" {
+			fmt.Fprintf(w, "%s\n\n", details)
+		}
+		fmt.Fprintln(w, "Flags:")
+		fs.PrintDefaults()
+	}
 }
 
 // parse parses args, turning flag errors into usage errors.
@@ -110,5 +217,35 @@ func parse(fs *flag.FlagSet, args []string) error {
 		}
 		return fmt.Errorf("%w: %v", errUsage, err)
 	}
+	return nil
+}
+
+// parseInterspersed parses args with flags allowed between the arguments, as in
+// `room ensure ALIAS --name N`, and returns the arguments. After "--" everything is an argument.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var rest []string
+	for {
+		if err := parse(fs, args); err != nil {
+			return nil, err
+		}
+		left := fs.Args()
+		if consumed := args[:len(args)-len(left)]; len(consumed) > 0 && consumed[len(consumed)-1] == "--" {
+			return append(rest, left...), nil
+		}
+		if len(left) == 0 {
+			return rest, nil
+		}
+		rest = append(rest, left[0])
+		args = left[1:]
+	}
+}
+
+// stringList is a flag that may be given several times.
+type stringList []string
+
+func (l *stringList) String() string { return fmt.Sprint(*l) }
+
+func (l *stringList) Set(v string) error {
+	*l = append(*l, v)
 	return nil
 }

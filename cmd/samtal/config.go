@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/internal/storage"
+	"github.com/samtalhq/samtal/matrix"
+)
+
+// account is how a command finds its Matrix account: the database that holds the session, the
+// session's name in it, and the homeserver for the first login. The credentials for that login
+// come from the environment only (see credentials).
+type account struct {
+	homeserver string
+	db         string
+	session    string
+}
+
+// accountFlags registers --homeserver, --db and --session on fs, with their defaults from the
+// environment.
+func accountFlags(fs *flag.FlagSet) *account {
+	a := &account{}
+	fs.StringVar(&a.homeserver, "homeserver", os.Getenv("SAMTAL_HOMESERVER"),
+		"homeserver URL for the first login (env SAMTAL_HOMESERVER); not needed with a stored session")
+	fs.StringVar(&a.db, "db", envOr("SAMTAL_DB", defaultDB()),
+		"database with the stored session: a SQLite file or a postgres:// URL (env SAMTAL_DB)")
+	fs.StringVar(&a.session, "session", "default", "name of the stored session, for several accounts in one database")
+	return a
+}
+
+// credentialsHelp is the part of each command's help that says how to log in.
+const credentialsHelp = `The first use logs in with SAMTAL_USER and SAMTAL_PASSWORD, or SAMTAL_ACCESS_TOKEN, from
+the environment, and stores the session in the database; later uses need only --db and
+--session. There is no password flag, because flags show in 'ps'.`
+
+// defaultDB is $XDG_DATA_HOME/samtal/samtal.db, else ~/.local/share/samtal/samtal.db, else
+// samtal.db in the working directory.
+func defaultDB() string {
+	if dir := os.Getenv("XDG_DATA_HOME"); filepath.IsAbs(dir) {
+		return filepath.Join(dir, "samtal", "samtal.db")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "share", "samtal", "samtal.db")
+	}
+	return "samtal.db"
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// credentials returns the login the environment offers, and nil when it offers none or only
+// part of one (the error says what is missing). user is SAMTAL_USER when it is a full user ID,
+// which lets the homeserver be discovered from it.
+func credentials() (login matrix.Login, user id.UserID, err error) {
+	name, password, token := os.Getenv("SAMTAL_USER"), os.Getenv("SAMTAL_PASSWORD"), os.Getenv("SAMTAL_ACCESS_TOKEN")
+	if strings.HasPrefix(name, "@") {
+		user = id.UserID(name)
+		if err := matrix.ValidateUserID(user); err != nil {
+			return nil, "", fmt.Errorf("SAMTAL_USER: %w", err)
+		}
+	}
+	switch {
+	case token != "":
+		return matrix.AccessToken(token), user, nil
+	case name != "" && password != "":
+		return matrix.Password(name, password), user, nil
+	case name != "":
+		return nil, "", fmt.Errorf("%w: SAMTAL_USER is set but SAMTAL_PASSWORD is not", errAuth)
+	case password != "":
+		return nil, "", fmt.Errorf("%w: SAMTAL_PASSWORD is set but SAMTAL_USER is not", errAuth)
+	}
+	return nil, "", nil
+}
+
+// open returns a client for the stored session, logging in with the environment's credentials
+// when there is none (or it was revoked). Close it with the returned function. Credentials
+// that are incomplete, as when SAMTAL_PASSWORD was unset after the first login, matter only
+// when a login is needed.
+func (a *account) open(ctx context.Context, e *env) (*matrix.Client, func(), error) {
+	login, user, credErr := credentials()
+	c, done, err := a.openWith(ctx, e, login, user)
+	if credErr != nil && (errors.Is(err, errAuth) || errors.Is(err, matrix.ErrUnknownToken)) {
+		return nil, nil, credErr
+	}
+	return c, done, err
+}
+
+// openWith is open with the login to use when no session is stored; nil uses only a stored one.
+func (a *account) openWith(ctx context.Context, e *env, login matrix.Login, user id.UserID) (*matrix.Client, func(), error) {
+	db, err := a.openDB(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts := matrix.Options{
+		HomeserverURL: a.homeserver,
+		UserID:        user,
+		Login:         login,
+		DB:            db,
+		SessionName:   a.session,
+		DeviceName:    deviceName(),
+		Logger:        e.log,
+	}
+	if login != nil && opts.HomeserverURL == "" && opts.UserID == "" {
+		// The credentials can only be used with a homeserver; a stored session knows its own.
+		opts.Login = nil
+	}
+	c, err := matrix.New(ctx, opts)
+	switch {
+	case err == nil:
+		return c, func() { c.Close(); db.Close() }, nil
+	case opts.Login == nil && login != nil && (errors.Is(err, matrix.ErrLogin) || errors.Is(err, matrix.ErrUnknownToken)):
+		err = fmt.Errorf("%w: to log in, name the homeserver with --homeserver or SAMTAL_HOMESERVER, or set SAMTAL_USER to a full user ID (@user:server)", errUsage)
+	case login == nil && errors.Is(err, matrix.ErrLogin):
+		err = fmt.Errorf("%w: no session %q in %s; set SAMTAL_USER and SAMTAL_PASSWORD (or SAMTAL_ACCESS_TOKEN) and SAMTAL_HOMESERVER to log in", errAuth, a.session, a.db)
+	case login == nil && errors.Is(err, matrix.ErrUnknownToken):
+		err = fmt.Errorf("the session %q was revoked; set SAMTAL_USER and SAMTAL_PASSWORD to log in again: %w", a.session, err)
+	}
+	db.Close()
+	return nil, nil, err
+}
+
+// openDB opens the database. A new SQLite file is created readable by its owner only, since it
+// holds access tokens; SQLite gives its journal files the same mode.
+func (a *account) openDB(ctx context.Context) (*dbutil.Database, error) {
+	if a.db == "" {
+		return nil, fmt.Errorf("%w: no database: set --db or SAMTAL_DB", errUsage)
+	}
+	if !storage.IsPostgres(a.db) && !strings.HasPrefix(a.db, "file:") {
+		if err := os.MkdirAll(filepath.Dir(a.db), 0o700); err != nil {
+			return nil, fmt.Errorf("create the database's directory: %w", err)
+		}
+		f, err := os.OpenFile(a.db, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err == nil {
+			f.Close()
+		} else if !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("create the database: %w", err)
+		}
+	}
+	return matrix.OpenDatabase(ctx, a.db)
+}
+
+// deviceName is how the session is listed among the account's devices, so that its owner can
+// tell which machine it is on.
+func deviceName() string {
+	if host, err := os.Hostname(); err == nil && host != "" {
+		return "samtal CLI on " + host
+	}
+	return "samtal CLI"
+}

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/samtalhq/samtal/matrix/matrixtest"
+)
+
+// TestTail prints what bob and the account itself send while tail runs; a second tail, in
+// JSON, starts where the first stopped and prints what came in between.
+func TestTail(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	alice := loginAs(t, srv, "alice")
+	bob := srv.Client(t, "bob")
+	room := sharedRoom(t, bob)
+	if _, err := bob.SendText(t.Context(), room, "before tail"); err != nil {
+		t.Fatal(err)
+	}
+
+	e, out, errOut := testEnv()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, e, []string{"tail", string(room)}) }()
+	waitFor(t, func() bool { return strings.Contains(errOut.String(), "receiving messages") }, done, errOut)
+
+	if _, err := bob.SendText(t.Context(), room, "hej från bob\nrad två"); err != nil {
+		t.Fatal(err)
+	}
+	mustSamtal(t, "send", string(room), "from alice's script")
+	waitFor(t, func() bool { return strings.Contains(out.String(), "from alice's script") }, done, errOut)
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Fatalf("tail exited %d: %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	want := []*regexp.Regexp{
+		regexp.MustCompile(`^\d{4}-\d\d-\d\dT\S+ ` + regexp.QuoteMeta(string(bob.UserID)) + ` hej från bob↵rad två$`),
+		regexp.MustCompile(`^\S+ ` + regexp.QuoteMeta(string(alice)) + ` from alice's script$`),
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("tail printed %d lines, want %d (nothing from before it started):\n%s", len(lines), len(want), out)
+	}
+	for i, re := range want {
+		if !re.MatchString(lines[i]) {
+			t.Errorf("line %d is %q, want %s", i, lines[i], re)
+		}
+	}
+
+	// While no tail runs, bob writes; the next tail picks up where the last one stopped.
+	sent, err := bob.SendText(t.Context(), room, "while you were away")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, out, errOut = testEnv()
+	ctx, cancel = context.WithCancel(t.Context())
+	defer cancel()
+	go func() { done <- run(ctx, e, []string{"tail", "--json"}) }()
+	waitFor(t, func() bool { return strings.Contains(out.String(), "while you were away") }, done, errOut)
+	cancel()
+	<-done
+	// The first tail may have been stopped before it stored its last batch: at least once, so
+	// that batch comes again, before what came in between.
+	var got tailLine
+	for line := range strings.Lines(out.String()) {
+		var l tailLine
+		if err := json.Unmarshal([]byte(line), &l); err != nil {
+			t.Fatalf("tail --json printed %q: %v", line, err)
+		}
+		if l.Body == "while you were away" {
+			got = l
+		}
+	}
+	if got.EventID != sent.EventID || got.RoomID != room || got.Sender != bob.UserID || got.Type != "m.room.message" ||
+		got.MsgType != "m.text" || got.Body != "while you were away" || time.Since(time.UnixMilli(got.TS)) > time.Hour {
+		t.Errorf("tail --json printed %+v", got)
+	}
+}
