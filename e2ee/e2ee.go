@@ -150,13 +150,7 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 	// mautrix decrypts on its own while it processes a sync response (and requests missing
 	// keys); our Syncer hands out events itself, so mautrix's copies go nowhere, except
 	// verification events, which its verification helper listens for.
-	helper.CustomPostDecrypt = func(ctx context.Context, evt *event.Event) {
-		if strings.HasPrefix(evt.Type.Type, "m.key.verification.") {
-			if ds, ok := mx.Syncer.(mautrix.DispatchableSyncer); ok {
-				ds.Dispatch(ctx, evt)
-			}
-		}
-	}
+	helper.CustomPostDecrypt = m.postDecrypt
 	if err := helper.Init(ctx); err != nil {
 		return nil, classifyInitError(err)
 	}
@@ -167,6 +161,22 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 	m.log.Info("end-to-end encryption enabled", "device", c.DeviceID(), "identity", m.mach.OwnIdentity().IdentityKey,
 		"share_with", opts.ShareWith, "accept_from", opts.AcceptFrom)
 	return m, nil
+}
+
+// postDecrypt receives what mautrix decrypts on its own while it processes a sync response.
+// Our Syncer hands out events itself, so these copies go nowhere, except in-room verification
+// events, which mautrix's verification helper listens for on the mautrix syncer.
+func (m *Machine) postDecrypt(ctx context.Context, evt *event.Event) {
+	isVerification := strings.HasPrefix(evt.Type.Type, "m.key.verification.")
+	if msg, ok := evt.Content.Parsed.(*event.MessageEventContent); ok && msg.MsgType == event.MsgVerificationRequest {
+		isVerification = true
+	}
+	if !isVerification {
+		return
+	}
+	if ds, ok := m.mx.Syncer.(mautrix.DispatchableSyncer); ok {
+		ds.Dispatch(ctx, evt)
+	}
 }
 
 // accountID keys the Olm account in the shared crypto tables: one per session and device, so
