@@ -89,6 +89,9 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 			return nil, err
 		}
 		c.log.Warn("stored session was revoked; logging in again", "user", sess.UserID, "device", sess.DeviceID)
+		if opts.HomeserverURL == "" {
+			opts.HomeserverURL = sess.HomeserverURL // the same server, a new device
+		}
 	}
 	if opts.Login == nil {
 		return nil, fmt.Errorf("%w: no stored session %q and Options.Login is nil", ErrLogin, opts.SessionName)
