@@ -180,8 +180,12 @@ func BenchmarkMegolm(b *testing.B) {
 	ctx := context.Background()
 
 	encrypt := map[string]func() (*event.EncryptedEventContent, error){
-		"samtal":  func() (*event.EncryptedEventContent, error) { return alice.m.Encrypt(ctx, room, event.EventMessage, content) },
-		"mautrix": func() (*event.EncryptedEventContent, error) { return helper.Encrypt(ctx, room, event.EventMessage, content) },
+		"samtal": func() (*event.EncryptedEventContent, error) {
+			return alice.m.Encrypt(ctx, room, event.EventMessage, content)
+		},
+		"mautrix": func() (*event.EncryptedEventContent, error) {
+			return helper.Encrypt(ctx, room, event.EventMessage, content)
+		},
 	}
 	for _, impl := range []string{"samtal", "mautrix"} {
 		b.Run("op=encrypt/impl="+impl, func(b *testing.B) {

@@ -101,10 +101,11 @@ func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID) error {
 	return nil
 }
 
-// Decrypt decrypts an m.room.encrypted event. It returns an error wrapping matrix.ErrKeysMissing
-// when the room key has not arrived (the Syncer retries later), ErrUntrustedSender when the
-// sender's device is below Options.AcceptFrom, and mautrix's error for tampered or replayed
-// events.
+// Decrypt decrypts an m.room.encrypted event. A room key that has not arrived is looked up in
+// the key backup, if the device has one (at most once a minute per key). Decrypt returns an
+// error wrapping matrix.ErrKeysMissing when the room key is still missing (the Syncer retries
+// later), ErrUntrustedSender when the sender's device is below Options.AcceptFrom, and
+// mautrix's error for tampered or replayed events.
 func (m *Machine) Decrypt(ctx context.Context, evt *event.Event) (*event.Event, error) {
 	if evt.Content.Parsed == nil {
 		if err := evt.Content.ParseRaw(evt.Type); err != nil {
@@ -115,6 +116,9 @@ func (m *Machine) Decrypt(ctx context.Context, evt *event.Event) (*event.Event, 
 		return nil, fmt.Errorf("e2ee: %s is not an encrypted event", evt.ID)
 	}
 	clear, err := m.helper.Decrypt(ctx, evt)
+	if (errors.Is(err, crypto.ErrNoSessionFound) || errors.Is(err, crypto.ErrGroupSessionWithheld)) && m.fromBackup(ctx, evt) {
+		clear, err = m.helper.Decrypt(ctx, evt)
+	}
 	if errors.Is(err, crypto.ErrNoSessionFound) {
 		return nil, fmt.Errorf("%w: %w", matrix.ErrKeysMissing, err)
 	}

@@ -101,8 +101,10 @@ type Machine struct {
 	log    *slog.Logger
 
 	mu       sync.Mutex
-	lastSync time.Time             // when a Syncer last fed us a sync response
+	lastSync time.Time               // when a Syncer last fed us a sync response
 	rooms    map[id.RoomID]roomKnown // send-only mode: when each room's members were last read
+
+	backup keyBackup // server-side key backup: key, version, uploader (backup.go)
 }
 
 type roomKnown struct {
@@ -118,6 +120,10 @@ const minPickleKey = 16
 // Enable turns on end-to-end encryption for c: the crypto store goes into c's database (one
 // Olm account per session and device), the device's keys are uploaded if they are new, and from
 // then on c encrypts what it sends into encrypted rooms and its Syncer decrypts what arrives.
+//
+// On a device that was set up with Bootstrap or Recover, Enable also takes up the account's
+// cross-signing keys and the key backup again; call Close when done, to stop the backup
+// uploader.
 //
 // Enable checks that the local store and the homeserver agree about the device and fails with
 // ErrWrongPickleKey, ErrKeysGoneFromServer or ErrStoreLost when they do not.
@@ -156,6 +162,13 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 	}
 	m.mach = helper.Machine()
 	m.mach.SendKeysMinTrust = shareMin
+	if err := m.loadCrossSigningKeys(ctx); err != nil {
+		return nil, err
+	}
+	m.mach.SessionReceived = m.sessionReceived
+	if err := m.loadBackup(ctx); err != nil {
+		return nil, err
+	}
 	mx.Crypto = helper
 	c.UseEncryption(m)
 	m.log.Info("end-to-end encryption enabled", "device", c.DeviceID(), "identity", m.mach.OwnIdentity().IdentityKey,

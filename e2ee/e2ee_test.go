@@ -84,6 +84,10 @@ func TestEncryptedConversation(t *testing.T) {
 	if _, err := spy.JoinRoomByID(ctx, room); err != nil {
 		t.Fatal(err)
 	}
+	// The spy's join reaches the server's history check a moment after the join returns.
+	matrixtest.WaitEvent(t, spy, room, func(e *event.Event) bool {
+		return e.Type == event.StateMember && e.GetStateKey() == spy.UserID.String()
+	})
 	msgs, err := spy.Messages(ctx, room, "", "", mautrix.DirectionBackward, &mautrix.FilterPart{Senders: []id.UserID{alice.c.UserID(), bob.c.UserID()}}, 100)
 	if err != nil {
 		t.Fatal(err)

@@ -96,6 +96,7 @@ func (p *party) close() {
 		p.stop = nil
 	}
 	if p.c != nil {
+		p.m.Close()
 		p.c.Close()
 		p.db.Close()
 		p.c = nil

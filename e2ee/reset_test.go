@@ -24,7 +24,7 @@ func TestKeysGoneFromServerAndReset(t *testing.T) {
 	// Delete the device on the server, then log in again under the same device ID: a device
 	// without keys, while the bot's store says its keys were uploaded.
 	raw, _ := mautrix.NewClient(srv.URL, "", "")
-	resp, err := raw.Login(t.Context(), &mautrix.ReqLogin{Type: mautrix.AuthTypePassword,
+	_, err := raw.Login(t.Context(), &mautrix.ReqLogin{Type: mautrix.AuthTypePassword,
 		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "bot"}, Password: bot.password, StoreCredentials: true})
 	if err != nil {
 		t.Fatal(err)
@@ -32,7 +32,7 @@ func TestKeysGoneFromServerAndReset(t *testing.T) {
 	if _, err := raw.LogoutAll(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	resp, err = raw.Login(t.Context(), &mautrix.ReqLogin{Type: mautrix.AuthTypePassword,
+	resp, err := raw.Login(t.Context(), &mautrix.ReqLogin{Type: mautrix.AuthTypePassword,
 		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "bot"}, Password: bot.password, DeviceID: oldDevice})
 	if err != nil || resp.DeviceID != oldDevice {
 		t.Fatalf("re-login on %s: %v (%s)", oldDevice, err, resp.DeviceID)
