@@ -12,6 +12,7 @@ import (
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/samtalhq/samtal/e2ee"
 	"github.com/samtalhq/samtal/internal/storage"
 	"github.com/samtalhq/samtal/matrix"
 )
@@ -23,6 +24,10 @@ type account struct {
 	homeserver string
 	db         string
 	session    string
+	pickleKey  string // file with the e2ee pickle key; "" means beside a SQLite database
+	noE2EE     bool
+
+	m *e2ee.Machine // set by open when encryption is on
 }
 
 // accountFlags registers --homeserver, --db and --session on fs, with their defaults from the
@@ -34,7 +39,41 @@ func accountFlags(fs *flag.FlagSet) *account {
 	fs.StringVar(&a.db, "db", envOr("SAMTAL_DB", defaultDB()),
 		"database with the stored session: a SQLite file or a postgres:// URL (env SAMTAL_DB)")
 	fs.StringVar(&a.session, "session", "default", "name of the stored session, for several accounts in one database")
+	fs.StringVar(&a.pickleKey, "pickle-key", os.Getenv("SAMTAL_PICKLE_KEY_FILE"),
+		"file with the key that encrypts the device's crypto keys (env SAMTAL_PICKLE_KEY_FILE; default: the database's path + .pickle-key, created 0600)")
+	fs.BoolVar(&a.noE2EE, "no-e2ee", os.Getenv("SAMTAL_E2EE") == "off",
+		"do not enable end-to-end encryption (env SAMTAL_E2EE=off); encrypted rooms are then refused")
 	return a
+}
+
+// pickleKeyFile is where the e2ee pickle key is kept: --pickle-key, else beside a SQLite
+// database. A PostgreSQL database has no place beside it: "" means no encryption.
+func (a *account) pickleKeyFile() string {
+	if a.pickleKey != "" || storage.IsPostgres(a.db) {
+		return a.pickleKey
+	}
+	return strings.TrimPrefix(a.db, "file:") + ".pickle-key"
+}
+
+// enableE2EE turns on encryption for c unless it was switched off.
+func (a *account) enableE2EE(ctx context.Context, e *env, c *matrix.Client) error {
+	path := a.pickleKeyFile()
+	if a.noE2EE || path == "" {
+		if path == "" && !a.noE2EE {
+			e.log.Info("end-to-end encryption is off: name a pickle key file with --pickle-key or SAMTAL_PICKLE_KEY_FILE")
+		}
+		return nil
+	}
+	key, err := e2ee.LoadOrCreatePickleKey(path)
+	if err != nil {
+		return err
+	}
+	m, err := e2ee.Enable(ctx, c, e2ee.Options{PickleKey: key})
+	if err != nil {
+		return fmt.Errorf("%w (or run with --no-e2ee)", err)
+	}
+	a.m = m
+	return nil
 }
 
 // credentialsHelp is the part of each command's help that says how to log in.
@@ -118,9 +157,21 @@ func (a *account) openWith(ctx context.Context, e *env, login matrix.Login, user
 		opts.Login = nil
 	}
 	c, err := matrix.New(ctx, opts)
+	if err == nil {
+		if err = a.enableE2EE(ctx, e, c); err != nil {
+			c.Close()
+			db.Close()
+			return nil, nil, err
+		}
+		return c, func() {
+			if a.m != nil {
+				a.m.Close()
+			}
+			c.Close()
+			db.Close()
+		}, nil
+	}
 	switch {
-	case err == nil:
-		return c, func() { c.Close(); db.Close() }, nil
 	case opts.Login == nil && login != nil && (errors.Is(err, matrix.ErrLogin) || errors.Is(err, matrix.ErrUnknownToken)):
 		err = fmt.Errorf("%w: to log in, name the homeserver with --homeserver or SAMTAL_HOMESERVER, or set SAMTAL_USER to a full user ID (@user:server)", errUsage)
 	case login == nil && errors.Is(err, matrix.ErrLogin):

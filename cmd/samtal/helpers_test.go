@@ -33,7 +33,13 @@ func samtal(t *testing.T, stdin io.Reader, args ...string) result {
 // without its final newline.
 func mustSamtal(t *testing.T, args ...string) string {
 	t.Helper()
-	r := samtal(t, nil, args...)
+	return mustSamtalIn(t, nil, args...)
+}
+
+// mustSamtalIn is mustSamtal with standard input.
+func mustSamtalIn(t *testing.T, stdin io.Reader, args ...string) string {
+	t.Helper()
+	r := samtal(t, stdin, args...)
 	if r.code != exitOK {
 		t.Fatalf("samtal %q: exit %d\nstdout: %s\nstderr: %s", args, r.code, r.stdout, r.stderr)
 	}
@@ -44,7 +50,7 @@ func mustSamtal(t *testing.T, args ...string) string {
 // own, so that nothing from the machine running the tests leaks in.
 func clearEnv(t *testing.T) {
 	t.Helper()
-	for _, v := range []string{"SAMTAL_HOMESERVER", "SAMTAL_USER", "SAMTAL_PASSWORD", "SAMTAL_ACCESS_TOKEN"} {
+	for _, v := range []string{"SAMTAL_HOMESERVER", "SAMTAL_USER", "SAMTAL_PASSWORD", "SAMTAL_ACCESS_TOKEN", "SAMTAL_PICKLE_KEY_FILE", "SAMTAL_E2EE", "SAMTAL_RECOVERY_KEY"} {
 		t.Setenv(v, "")
 	}
 	t.Setenv("SAMTAL_DB", filepath.Join(t.TempDir(), "samtal.db"))

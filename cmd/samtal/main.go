@@ -8,6 +8,7 @@
 //	samtal send     send a message or a file into a room
 //	samtal room     create, ensure, join rooms and invite to them
 //	samtal tail     print the messages arriving in rooms
+//	samtal e2ee     encryption: status, cross-signing bootstrap, recovery, verification
 //
 // The account: the first command logs in with SAMTAL_USER and SAMTAL_PASSWORD (or
 // SAMTAL_ACCESS_TOKEN) from the environment, on the homeserver named by --homeserver or
@@ -87,6 +88,7 @@ func commands() []command {
 		{"send", "send a message or a file into a room", runSend},
 		{"room", "create, ensure or join rooms, and invite people to them", runRoom},
 		{"tail", "print the messages arriving in rooms until interrupted", runTail},
+		{"e2ee", "end-to-end encryption: status, bootstrap, recover, verify", runE2EE},
 	}
 }
 

@@ -223,8 +223,7 @@ func addRoomFlags(fs *flag.FlagSet) *roomFlags {
 	fs.StringVar(&f.alias, "alias", "", "`LOCALPART` of an alias on the account's server, such as case-4711")
 	fs.Var(&f.invite, "invite", "`USER` to invite, such as @anna:agency.example; repeat for several")
 	fs.StringVar(&f.caseID, "case", "", "`ID` of the case the room is about (implies --preset case)")
-	fs.BoolVar(&f.unencrypted, "unencrypted", false, "create the room without the end-to-end encryption every preset but public has;\n"+
-		"samtal sends without encryption, so clients flag its messages in encrypted rooms")
+	fs.BoolVar(&f.unencrypted, "unencrypted", false, "create the room without the end-to-end encryption every preset but public has")
 	return f
 }
 

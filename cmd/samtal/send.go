@@ -49,8 +49,9 @@ The message goes through the outbox in the database: it survives an outage and i
 If it is not sent in --timeout, or with --no-wait, it stays there and goes out with the next
 samtal command on the same database and session. With --no-wait the outbox ID is printed.
 
-samtal does not encrypt yet, and never sends plaintext into an end-to-end encrypted room:
-create the rooms it posts into with 'samtal room create --unencrypted'.
+In end-to-end encrypted rooms the message (or file) is encrypted; the device's keys are kept
+in the database, encrypted with the pickle key (see --pickle-key). With --no-e2ee, encrypted
+rooms are refused rather than sent plaintext.
 
 `+credentialsHelp)
 	if err := parse(fs, args); err != nil {
@@ -139,7 +140,7 @@ func (req sendRequest) send(ctx context.Context, e *env, acct *account) (sendRes
 		p, err = c.Send(ctx, rooms[0], msg, opts)
 	}
 	if errors.Is(err, matrix.ErrEncryptionRequired) {
-		return sendResult{}, fmt.Errorf("%w; samtal cannot encrypt yet: send into rooms created with --unencrypted", err)
+		return sendResult{}, fmt.Errorf("%w; run without --no-e2ee (and with a pickle key, --pickle-key) to encrypt", err)
 	}
 	if err != nil {
 		return sendResult{}, err

@@ -143,14 +143,24 @@ func TestSendNoWait(t *testing.T) {
 	}
 }
 
-// TestSendEncryptedRoom: samtal cannot encrypt yet, so it refuses rooms that are encrypted,
-// which rooms are unless created with --unencrypted, and says what to do.
+// TestSendEncryptedRoom: rooms are encrypted by default and samtal encrypts into them; a
+// member's encrypting client reads the message, the server holds only ciphertext. With
+// --no-e2ee the room is refused, never sent plaintext.
 func TestSendEncryptedRoom(t *testing.T) {
 	srv := matrixtest.NewServer(t)
 	loginAs(t, srv, "alice")
-	room := mustSamtal(t, "room", "create")
-	r := samtal(t, nil, "send", room, "secret")
-	if r.code != exitFail || !strings.Contains(r.stderr, "--unencrypted") {
-		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
+	bob := encryptedReader(t, srv, "bob")
+	room := mustSamtal(t, "room", "create", "--invite", string(bob.UserID()))
+	if _, err := bob.Join(t.Context(), room); err != nil {
+		t.Fatal(err)
+	}
+	mustSamtal(t, "send", room, "secret decision")
+	got := bob.wait(t, "secret decision")
+	if !got.Mautrix.WasEncrypted {
+		t.Error("the message was not encrypted")
+	}
+	r := samtal(t, nil, "send", "--no-e2ee", room, "never in plaintext")
+	if r.code != exitFail || !strings.Contains(r.stderr, "--no-e2ee") {
+		t.Errorf("--no-e2ee into an encrypted room: exit %d, stderr %q", r.code, r.stderr)
 	}
 }

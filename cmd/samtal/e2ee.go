@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/samtalhq/samtal/e2ee"
+)
+
+// runE2EE runs `samtal e2ee status|bootstrap|recover|verify`.
+func runE2EE(ctx context.Context, e *env, args []string) error {
+	subs := map[string]func(context.Context, *env, []string) error{
+		"status":    runE2EEStatus,
+		"bootstrap": runE2EEBootstrap,
+		"recover":   runE2EERecover,
+	}
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(e.stderr, `Usage:
+  samtal e2ee status [--json]          this device's keys, cross-signing and key backup
+  samtal e2ee bootstrap [--reset]      set up cross-signing, secret storage and key backup;
+                                       prints the recovery key once (needs SAMTAL_PASSWORD)
+  samtal e2ee recover                  trust this new device and restore the key backup with
+                                       the recovery key (SAMTAL_RECOVERY_KEY or standard input)
+  samtal e2ee verify USER [DEVICE]     verify another user's device by comparing emoji
+
+The device's keys are kept in the database, encrypted with the pickle key (--pickle-key).
+`)
+		if len(args) == 0 {
+			return fmt.Errorf("%w: missing subcommand", errUsage)
+		}
+		return nil
+	}
+	sub, ok := subs[args[0]]
+	if !ok {
+		return fmt.Errorf("%w: unknown subcommand %q (status, bootstrap, recover, verify)", errUsage, args[0])
+	}
+	return sub(ctx, e, args[1:])
+}
+
+// openE2EE opens the account with encryption, which these commands cannot do without.
+func openE2EE(ctx context.Context, e *env, acct *account) (func(), error) {
+	if acct.noE2EE {
+		return nil, fmt.Errorf("%w: --no-e2ee makes no sense here", errUsage)
+	}
+	_, done, err := acct.open(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	if acct.m == nil {
+		done()
+		return nil, fmt.Errorf("%w: encryption is off: name a pickle key file with --pickle-key or SAMTAL_PICKLE_KEY_FILE", errUsage)
+	}
+	return done, nil
+}
+
+func runE2EEStatus(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "e2ee status")
+	acct := accountFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	done, err := openE2EE(ctx, e, acct)
+	if err != nil {
+		return err
+	}
+	defer done()
+	st, err := acct.m.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return json.NewEncoder(e.stdout).Encode(map[string]any{
+			"device_id": st.DeviceID, "fingerprint": st.Fingerprint, "cross_signing": st.CrossSigning,
+			"device_signed": st.DeviceSigned, "can_sign": st.CanSign, "backup_version": st.BackupVersion,
+			"not_backed_up": st.NotBackedUp,
+		})
+	}
+	fmt.Fprintf(e.stdout, "device        %s\nfingerprint   %s\ncross-signing %v\ndevice signed %v\ncan sign      %v\nkey backup    %s\nnot backed up %d\n",
+		st.DeviceID, st.Fingerprint, st.CrossSigning, st.DeviceSigned, st.CanSign, orNone(string(st.BackupVersion)), st.NotBackedUp)
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func runE2EEBootstrap(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "e2ee bootstrap")
+	acct := accountFlags(fs)
+	reset := fs.Bool("reset", false, "replace cross-signing keys, secret storage and backup the account already has")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	password := os.Getenv("SAMTAL_PASSWORD")
+	if password == "" {
+		return fmt.Errorf("%w: bootstrap asks the homeserver for the account's password: set SAMTAL_PASSWORD", errAuth)
+	}
+	done, err := openE2EE(ctx, e, acct)
+	if err != nil {
+		return err
+	}
+	defer done()
+	user := acct.m.Client().UserID()
+	key, err := acct.m.Bootstrap(ctx, e2ee.PasswordAuth(string(user), password), e2ee.BootstrapOptions{Reset: *reset})
+	if errors.Is(err, e2ee.ErrAlreadyBootstrapped) {
+		return fmt.Errorf("%w; use 'samtal e2ee recover' on a new device, or --reset to start over", err)
+	}
+	if errors.Is(err, e2ee.ErrAuthRejected) {
+		return fmt.Errorf("%w: %w", errAuth, err)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "Cross-signing and key backup are set up for %s. Keep the recovery key below somewhere safe:\n"+
+		"it is shown only now, and a new device needs it to read the history.\n", user)
+	fmt.Fprintln(e.stdout, key)
+	return nil
+}
+
+func runE2EERecover(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "e2ee recover")
+	acct := accountFlags(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	key := os.Getenv("SAMTAL_RECOVERY_KEY")
+	if key == "" && e.stdin != nil {
+		line, err := bufio.NewReader(e.stdin).ReadString('\n')
+		if err != nil && line == "" {
+			return fmt.Errorf("%w: give the recovery key on standard input or in SAMTAL_RECOVERY_KEY", errUsage)
+		}
+		key = strings.TrimSpace(line)
+	}
+	if key == "" {
+		return fmt.Errorf("%w: give the recovery key on standard input or in SAMTAL_RECOVERY_KEY (never as an argument)", errUsage)
+	}
+	done, err := openE2EE(ctx, e, acct)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if err := acct.m.Recover(ctx, key); err != nil {
+		if errors.Is(err, e2ee.ErrWrongRecoveryKey) {
+			return fmt.Errorf("%w: %w", errUsage, err)
+		}
+		return err
+	}
+	fmt.Fprintf(e.stdout, "Device %s is cross-signed and restored the key backup.\n", acct.m.Client().DeviceID())
+	return nil
+}
