@@ -10,6 +10,11 @@
 // database, one Olm account per session and device, encrypted with the pickle key, so the
 // device keeps its keys across restarts.
 //
+// Bootstrap sets up cross-signing, secret storage and a server-side key backup and returns a
+// recovery key to keep; Recover uses it on a new device, which is then cross-signed and
+// restores the backup, so it reads history from before it existed. New room keys go to the
+// backup automatically, and a key that is missing is looked up there before giving up.
+//
 // Trust is a policy: Options.ShareWith decides whose devices get room keys, Options.AcceptFrom
 // whose messages are handed out; each decrypted event says how trusted its sender's device was
 // (Event.Mautrix.TrustState).
