@@ -103,6 +103,7 @@ type Machine struct {
 	mu       sync.Mutex
 	lastSync time.Time               // when a Syncer last fed us a sync response
 	rooms    map[id.RoomID]roomKnown // send-only mode: when each room's members were last read
+	verify   *verifier               // set by EnableVerification
 
 	backup keyBackup // server-side key backup: key, version, uploader (backup.go)
 }
