@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/samtalhq/samtal/e2ee"
+	"github.com/samtalhq/samtal/matrix"
+	"maunium.net/go/mautrix/id"
 )
 
 // runE2EE runs `samtal e2ee status|bootstrap|recover|verify`.
@@ -18,6 +21,7 @@ func runE2EE(ctx context.Context, e *env, args []string) error {
 		"status":    runE2EEStatus,
 		"bootstrap": runE2EEBootstrap,
 		"recover":   runE2EERecover,
+		"verify":    runE2EEVerify,
 	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(e.stderr, `Usage:
@@ -155,5 +159,51 @@ func runE2EERecover(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "Device %s is cross-signed and restored the key backup.\n", acct.m.Client().DeviceID())
+	return nil
+}
+
+// runE2EEVerify verifies another user's device from the command line: the emoji and numbers
+// are printed, and the person at the terminal answers whether the other device shows the same.
+func runE2EEVerify(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "e2ee verify")
+	acct := accountFlags(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() < 1 || fs.NArg() > 2 {
+		return fmt.Errorf("%w: want USER [DEVICE]", errUsage)
+	}
+	user := id.UserID(fs.Arg(0))
+	if err := matrix.ValidateUserID(user); err != nil {
+		return err
+	}
+	device := id.DeviceID(fs.Arg(1))
+	done, err := openE2EE(ctx, e, acct)
+	if err != nil {
+		return err
+	}
+	defer done()
+	answers := bufio.NewReader(e.stdin)
+	err = acct.m.EnableVerification(ctx, e2ee.VerifyOptions{
+		Allow: func(_ context.Context, u id.UserID) bool { return u == user },
+		Confirm: func(_ context.Context, sas e2ee.SAS) bool {
+			fmt.Fprintf(e.stderr, "Compare with what %s (device %s) shows:\n  %s\nDo they match? [y/N] ", sas.With, sas.Device, sas)
+			line, _ := answers.ReadString('\n')
+			return strings.EqualFold(strings.TrimSpace(line), "y") || strings.EqualFold(strings.TrimSpace(line), "yes")
+		},
+	})
+	if err != nil {
+		return err
+	}
+	// The verification's messages arrive through sync.
+	syncCtx, stopSync := context.WithCancel(ctx)
+	defer stopSync()
+	s := acct.m.Client().NewSyncer(matrix.SyncOptions{Timeout: 5 * time.Second})
+	go func() { _ = s.Run(syncCtx) }()
+	fmt.Fprintf(e.stderr, "Asking %s to verify; accept the request on their device.\n", user)
+	if err := acct.m.Verify(ctx, user, device); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "Verified %s.\n", user)
 	return nil
 }

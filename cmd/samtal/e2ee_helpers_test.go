@@ -17,11 +17,18 @@ import (
 // reader is another person's encrypting client, with a Syncer recording what it reads.
 type reader struct {
 	*matrix.Client
+	m    *e2ee.Machine
 	mu   sync.Mutex
 	msgs []*matrix.Event
 }
 
 func encryptedReader(t *testing.T, srv *matrixtest.Server, localpart string) *reader {
+	t.Helper()
+	return encryptedReaderWith(t, srv, localpart, nil)
+}
+
+// encryptedReaderWith is encryptedReader that also answers verification as vopts say.
+func encryptedReaderWith(t *testing.T, srv *matrixtest.Server, localpart string, vopts *e2ee.VerifyOptions) *reader {
 	t.Helper()
 	_, pw := srv.RegisterUser(t, localpart)
 	db, err := matrix.OpenDatabase(t.Context(), filepath.Join(t.TempDir(), localpart+".db"))
@@ -37,7 +44,12 @@ func encryptedReader(t *testing.T, srv *matrixtest.Server, localpart string) *re
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &reader{Client: c}
+	if vopts != nil {
+		if err := m.EnableVerification(t.Context(), *vopts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := &reader{Client: c, m: m}
 	s := c.NewSyncer(matrix.SyncOptions{Timeout: time.Second})
 	s.OnMessage(func(_ context.Context, evt *matrix.Event) error {
 		r.mu.Lock()

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/samtalhq/samtal/e2ee"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
+	"maunium.net/go/mautrix/id"
 )
 
 // TestE2EECommands: bootstrap prints a recovery key; a second device (another database)
@@ -57,5 +60,41 @@ func TestE2EECommands(t *testing.T) {
 	}
 	if r := samtal(t, nil, "e2ee", "status", "--no-e2ee"); r.code != exitUsage {
 		t.Errorf("status --no-e2ee: exit %d", r.code)
+	}
+}
+
+// TestE2EEVerify: the person at the terminal compares the emoji with bob's device and answers;
+// "y" verifies, anything else cancels.
+func TestE2EEVerify(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	alice := loginAs(t, srv, "alice")
+	var st struct {
+		DeviceID id.DeviceID `json:"device_id"`
+	}
+	if err := json.Unmarshal([]byte(mustSamtal(t, "e2ee", "status", "--json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	bob := encryptedReaderWith(t, srv, "bob", &e2ee.VerifyOptions{
+		Allow:   func(context.Context, id.UserID) bool { return true },
+		Confirm: func(context.Context, e2ee.SAS) bool { return true },
+	})
+	out := mustSamtalIn(t, strings.NewReader("y\n"), "e2ee", "verify", string(bob.UserID()), string(bob.DeviceID()))
+	if !strings.Contains(out, "Verified") {
+		t.Errorf("verify printed %q", out)
+	}
+	// Bob's side trusts the CLI's device now.
+	dev, err := bob.m.OlmMachine().GetOrFetchDevice(t.Context(), alice, st.DeviceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if trust := bob.m.OlmMachine().ResolveTrust(dev); trust != id.TrustStateVerified {
+		t.Errorf("bob trusts alice's CLI device %s, want verified", trust)
+	}
+	r := samtal(t, strings.NewReader("n\n"), "e2ee", "verify", string(bob.UserID()), string(bob.DeviceID()))
+	if r.code == exitOK || !strings.Contains(r.stderr, "cancel") {
+		t.Errorf("answering no: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if r := samtal(t, nil, "e2ee", "verify", "not-a-user"); r.code != exitUsage {
+		t.Errorf("bad user: exit %d", r.code)
 	}
 }
