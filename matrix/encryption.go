@@ -17,9 +17,10 @@ import (
 // it with the e2ee package.
 var ErrEncryptionRequired = errors.New("matrix: room is end-to-end encrypted and this client has no encryption (see package e2ee)")
 
-// ErrKeysMissing is wrapped by Encryption.Decrypt when the keys for an event have not arrived
-// (yet). The Syncer keeps such events and tries again with every batch; any other decryption
-// error (tampered, replayed, from an untrusted device) is final and the event is dropped.
+// ErrKeysMissing is wrapped by Encryption.Decrypt when an event cannot be decrypted now but
+// may be later: its keys have not arrived (yet), or the crypto store could not be written. The
+// Syncer keeps such events and tries again with every batch; any other decryption error
+// (tampered, replayed, from an untrusted device) is final and the event is dropped.
 var ErrKeysMissing = errors.New("matrix: decryption keys not available")
 
 // Encryption is what the e2ee package plugs into a Client. A client without it carries no

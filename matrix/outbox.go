@@ -453,9 +453,10 @@ func (o *outbox) deliver(r row) bool {
 			return true
 		}
 		var he *HTTPError
-		// A rate limit or an error status is a clear refusal; anything else (no answer, a
-		// broken connection) may have been accepted, so check the room before trying again.
-		unknown = unknown || !errors.As(err, &he)
+		// A rate limit or an error status is a clear refusal, and so is a send that waits for
+		// encryption; anything else (no answer, a broken connection) may have been accepted,
+		// so check the room before trying again.
+		unknown = unknown || !(errors.As(err, &he) || errors.Is(err, ErrEncryptionRequired))
 		delay := o.backoff(attempt, err)
 		if unknown {
 			delay = max(delay, o.opts.ResumeDelay)
@@ -473,18 +474,22 @@ func (o *outbox) deliver(r row) bool {
 func (o *outbox) sendOnce(r row, content json.RawMessage, txn string) (*mautrix.RespSendEvent, error) {
 	typ := event.Type{Type: r.evtType, Class: event.MessageEventType}
 	var body any = content
-	if enc := o.c.encryption(); enc != nil {
-		encrypted, err := o.c.RoomEncrypted(o.ctx, r.room)
+	encrypted, err := o.c.RoomEncrypted(o.ctx, r.room)
+	if err != nil {
+		return nil, err
+	}
+	if encrypted && typ != event.EventReaction {
+		// Checked on every attempt, not only at Send: items resumed after a restart may go
+		// out before e2ee.Enable has run, and must then wait for it.
+		enc := o.c.encryption()
+		if enc == nil {
+			return nil, fmt.Errorf("%w: %s", ErrEncryptionRequired, r.room)
+		}
+		ciphertext, err := enc.Encrypt(o.ctx, r.room, typ, content)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("matrix: encrypt for %s: %w", r.room, err)
 		}
-		if encrypted && typ != event.EventReaction {
-			ciphertext, err := enc.Encrypt(o.ctx, r.room, typ, content)
-			if err != nil {
-				return nil, fmt.Errorf("matrix: encrypt for %s: %w", r.room, err)
-			}
-			typ, body = event.EventEncrypted, ciphertext
-		}
+		typ, body = event.EventEncrypted, ciphertext
 	}
 	return o.c.send.SendMessageEvent(o.ctx, r.room, typ, body, mautrix.ReqSendEvent{TransactionID: txn, DontEncrypt: true})
 }

@@ -13,7 +13,7 @@ const (
 	// reconcileSkew allows for the homeserver's clock being behind ours when deciding how far
 	// back in the room a stored item could have landed.
 	reconcileSkew = 5 * time.Minute
-	// reconcilePages bounds the look-back: 50 pages of 100 of our own events.
+	// reconcilePages bounds the look-back: 50 pages of 100 of the room's events.
 	reconcilePages = 50
 )
 
@@ -60,16 +60,21 @@ func (o *outbox) findSent(room id.RoomID, rows []row) (map[int64]id.EventID, err
 		}
 	}
 	stop := oldest.Add(-reconcileSkew).UnixMilli()
-	filter := &mautrix.FilterPart{Senders: []id.UserID{o.c.UserID()}}
 	found := map[int64]id.EventID{}
 	from := ""
 	for page := 0; page < reconcilePages && len(found) < len(want); page++ {
-		resp, err := o.c.send.Messages(o.ctx, room, from, "", mautrix.DirectionBackward, filter, 100)
+		// Unfiltered: Dendrite applies a senders filter after the page limit, so a page of
+		// other people's events comes back empty, with no token to go on, and our own
+		// events further back would never be seen.
+		resp, err := o.c.send.Messages(o.ctx, room, from, "", mautrix.DirectionBackward, nil, 100)
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", room, wrapErr(err))
 		}
 		enc := o.c.encryption()
 		for _, evt := range resp.Chunk {
+			if evt.Sender != o.c.UserID() {
+				continue
+			}
 			if enc != nil && evt.Type == event.EventEncrypted && evt.Unsigned.TransactionID == "" {
 				// Our own events are readable to us: the outbound session is ours.
 				evt.RoomID = room

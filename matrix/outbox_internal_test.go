@@ -1,0 +1,67 @@
+package matrix
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/matrix/matrixtest"
+)
+
+// TestResumedSendWaitsForEncryption: an item stored for an encrypted room resumes after a
+// restart before encryption is plugged in again; it waits, and never goes out as plaintext.
+func TestResumedSendWaitsForEncryption(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	_, pw := srv.RegisterUser(t, "alice")
+	db, err := OpenDatabase(t.Context(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	opts := Options{HomeserverURL: srv.URL, Login: Password("alice", pw), DB: db, Logger: quiet,
+		Outbox: OutboxOptions{ResumeDelay: 10 * time.Millisecond, MinRetryDelay: 10 * time.Millisecond, MaxRetryDelay: 50 * time.Millisecond}}
+	c, err := New(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.mx.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Preset: "private_chat",
+		InitialState: []*event.Event{{Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	// Stored by a run that had encryption.
+	content, _ := json.Marshal(Text("case 4711: confidential").Content)
+	if _, err := c.db.Exec(t.Context(), `INSERT INTO samtal_outbox (session, room_id, event_type, content, created_at) VALUES ($1, $2, $3, $4, $5)`,
+		c.name, resp.RoomID, event.EventMessage.Type, string(content), time.Now().UnixMilli()); err != nil {
+		t.Fatal(err)
+	}
+
+	again, err := New(t.Context(), opts) // no encryption plugged in
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	time.Sleep(500 * time.Millisecond) // many retry rounds at these delays
+	msgs, err := again.mx.Messages(t.Context(), resp.RoomID, "", "", mautrix.DirectionBackward, nil, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, evt := range msgs.Chunk {
+		if evt.Type == event.EventMessage {
+			t.Fatalf("plaintext in an encrypted room: %s", evt.Content.VeryRaw)
+		}
+	}
+	var state int
+	if err := again.db.QueryRow(t.Context(), `SELECT state FROM samtal_outbox WHERE room_id = $1`, resp.RoomID).Scan(&state); err != nil || state != statePending {
+		t.Fatalf("the item is in state %d (%v), want still pending", state, err)
+	}
+}
