@@ -127,6 +127,11 @@ func (m *Machine) Decrypt(ctx context.Context, evt *event.Event) (*event.Event, 
 		// may still come by key backup or forwarding, so it is kept and retried.
 		return nil, fmt.Errorf("%w: %w", matrix.ErrKeysMissing, err)
 	}
+	if errors.Is(err, crypto.ErrRatchetError) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		// The store could not be written (or we are stopping): not the event's fault, so it
+		// is kept and tried again rather than dropped.
+		return nil, fmt.Errorf("%w: %w", matrix.ErrKeysMissing, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("e2ee: decrypt %s: %w", evt.ID, err)
 	}

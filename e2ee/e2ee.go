@@ -159,7 +159,15 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 	// verification events, which its verification helper listens for.
 	helper.CustomPostDecrypt = m.postDecrypt
 	if err := helper.Init(ctx); err != nil {
-		return nil, classifyInitError(err)
+		if !repairUnmarkedUpload(ctx, helper, mx, err) {
+			return nil, classifyInitError(err)
+		}
+		// The upload had happened: mautrix set up nothing else before it failed, so a second
+		// Init continues from the repaired account.
+		if err := helper.Init(ctx); err != nil {
+			return nil, classifyInitError(err)
+		}
+		m.log.Warn("repaired a crypto store whose first key upload was not recorded (the process died during it)")
 	}
 	m.mach = helper.Machine()
 	m.mach.SendKeysMinTrust = shareMin
@@ -197,6 +205,30 @@ func (m *Machine) postDecrypt(ctx context.Context, evt *event.Event) {
 // that a new login (a new device) never reuses the old device's account.
 func accountID(c *matrix.Client) string {
 	return c.SessionName() + "/" + c.UserID().String() + "/" + c.DeviceID().String()
+}
+
+// repairUnmarkedUpload handles a process that died during its very first key upload, after
+// the upload but before recording it: the server holds the device's keys, the store says they
+// were never uploaded, and mautrix refuses to go on. When the keys on the server are exactly
+// this account's own, recording the upload is the truth, not a guess.
+func repairUnmarkedUpload(ctx context.Context, helper *cryptohelper.CryptoHelper, mx *mautrix.Client, initErr error) bool {
+	mach := helper.Machine()
+	if mach == nil || !strings.Contains(initErr.Error(), "not marked as shared, but there are keys on the server") {
+		return false
+	}
+	resp, err := mx.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: map[id.UserID]mautrix.DeviceIDList{mx.UserID: {mx.DeviceID}}})
+	if err != nil {
+		return false
+	}
+	device, ok := resp.DeviceKeys[mx.UserID][mx.DeviceID]
+	own := mach.OwnIdentity()
+	if !ok || device.Keys.GetEd25519(mx.DeviceID) != own.SigningKey || device.Keys.GetCurve25519(mx.DeviceID) != own.IdentityKey {
+		return false // someone else's keys: a real ErrStoreLost
+	}
+	acc := mach.GetAccount()
+	acc.Shared = true
+	acc.Internal.MarkKeysAsPublished()
+	return mach.CryptoStore.PutAccount(ctx, acc) == nil
 }
 
 func classifyInitError(err error) error {

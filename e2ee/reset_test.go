@@ -65,3 +65,24 @@ func TestKeysGoneFromServerAndReset(t *testing.T) {
 	send(t, bot, room, matrix.Text("yes, as a new device"))
 	alice.got.wait(t, "yes, as a new device")
 }
+
+// TestRepairUnrecordedFirstUpload: the process died during its first key upload, after the
+// upload and before recording it. The keys on the server are the store's own, so Enable records
+// the upload and goes on, instead of refusing the device.
+func TestRepairUnrecordedFirstUpload(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	alice := newParty(t, srv, "alice")
+	bot := newParty(t, srv, "bot")
+	device := bot.c.DeviceID()
+	if _, err := bot.db.Exec(t.Context(), `UPDATE crypto_account SET shared = false`); err != nil {
+		t.Fatal(err)
+	}
+	bot.close()
+	bot.start(e2ee.Options{PickleKey: testKey})
+	if bot.c.DeviceID() != device {
+		t.Fatalf("repair changed the device: %s, want %s", bot.c.DeviceID(), device)
+	}
+	room := encryptedRoom(t, alice, bot)
+	send(t, alice, room, matrix.Text("still the same device?"))
+	bot.got.wait(t, "still the same device?")
+}

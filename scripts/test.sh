@@ -6,16 +6,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use: a C compiler to build Dendrite (its SQLite driver is cgo), and a
-# PostgreSQL server that tests start on their own (internal/pgtest).
+# Debian packages the tests use: a C compiler to build Dendrite (its SQLite driver is cgo), a
+# PostgreSQL server that tests start on their own (internal/pgtest), and Node.js with npm for the
+# matrix-js-sdk interop test (e2ee/testdata/jspeer; Node 18 or later).
 need=()
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing Debian packages: ${need[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The interop test's npm packages, at the versions its package-lock.json pins; again when the
+# lock changed since they were installed.
+jspeer=e2ee/testdata/jspeer
+if command -v npm >/dev/null 2>&1 && { [ ! -d "$jspeer/node_modules" ] ||
+    [ "$jspeer/package-lock.json" -nt "$jspeer/node_modules/.package-lock.json" ]; }; then
+  echo "installing the npm packages of $jspeer" >&2
+  if [ -f "$jspeer/package-lock.json" ]; then
+    (cd "$jspeer" && npm ci --no-audit --no-fund --loglevel=error) >&2
+  else
+    (cd "$jspeer" && npm install --no-audit --no-fund --loglevel=error) >&2
+  fi
 fi
 
 # The homeserver for matrixtest, built once per machine (a few minutes the first time).

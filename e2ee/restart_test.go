@@ -1,0 +1,427 @@
+package e2ee_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/e2ee"
+	"github.com/samtalhq/samtal/matrix"
+	"github.com/samtalhq/samtal/matrix/matrixtest"
+)
+
+// TestRestartNoUTD re-executes this test binary as the bot; init runs it before the testing
+// framework starts.
+const envRestartChild = "SAMTAL_E2EE_RESTART_CHILD"
+
+func init() {
+	if os.Getenv(envRestartChild) != "1" {
+		return
+	}
+	ctx, _ := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	writeStats(os.Getenv("CHILD_STATS"), matrix.SyncStats{}) // SIGTERM stops it cleanly from now on
+	if err := restartChild(ctx); err != nil && ctx.Err() == nil {
+		fmt.Fprintln(os.Stderr, "restart child:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// askSuffix marks the messages of alice the bot answers, with confirmPrefix and the body.
+const (
+	askSuffix     = " (please confirm)"
+	confirmPrefix = "confirmed: "
+)
+
+// restartChild is the bot of TestRestartNoUTD: an encrypted client with a Syncer, its session
+// and keys in CHILD_DB, that accepts CHILD_ALICE's invites, records every message from her as
+// "run, event ID, encrypted, body" in CHILD_OUT (synced to disk before the handler returns)
+// and answers those that ask for it. It keeps its Syncer's counters in CHILD_STATS. It stops
+// cleanly when ctx ends, at whatever point it has reached.
+func restartChild(ctx context.Context) error {
+	db, err := matrix.OpenDatabase(ctx, os.Getenv("CHILD_DB"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	c, err := matrix.New(ctx, matrix.Options{
+		HomeserverURL: os.Getenv("CHILD_URL"),
+		Login:         matrix.Password(os.Getenv("CHILD_USER"), os.Getenv("CHILD_PASSWORD")),
+		DB:            db,
+		Logger:        slog.New(slog.NewTextHandler(os.Stderr, nil)),
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := e2ee.Enable(ctx, c, e2ee.Options{PickleKey: testKey}); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(os.Getenv("CHILD_OUT"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	alice, run := id.UserID(os.Getenv("CHILD_ALICE")), os.Getenv("CHILD_RUN")
+	s := c.NewSyncer(matrix.SyncOptions{Timeout: time.Second, AutoJoin: &matrix.AutoJoinPolicy{Users: []id.UserID{alice}}})
+	s.OnMessage(func(ctx context.Context, e *matrix.Event) error {
+		if e.Sender != alice {
+			return nil
+		}
+		if _, err := fmt.Fprintf(out, "%s\t%s\t%v\t%s\n", run, e.ID, e.Mautrix.WasEncrypted, e.Text()); err != nil {
+			return err
+		}
+		if err := out.Sync(); err != nil {
+			return err
+		}
+		if strings.HasSuffix(e.Text(), askSuffix) {
+			_, err := e.Reply(ctx, matrix.Text(confirmPrefix+e.Text()))
+			return err
+		}
+		return nil
+	})
+	statsPath := os.Getenv("CHILD_STATS")
+	go func() { // a SIGKILL loses at most the last 50 ms of counts
+		for range time.Tick(50 * time.Millisecond) {
+			writeStats(statsPath, s.Stats())
+		}
+	}()
+	err = s.Run(ctx)
+	writeStats(statsPath, s.Stats())
+	return err
+}
+
+func writeStats(path string, st matrix.SyncStats) {
+	raw, _ := json.Marshal(st)
+	if os.WriteFile(path+".tmp", raw, 0o600) == nil {
+		_ = os.Rename(path+".tmp", path)
+	}
+}
+
+// TestRestartNoUTD: a bot restarted 20 times during a conversation, mostly with SIGKILL at
+// random moments (while starting, syncing, decrypting, answering), reads every message and
+// has nothing left undecryptable; its answers, encrypted after restarts, are all readable.
+func TestRestartNoUTD(t *testing.T) {
+	const restarts = 20
+	srv := matrixtest.NewServer(t)
+	_, botPassword := srv.RegisterUser(t, "bot")
+	alice := newParty(t, srv, "alice")
+	ctx := t.Context()
+	room, err := alice.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.PrivateChat, Name: "restarts", Invite: []id.UserID{srv.UserID("bot")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the bot's warnings and errors, run by run:\n%s", grepLines(filepath.Join(dir, "bot.log"), "=== run", "level=WARN", "level=ERROR"))
+		}
+	})
+	bot := &botProcess{t: t, dir: dir, env: append(os.Environ(),
+		envRestartChild+"=1",
+		"CHILD_DB="+filepath.Join(dir, "bot.db"),
+		"CHILD_URL="+srv.URL,
+		"CHILD_USER=bot",
+		"CHILD_PASSWORD="+botPassword,
+		"CHILD_ALICE="+string(alice.c.UserID()),
+		"CHILD_OUT="+filepath.Join(dir, "seen.tsv"),
+	)}
+
+	// Run 0 logs in, uploads the device's keys and joins; only then do kills start. (A kill
+	// between the first key upload and the store's note of it is another story: see Enable's
+	// ErrStoreLost.)
+	bot.start(0)
+	waitFor(t, 30*time.Second, "the bot to join", func() bool {
+		members, err := alice.c.Mautrix().JoinedMembers(ctx, room)
+		if err != nil {
+			return false
+		}
+		_, joined := members.Joined[srv.UserID("bot")]
+		return joined
+	})
+
+	// Alice talks all along, while the bot comes and goes.
+	sendCtx, stopSending := context.WithCancel(ctx)
+	var sent []string
+	sendErr := make(chan error, 1)
+	go func() {
+		defer close(sendErr)
+		for i := 1; sendCtx.Err() == nil; i++ {
+			body := fmt.Sprintf("msg %04d", i)
+			if i%4 == 0 {
+				body += askSuffix
+			}
+			p, err := alice.c.Send(sendCtx, room, matrix.Text(body), matrix.SendOptions{})
+			if err == nil {
+				_, err = p.Wait(sendCtx)
+			}
+			if sendCtx.Err() != nil {
+				return // the message may or may not be out: it is not counted
+			}
+			if err != nil {
+				sendErr <- err
+				return
+			}
+			sent = append(sent, body)
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+
+	killed := 0
+	for run := range restarts {
+		if run > 0 {
+			bot.start(run)
+		}
+		time.Sleep(time.Duration(100+rand.IntN(2000)) * time.Millisecond)
+		if run%5 == 4 {
+			bot.stop(syscall.SIGTERM)
+		} else {
+			bot.stop(syscall.SIGKILL)
+			killed++
+		}
+	}
+	stopSending()
+	if err := <-sendErr; err != nil {
+		t.Fatalf("alice's send: %v", err)
+	}
+
+	// The last run catches up with what was said while the bot was down.
+	bot.start(restarts)
+	waitFor(t, 30*time.Second, "the last run's first sync", func() bool { return bot.runStats(restarts).Batches > 0 })
+	var asked []string
+	for _, body := range sent {
+		if strings.HasSuffix(body, askSuffix) {
+			asked = append(asked, body)
+		}
+	}
+	var missing []string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		seen := bot.seen()
+		missing = missing[:0]
+		for _, body := range sent {
+			if !seen[body] {
+				missing = append(missing, body)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(missing) > 0 {
+		t.Fatalf("the bot never read %d of alice's %d messages: %q", len(missing), len(sent), missing)
+	}
+	for _, body := range asked {
+		if answer := alice.got.wait(t, confirmPrefix+body); !answer.Mautrix.WasEncrypted {
+			t.Errorf("the bot's answer %s came unencrypted", answer.ID)
+		}
+	}
+	for body, ids := range answers(alice.got) {
+		if len(ids) > 1 {
+			t.Errorf("the bot sent %q %d times: %v", body, len(ids), slices.Collect(maps.Keys(ids)))
+		}
+	}
+	bot.stop(syscall.SIGTERM)
+
+	db, err := matrix.OpenDatabase(ctx, filepath.Join(dir, "bot.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var utd int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM samtal_utd`).Scan(&utd); err != nil {
+		t.Fatal(err)
+	}
+	if utd != 0 {
+		t.Errorf("%d events are still undecryptable", utd)
+	}
+	total := bot.stats()
+	if total.Rejected != 0 {
+		t.Errorf("the bot refused %d events for good", total.Rejected)
+	}
+	t.Logf("%d runs (%d killed), %d messages from alice, %d answered; the bot's counters, summed over the runs: %d undecryptable on arrival, %d decrypted late, %d refused",
+		restarts+1, killed, len(sent), len(asked), total.Undecryptable, total.LateDecrypted, total.Rejected)
+}
+
+// botProcess is TestRestartNoUTD's bot, run after run, with one log for all runs.
+type botProcess struct {
+	t   *testing.T
+	dir string
+	env []string
+
+	cmd  *exec.Cmd
+	done chan struct{}
+	run  int
+}
+
+func (b *botProcess) logPath() string { return filepath.Join(b.dir, "bot.log") }
+
+// start starts run number run.
+func (b *botProcess) start(run int) {
+	b.t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	log, err := os.OpenFile(b.logPath(), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer log.Close()
+	fmt.Fprintf(log, "=== run %d\n", run)
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(b.env, fmt.Sprintf("CHILD_RUN=%d", run), "CHILD_STATS="+b.statsPath(run))
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		b.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	b.cmd, b.done, b.run = cmd, done, run
+	b.t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
+	})
+}
+
+// stop stops the running bot with sig. A run that ended on its own, or did not stop cleanly on
+// SIGTERM, fails the test.
+func (b *botProcess) stop(sig syscall.Signal) {
+	b.t.Helper()
+	if sig == syscall.SIGTERM {
+		// Before the child catches SIGTERM, the signal kills it like SIGKILL.
+		waitFor(b.t, 10*time.Second, "the bot to start", func() bool {
+			_, err := os.Stat(b.statsPath(b.run))
+			return err == nil
+		})
+	}
+	select {
+	case <-b.done:
+		b.t.Fatalf("run %d of the bot ended on its own: %v\n%s", b.run, b.cmd.ProcessState, b.logTail(60))
+	default:
+	}
+	_ = b.cmd.Process.Signal(sig)
+	select {
+	case <-b.done:
+	case <-time.After(15 * time.Second):
+		_ = b.cmd.Process.Kill()
+		<-b.done
+		b.t.Fatalf("run %d of the bot did not stop on %v in 15 s\n%s", b.run, sig, b.logTail(60))
+	}
+	if sig == syscall.SIGTERM && !b.cmd.ProcessState.Success() {
+		b.t.Fatalf("run %d of the bot ended with %v after SIGTERM\n%s", b.run, b.cmd.ProcessState, b.logTail(60))
+	}
+}
+
+// seen returns the bodies of the messages the bot recorded, failing the test on one that was
+// handed out without having been encrypted.
+func (b *botProcess) seen() map[string]bool {
+	b.t.Helper()
+	f, err := os.Open(filepath.Join(b.dir, "seen.tsv"))
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer f.Close()
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		parts := strings.SplitN(sc.Text(), "\t", 4)
+		if len(parts) != 4 {
+			continue
+		}
+		if parts[2] != "true" {
+			b.t.Fatalf("the bot was handed %s (%q) unencrypted in an encrypted room", parts[1], parts[3])
+		}
+		seen[parts[3]] = true
+	}
+	return seen
+}
+
+func (b *botProcess) statsPath(run int) string {
+	return filepath.Join(b.dir, fmt.Sprintf("stats-%02d.json", run))
+}
+
+// runStats returns the counters run left behind, as of its last 50 ms at worst.
+func (b *botProcess) runStats(run int) matrix.SyncStats {
+	var st matrix.SyncStats
+	if raw, err := os.ReadFile(b.statsPath(run)); err == nil {
+		_ = json.Unmarshal(raw, &st)
+	}
+	return st
+}
+
+// stats sums the counters of the runs so far.
+func (b *botProcess) stats() matrix.SyncStats {
+	var total matrix.SyncStats
+	for run := 0; run <= b.run; run++ {
+		st := b.runStats(run)
+		total.Undecryptable += st.Undecryptable
+		total.LateDecrypted += st.LateDecrypted
+		total.Rejected += st.Rejected
+	}
+	return total
+}
+
+func (b *botProcess) logTail(n int) string {
+	raw, _ := os.ReadFile(b.logPath())
+	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// grepLines returns the lines of the file at path that contain one of subs.
+func grepLines(path string, subs ...string) string {
+	raw, _ := os.ReadFile(path)
+	var out []string
+	for _, l := range strings.Split(string(raw), "\n") {
+		for _, sub := range subs {
+			if strings.Contains(l, sub) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// answers returns the IDs of the bot's answers alice got, by body.
+func answers(b *inbox) map[string]map[id.EventID]bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := map[string]map[id.EventID]bool{}
+	for _, e := range b.evts {
+		if body := e.Text(); strings.HasPrefix(body, confirmPrefix) {
+			if out[body] == nil {
+				out[body] = map[id.EventID]bool{}
+			}
+			out[body][e.ID] = true
+		}
+	}
+	return out
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", timeout, what)
+		}
+	}
+}

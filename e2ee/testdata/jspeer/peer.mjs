@@ -1,0 +1,102 @@
+// A matrix-js-sdk client with its Rust crypto (what Element Web uses) for e2ee's
+// TestInteropJSSDK. It logs in, joins PEER_ROOM, and answers every message another user sends there
+// with "echo: " and the body, encrypted as js-sdk does by itself.
+//
+// Environment: PEER_HS (homeserver URL), PEER_USER (localpart), PEER_PASSWORD, PEER_ROOM (room
+// ID), PEER_TIMEOUT_MS.
+//
+// It talks to the test in JSON lines on stdout, one object per line with a "type":
+//   {"type":"ready","user_id":..,"device_id":..}       joined, device keys on the server
+//   {"type":"decrypted","event_id":..,"sender":..,"body":..,"encrypted":true}
+//   {"type":"sent","event_id":..,"body":..}            the answer, sent
+//   {"type":"utd","event_id":..,"reason":..}           could not decrypt (yet; keys may follow)
+//   {"type":"fatal","message":..}                      then it exits 1
+// Everything else (js-sdk's logs) goes to stderr. It exits when stdin closes.
+import "fake-indexeddb/auto"; // js-sdk expects IndexedDB to exist even with an in-memory store
+
+const emit = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+const fatal = (err) => {
+  emit({ type: "fatal", message: String(err?.stack ?? err) });
+  process.exit(1);
+};
+for (const level of ["log", "info", "debug", "trace"]) {
+  console[level] = (...args) => console.error(...args); // keep stdout for the protocol
+}
+process.on("unhandledRejection", fatal);
+process.on("uncaughtException", fatal);
+process.stdin.on("end", () => process.exit(0));
+process.stdin.resume();
+
+const { PEER_HS: HS, PEER_USER: USER, PEER_PASSWORD: PASS, PEER_ROOM: ROOM } = process.env;
+if (!HS || !USER || !PASS || !ROOM) fatal("PEER_HS, PEER_USER, PEER_PASSWORD and PEER_ROOM must be set");
+setTimeout(() => fatal("timed out"), Number(process.env.PEER_TIMEOUT_MS || 120000)).unref();
+
+// Node 18 (Debian 12's) has Web Crypto, but not as a global yet.
+globalThis.crypto ??= (await import("node:crypto")).webcrypto;
+// Imported only now, so that js-sdk's logger binds the console methods redirected above.
+const sdk = await import("matrix-js-sdk");
+const { AllDevicesIsolationMode } = await import("matrix-js-sdk/lib/crypto-api/index.js");
+const { logger } = await import("matrix-js-sdk/lib/logger.js");
+logger.setLevel("info");
+
+const login = await sdk.createClient({ baseUrl: HS }).loginRequest({
+  type: "m.login.password",
+  identifier: { type: "m.id.user", user: USER },
+  password: PASS,
+  initial_device_display_name: "js-sdk interop peer",
+});
+const client = sdk.createClient({
+  baseUrl: HS,
+  userId: login.user_id,
+  deviceId: login.device_id,
+  accessToken: login.access_token,
+});
+await client.initRustCrypto({ useIndexedDB: false });
+const crypto = client.getCrypto();
+// Element's defaults, spelled out: room keys go to every device, verified or not (the samtal
+// bot's device is not), and messages from unverified devices are decrypted.
+crypto.globalBlacklistUnverifiedDevices = false;
+crypto.setDeviceIsolationMode(new AllDevicesIsolationMode(false));
+
+const answered = new Set();
+client.on(sdk.MatrixEventEvent.Decrypted, async (ev, err) => {
+  if (ev.getRoomId() !== ROOM) return;
+  if (err || ev.isDecryptionFailure()) {
+    emit({ type: "utd", event_id: ev.getId(), reason: String(err?.message ?? ev.decryptionFailureReason) });
+    return;
+  }
+  if (ev.getSender() === login.user_id || ev.getType() !== "m.room.message" || answered.has(ev.getId())) return;
+  answered.add(ev.getId());
+  const body = ev.getContent().body;
+  emit({ type: "decrypted", event_id: ev.getId(), sender: ev.getSender(), body, encrypted: ev.isEncrypted() });
+  try {
+    if (!(await crypto.isEncryptionEnabledInRoom(ROOM))) fatal(`js-sdk does not know that ${ROOM} is encrypted`);
+    const answer = "echo: " + body;
+    const { event_id } = await client.sendTextMessage(ROOM, answer); // encrypted by js-sdk
+    emit({ type: "sent", event_id, body: answer });
+  } catch (e) {
+    fatal(e);
+  }
+});
+
+const prepared = new Promise((resolve) => {
+  const onSync = (state) => {
+    if (state === "PREPARED") {
+      client.off(sdk.ClientEvent.Sync, onSync);
+      resolve();
+    }
+  };
+  client.on(sdk.ClientEvent.Sync, onSync);
+});
+await client.startClient({ initialSyncLimit: 0 });
+await prepared;
+await client.joinRoom(ROOM);
+
+// The device keys go up in the background: a peer that looks them up too early would find no
+// device to share room keys with.
+for (;;) {
+  const keys = await client.downloadKeysForUsers([login.user_id]);
+  if (keys.device_keys?.[login.user_id]?.[login.device_id]) break;
+  await new Promise((r) => setTimeout(r, 200));
+}
+emit({ type: "ready", user_id: login.user_id, device_id: login.device_id });
