@@ -87,7 +87,7 @@ func TestE2EEVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if trust := bob.m.OlmMachine().ResolveTrust(dev); trust != id.TrustStateVerified {
+	if trust, err := bob.m.OlmMachine().ResolveTrustContext(t.Context(), dev); err != nil || trust != id.TrustStateVerified {
 		t.Errorf("bob trusts alice's CLI device %s, want verified", trust)
 	}
 	r := samtal(t, strings.NewReader("n\n"), "e2ee", "verify", string(bob.UserID()), string(bob.DeviceID()))
