@@ -128,6 +128,9 @@ func TestSyncReplayHistory(t *testing.T) {
 			room := syncRoom(t, alice, bot)
 			mustSend(t, alice, room, "old 1")
 			mustSend(t, alice, room, "old 2")
+			// The send returns before the server's sync stream has the event; history is
+			// what the stream had when the bot first synced.
+			matrixtest.WaitMessage(t, alice, room, "old 2")
 
 			var got syncRecorder
 			s := bot.NewSyncer(matrix.SyncOptions{ReplayHistory: tc.replay, Timeout: 2 * time.Second})
