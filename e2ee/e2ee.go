@@ -171,6 +171,11 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 	}
 	m.mach = helper.Machine()
 	m.mach.SendKeysMinTrust = shareMin
+	if n, err := adoptRoomKeys(ctx, c); err != nil {
+		m.log.Warn("could not take over the room keys of this session's earlier devices", "err", err)
+	} else if n > 0 {
+		m.log.Info("took over room keys from this session's earlier devices", "keys", n)
+	}
 	if err := m.loadCrossSigningKeys(ctx); err != nil {
 		return nil, err
 	}
@@ -229,6 +234,39 @@ func repairUnmarkedUpload(ctx context.Context, helper *cryptohelper.CryptoHelper
 	acc.Shared = true
 	acc.Internal.MarkKeysAsPublished()
 	return mach.CryptoStore.PutAccount(ctx, acc) == nil
+}
+
+// adoptRoomKeys copies the room keys (inbound Megolm sessions) that earlier devices of the same
+// session received into this device's account, so that a device that replaced a lost one
+// (Reset) still reads the history its predecessor could. Keys are not device-bound: this is
+// what importing a key backup does too. It returns how many keys were copied.
+func adoptRoomKeys(ctx context.Context, c *matrix.Client) (int64, error) {
+	db := c.Database()
+	rows, err := db.Query(ctx, "SELECT * FROM crypto_megolm_inbound_session WHERE 1 = 0")
+	if err != nil {
+		return 0, err
+	}
+	cols, err := rows.Columns()
+	rows.Close()
+	if err != nil {
+		return 0, err
+	}
+	sel := make([]string, len(cols))
+	for i, col := range cols {
+		if col == "account_id" {
+			sel[i] = "$1"
+		} else {
+			sel[i] = col
+		}
+	}
+	prefix := c.SessionName() + "/" + c.UserID().String() + "/"
+	res, err := db.Exec(ctx, "INSERT INTO crypto_megolm_inbound_session ("+strings.Join(cols, ", ")+") SELECT "+strings.Join(sel, ", ")+
+		" FROM crypto_megolm_inbound_session WHERE substr(account_id, 1, $2) = $3 AND account_id <> $1 ON CONFLICT DO NOTHING",
+		accountID(c), len(prefix), prefix)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 func classifyInitError(err error) error {

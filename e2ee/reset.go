@@ -14,8 +14,9 @@ import (
 // forgets the stored session. c is closed. The next matrix.New logs in as a new device, and
 // Enable gives it fresh keys; other people's clients see a new device.
 //
-// Room keys received so far (inbound Megolm sessions) are kept, never deleted: with key
-// backup (Recover on the new device) the room history stays readable.
+// Room keys received so far (inbound Megolm sessions) are kept, never deleted, and the next
+// Enable of the same session on a new device takes them over: the history the old device could
+// read stays readable, with or without key backup. The pickle key must stay the same.
 func Reset(ctx context.Context, c *matrix.Client) error {
 	db := c.Database()
 	acct := accountID(c)

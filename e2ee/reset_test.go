@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 
 	"github.com/samtalhq/samtal/e2ee"
 	"github.com/samtalhq/samtal/matrix"
@@ -19,6 +20,9 @@ func TestKeysGoneFromServerAndReset(t *testing.T) {
 	alice := newParty(t, srv, "alice")
 	bot := newParty(t, srv, "bot")
 	oldDevice := bot.c.DeviceID()
+	history := encryptedRoom(t, alice, bot)
+	send(t, alice, history, matrix.Text("before the loss"))
+	bot.got.wait(t, "before the loss")
 	bot.close()
 
 	// Delete the device on the server, then log in again under the same device ID: a device
@@ -64,6 +68,26 @@ func TestKeysGoneFromServerAndReset(t *testing.T) {
 	bot.got.wait(t, "are you back?")
 	send(t, bot, room, matrix.Text("yes, as a new device"))
 	alice.got.wait(t, "yes, as a new device")
+
+	// What the old device read, the new one still reads: no history lost to the reset.
+	var old *event.Event
+	msgs, err := bot.c.Mautrix().Messages(t.Context(), history, "", "", mautrix.DirectionBackward, nil, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, evt := range msgs.Chunk {
+		if evt.Type == event.EventEncrypted {
+			old = evt
+		}
+	}
+	if old == nil {
+		t.Fatal("no encrypted history to read")
+	}
+	old.RoomID = history
+	clear, err := bot.m.Decrypt(t.Context(), old)
+	if err != nil || clear.Content.AsMessage().Body != "before the loss" {
+		t.Fatalf("history after reset: %v", err)
+	}
 }
 
 // TestRepairUnrecordedFirstUpload: the process died during its first key upload, after the
