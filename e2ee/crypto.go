@@ -89,8 +89,9 @@ func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID) error {
 			}
 		}
 	}
-	if !syncing {
-		// No sync tells us about new devices of the members: ask.
+	if seen && !syncing {
+		// No sync tells us about new devices of members we already know: ask. (Members seen
+		// for the first time are looked up by mautrix when it shares the room key.)
 		if _, err := m.mach.FetchKeys(ctx, members, true); err != nil {
 			return fmt.Errorf("e2ee: device keys of %s's members: %w", room, err)
 		}

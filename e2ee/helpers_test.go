@@ -105,21 +105,27 @@ func (p *party) close() {
 
 // inbox records the messages a party's Syncer handed out.
 type inbox struct {
-	mu   sync.Mutex
-	evts []*matrix.Event
+	mu      sync.Mutex
+	evts    []*matrix.Event
+	changed chan struct{} // closed (and replaced) whenever a message is added
 }
 
 func (b *inbox) add(e *matrix.Event) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.evts = append(b.evts, e)
+	if b.changed != nil {
+		close(b.changed)
+		b.changed = nil
+	}
 }
 
-// wait returns the first message with body, failing the test after a minute.
+// wait returns the first message with body as soon as it is there, failing the test after a
+// minute.
 func (b *inbox) wait(t testing.TB, body string) *matrix.Event {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for time.Now().Before(deadline) {
+	timeout := time.After(time.Minute)
+	for {
 		b.mu.Lock()
 		for _, e := range b.evts {
 			if e.Text() == body {
@@ -127,11 +133,18 @@ func (b *inbox) wait(t testing.TB, body string) *matrix.Event {
 				return e
 			}
 		}
+		if b.changed == nil {
+			b.changed = make(chan struct{})
+		}
+		changed := b.changed
 		b.mu.Unlock()
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-changed:
+		case <-timeout:
+			t.Fatalf("no message %q arrived", body)
+			return nil
+		}
 	}
-	t.Fatalf("no message %q arrived", body)
-	return nil
 }
 
 func (b *inbox) count(body string) int {
