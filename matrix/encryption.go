@@ -97,6 +97,17 @@ func (c *Client) RoomEncrypted(ctx context.Context, room id.RoomID) (bool, error
 	return encrypted, nil
 }
 
+// markEncrypted records that room is encrypted, as soon as the Syncer sees its m.room.encryption
+// event, so that sends stop relying on an older "not encrypted" answer.
+func (c *Client) markEncrypted(room id.RoomID) {
+	c.encRooms.mu.Lock()
+	defer c.encRooms.mu.Unlock()
+	if c.encRooms.rooms == nil {
+		c.encRooms.rooms = map[id.RoomID]time.Time{}
+	}
+	c.encRooms.rooms[room] = time.Time{}
+}
+
 // checkCanSend refuses an encrypted room when the client cannot encrypt.
 func (c *Client) checkCanSend(ctx context.Context, room id.RoomID) (encrypted bool, err error) {
 	encrypted, err = c.RoomEncrypted(ctx, room)

@@ -1,7 +1,9 @@
 package matrix
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -63,5 +65,44 @@ func TestResumedSendWaitsForEncryption(t *testing.T) {
 	var state int
 	if err := again.db.QueryRow(t.Context(), `SELECT state FROM samtal_outbox WHERE room_id = $1`, resp.RoomID).Scan(&state); err != nil || state != statePending {
 		t.Fatalf("the item is in state %d (%v), want still pending", state, err)
+	}
+}
+
+// TestSyncerNoticesEncryption: a room that turns encrypted after the client last asked is
+// treated as encrypted as soon as the Syncer sees the change, not 30 s later.
+func TestSyncerNoticesEncryption(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	_, pw := srv.RegisterUser(t, "alice")
+	db, err := OpenDatabase(t.Context(), filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	c, err := New(t.Context(), Options{HomeserverURL: srv.URL, Login: Password("alice", pw), DB: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	resp, err := c.mx.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if enc, err := c.RoomEncrypted(t.Context(), resp.RoomID); err != nil || enc {
+		t.Fatalf("new room: encrypted %v, %v", enc, err)
+	}
+	if _, err := c.mx.SendStateEvent(t.Context(), resp.RoomID, event.StateEncryption, "", &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}); err != nil {
+		t.Fatal(err)
+	}
+	s := c.NewSyncer(SyncOptions{Timeout: time.Second})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go s.Run(ctx)
+	for deadline := time.Now().Add(time.Minute); s.Stats().Batches == 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the syncer never completed a batch")
+		}
+	}
+	if _, err := c.Send(t.Context(), resp.RoomID, Text("plaintext?"), SendOptions{}); !errors.Is(err, ErrEncryptionRequired) {
+		t.Fatalf("send after the room turned encrypted: %v, want ErrEncryptionRequired", err)
 	}
 }

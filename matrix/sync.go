@@ -236,6 +236,7 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 			return fmt.Errorf("matrix: sync: crypto: %w", err)
 		}
 	}
+	s.noticeEncryption(resp)
 	b, err := s.collect(ctx, resp, since)
 	if err != nil {
 		return err
@@ -281,6 +282,20 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 	s.batches.Add(1)
 	s.lastBatch.Store(time.Now().UnixMilli())
 	return nil
+}
+
+// noticeEncryption marks the rooms whose state says they are encrypted, from every state and
+// timeline event of the response (handed out or not), so that sends never rely on an older
+// answer.
+func (s *Syncer) noticeEncryption(resp *mautrix.RespSync) {
+	for room, r := range resp.Rooms.Join {
+		for _, evt := range append(r.State.Events, r.Timeline.Events...) {
+			if evt != nil && evt.Type.Type == event.StateEncryption.Type && evt.StateKey != nil {
+				s.c.markEncrypted(room)
+				break
+			}
+		}
+	}
 }
 
 // collect turns a sync response into the events to deliver, in order: joined rooms, then left
