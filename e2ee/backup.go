@@ -6,11 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/samtalhq/samtal/internal/backoff"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/backup"
@@ -370,7 +370,7 @@ func (m *Machine) uploadLoop(ctx context.Context, kick <-chan struct{}, done cha
 		case <-kick:
 		case <-retry:
 		}
-		if !sleepCtx(ctx, backupDebounce) {
+		if !backoff.Sleep(ctx, backupDebounce) {
 			return
 		}
 		select { // what arrived while waiting goes up with this upload
@@ -386,8 +386,7 @@ func (m *Machine) uploadLoop(ctx context.Context, kick <-chan struct{}, done cha
 			retry = nil
 		case err != nil:
 			failures++
-			delay := min(backupRetryMin<<min(failures-1, 10), backupRetryMax)
-			delay = delay/2 + time.Duration(mrand.Int64N(int64(delay/2)+1))
+			delay := backoff.Delay(failures, backupRetryMin, backupRetryMax)
 			m.log.Warn("key backup upload failed; retrying", "failures", failures, "retry_in", delay, "err", err)
 			retry = time.After(delay)
 		default:
@@ -473,16 +472,4 @@ func (m *Machine) mayLookUp(session id.SessionID) bool {
 	}
 	b.lookups[session] = now
 	return true
-}
-
-// sleepCtx waits for d, and reports false if ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

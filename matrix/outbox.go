@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +15,8 @@ import (
 	"unicode/utf8"
 
 	"go.mau.fi/util/dbutil"
+
+	"github.com/samtalhq/samtal/internal/backoff"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -497,27 +498,12 @@ func (o *outbox) sendOnce(r row, content json.RawMessage, txn string) (*mautrix.
 func (o *outbox) backoff(attempt int, err error) time.Duration {
 	var he *HTTPError
 	if errors.As(err, &he) && he.RetryAfter > 0 {
-		// The server said when; add a little jitter so parallel lanes do not return at once.
-		return he.RetryAfter + time.Duration(mrand.Int64N(int64(he.RetryAfter/10)+1))
+		return backoff.Server(he.RetryAfter)
 	}
-	d := o.opts.MinRetryDelay << min(attempt-1, 20)
-	if d > o.opts.MaxRetryDelay || d <= 0 {
-		d = o.opts.MaxRetryDelay
-	}
-	// Equal jitter: at least half the delay, so retries never come back-to-back.
-	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
+	return backoff.Delay(attempt, o.opts.MinRetryDelay, o.opts.MaxRetryDelay)
 }
 
-func (o *outbox) sleep(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-o.ctx.Done():
-		return false
-	}
-}
+func (o *outbox) sleep(d time.Duration) bool { return backoff.Sleep(o.ctx, d) }
 
 func (o *outbox) succeed(r row, evt id.EventID) {
 	o.mu.Lock()

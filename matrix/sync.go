@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	mrand "math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/samtalhq/samtal/internal/backoff"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -182,7 +182,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 			s.syncErrors.Add(1)
 			delay := s.backoff(failures, err)
 			log.Warn("sync failed; retrying", "failures", failures, "retry_in", delay, "err", err)
-			if !sleepCtx(ctx, delay) {
+			if !backoff.Sleep(ctx, delay) {
 				return nil
 			}
 			continue
@@ -504,23 +504,7 @@ func (s *Syncer) lastEvent(ctx context.Context, room id.RoomID) (id.EventID, err
 func (s *Syncer) backoff(failures int, err error) time.Duration {
 	var he *HTTPError
 	if errors.As(err, &he) && he.RetryAfter > 0 {
-		return he.RetryAfter + time.Duration(mrand.Int64N(int64(he.RetryAfter/10)+1))
+		return backoff.Server(he.RetryAfter)
 	}
-	d := s.opts.MinBackoff << min(failures-1, 20)
-	if d > s.opts.MaxBackoff || d <= 0 {
-		d = s.opts.MaxBackoff
-	}
-	return d/2 + time.Duration(mrand.Int64N(int64(d/2)+1))
-}
-
-// sleepCtx waits for d, and reports false if ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return backoff.Delay(failures, s.opts.MinBackoff, s.opts.MaxBackoff)
 }
