@@ -117,6 +117,9 @@ func writeStats(path string, st matrix.SyncStats) {
 // random moments (while starting, syncing, decrypting, answering), reads every message and
 // has nothing left undecryptable; its answers, encrypted after restarts, are all readable.
 func TestRestartNoUTD(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: restarts a bot process 20 times (about 30 s)")
+	}
 	const restarts = 20
 	srv := matrixtest.NewServer(t)
 	_, botPassword := srv.RegisterUser(t, "bot")

@@ -83,6 +83,9 @@ func notification(i int) string { return fmt.Sprintf("notification %04d", i) }
 // SIGKILL at random points, several times; after it finally runs to the end, each room holds
 // each notification exactly once, in order.
 func TestOutboxCrash(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: kills a sending process 4 times over 1000 sends (about 20 s)")
+	}
 	const rooms, perRoom, kills = 10, 100, 4
 	srv := matrixtest.NewServer(t)
 	_, password := srv.RegisterUser(t, "casebot")

@@ -93,6 +93,9 @@ func recordTo(f *os.File, run, killAt string) func(context.Context, *matrix.Even
 // after a restart, and never skips an event. Batches committed before the kill are not
 // delivered again.
 func TestSyncCrash(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: kills and restarts a bot process (about 15 s)")
+	}
 	srv := matrixtest.NewServer(t)
 	_, password := srv.RegisterUser(t, "crashbot")
 	alice := srv.Client(t, "alice")
