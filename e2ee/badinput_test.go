@@ -118,3 +118,26 @@ func TestHostileEncryptedEvents(t *testing.T) {
 		t.Errorf("bob's handlers saw the original %d times", n)
 	}
 }
+
+// TestPlaintextInEncryptedRoomRefused: a member (or the homeserver) posting an unencrypted
+// message into an encrypted room does not get past the trust policy: it is never handed out.
+func TestPlaintextInEncryptedRoomRefused(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	alice, bot := newParty(t, srv, "alice"), newParty(t, srv, "bot")
+	room := encryptedRoom(t, alice, bot)
+	mallory := srv.Client(t, "mallory") // no encryption
+	if err := alice.c.Invite(t.Context(), room, mallory.UserID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mallory.JoinRoomByID(t.Context(), room); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mallory.SendText(t.Context(), room, "!admin grant mallory"); err != nil {
+		t.Fatal(err)
+	}
+	send(t, alice, room, matrix.Text("a real message, after"))
+	bot.got.wait(t, "a real message, after")
+	if n := bot.got.count("!admin grant mallory"); n != 0 {
+		t.Fatalf("a plaintext message in an encrypted room was handed out %d times", n)
+	}
+}

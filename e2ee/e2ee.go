@@ -259,14 +259,37 @@ func adoptRoomKeys(ctx context.Context, c *matrix.Client) (int64, error) {
 			sel[i] = col
 		}
 	}
+	// Earlier accounts of this session and user: "session/user/" and a device ID (which has no
+	// "/"), matched in Go rather than with a prefix in SQL, so that another session whose name
+	// starts like ours never matches.
 	prefix := c.SessionName() + "/" + c.UserID().String() + "/"
-	res, err := db.Exec(ctx, "INSERT INTO crypto_megolm_inbound_session ("+strings.Join(cols, ", ")+") SELECT "+strings.Join(sel, ", ")+
-		" FROM crypto_megolm_inbound_session WHERE substr(account_id, 1, $2) = $3 AND account_id <> $1 ON CONFLICT DO NOTHING",
-		accountID(c), len(prefix), prefix)
+	ids, err := db.Query(ctx, "SELECT DISTINCT account_id FROM crypto_megolm_inbound_session WHERE account_id <> $1", accountID(c))
 	if err != nil {
 		return 0, err
 	}
-	return res.RowsAffected()
+	var earlier []string
+	for ids.Next() {
+		var acct string
+		if err := ids.Scan(&acct); err != nil {
+			ids.Close()
+			return 0, err
+		}
+		if device, ok := strings.CutPrefix(acct, prefix); ok && device != "" && !strings.Contains(device, "/") {
+			earlier = append(earlier, acct)
+		}
+	}
+	ids.Close()
+	var total int64
+	for _, acct := range earlier {
+		res, err := db.Exec(ctx, "INSERT INTO crypto_megolm_inbound_session ("+strings.Join(cols, ", ")+") SELECT "+strings.Join(sel, ", ")+
+			" FROM crypto_megolm_inbound_session WHERE account_id = $2 ON CONFLICT DO NOTHING", accountID(c), acct)
+		if err != nil {
+			return total, err
+		}
+		n, _ := res.RowsAffected()
+		total += n
+	}
+	return total, nil
 }
 
 func classifyInitError(err error) error {

@@ -129,6 +129,9 @@ func (v *verifier) forwardInRoom(ctx context.Context, evt *event.Event) {
 	}
 }
 
+// maxSeenVerification bounds the memory of verification events passed on.
+const maxSeenVerification = 4096
+
 // repeated reports whether an event was passed on before. A sync batch that failed halfway is
 // processed again, and the helper would take a repeated verification event for a protocol
 // violation and cancel.
@@ -139,9 +142,15 @@ func (v *verifier) repeated(key string) bool {
 	if _, ok := v.seen[key]; ok {
 		return true
 	}
-	for k, at := range v.seen {
-		if now.Sub(at) > verifyTimeout {
-			delete(v.seen, k)
+	if len(v.seen) >= maxSeenVerification {
+		// Pruned only when full, so a flood costs one scan per maxSeenVerification events.
+		for k, at := range v.seen {
+			if now.Sub(at) > verifyTimeout {
+				delete(v.seen, k)
+			}
+		}
+		if len(v.seen) >= maxSeenVerification {
+			clear(v.seen) // a flood: forgetting may let one repeat through, which mautrix cancels
 		}
 	}
 	v.seen[key] = now

@@ -32,7 +32,15 @@ type undecryptable struct {
 // refuses) is returned with ok=false and final=true: it is counted and logged, not retried.
 func (s *Syncer) decrypt(ctx context.Context, evt *Event) (out *Event, ok bool, reason string, final bool) {
 	enc := s.c.encryption()
-	if enc == nil || evt.invite || evt.Type.Type != event.EventEncrypted.Type {
+	if enc == nil || evt.invite {
+		return evt, true, "", false
+	}
+	if evt.Type.Type != event.EventEncrypted.Type {
+		if evt.StateKey == nil && (evt.Type == event.EventMessage || evt.Type == event.EventSticker) && s.c.knownEncrypted(evt.RoomID) {
+			// No client sends plaintext messages into an encrypted room; someone (a member or
+			// the homeserver) forging one must not get past the trust policy.
+			return evt, false, "unencrypted message in an encrypted room", true
+		}
 		return evt, true, "", false
 	}
 	decrypted, err := enc.Decrypt(ctx, evt.Event)

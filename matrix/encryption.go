@@ -66,8 +66,11 @@ type encryptionCache struct {
 
 const plaintextRecheck = 30 * time.Second
 
-// RoomEncrypted reports whether room has m.room.encryption state. A room the client cannot
-// read (not joined) reports false; the send that follows fails with the server's reason.
+// RoomEncrypted reports whether room has m.room.encryption state. Only a definite answer is
+// remembered: "encrypted" for good (encryption cannot be turned off), "not encrypted" for 30 s
+// (someone may turn it on; the Syncer notices at once). A room the client cannot read (not
+// joined yet) reports false without remembering it, so the first send after joining asks again;
+// the send to a room it is not in fails with the server's reason.
 func (c *Client) RoomEncrypted(ctx context.Context, room id.RoomID) (bool, error) {
 	if err := ValidateRoomID(room); err != nil {
 		return false, err
@@ -80,33 +83,48 @@ func (c *Client) RoomEncrypted(ctx context.Context, room id.RoomID) (bool, error
 	}
 	var content event.EncryptionEventContent
 	err := wrapErr(c.send.StateEvent(ctx, room, event.StateEncryption, "", &content))
-	encrypted := err == nil && content.Algorithm != ""
-	if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrForbidden) {
-		return false, fmt.Errorf("matrix: is %s encrypted: %w", room, err)
+	switch {
+	case err == nil && content.Algorithm != "":
+		c.setEncrypted(room, time.Time{})
+		return true, nil
+	case err == nil, errors.Is(err, ErrNotFound):
+		c.setEncrypted(room, time.Now())
+		return false, nil
+	case errors.Is(err, ErrForbidden):
+		return false, nil // not a member: unknown, not remembered
 	}
-	c.encRooms.mu.Lock()
-	if c.encRooms.rooms == nil {
-		c.encRooms.rooms = map[id.RoomID]time.Time{}
-	}
-	if encrypted {
-		c.encRooms.rooms[room] = time.Time{}
-	} else {
-		c.encRooms.rooms[room] = time.Now()
-	}
-	c.encRooms.mu.Unlock()
-	return encrypted, nil
+	return false, fmt.Errorf("matrix: is %s encrypted: %w", room, err)
 }
 
-// markEncrypted records that room is encrypted, as soon as the Syncer sees its m.room.encryption
-// event, so that sends stop relying on an older "not encrypted" answer.
-func (c *Client) markEncrypted(room id.RoomID) {
+func (c *Client) setEncrypted(room id.RoomID, asOf time.Time) {
 	c.encRooms.mu.Lock()
 	defer c.encRooms.mu.Unlock()
 	if c.encRooms.rooms == nil {
 		c.encRooms.rooms = map[id.RoomID]time.Time{}
 	}
-	c.encRooms.rooms[room] = time.Time{}
+	c.encRooms.rooms[room] = asOf
 }
+
+// forgetEncryption drops what is remembered about room, as when the client joins it.
+func (c *Client) forgetEncryption(room id.RoomID) {
+	c.encRooms.mu.Lock()
+	defer c.encRooms.mu.Unlock()
+	if asOf, ok := c.encRooms.rooms[room]; ok && !asOf.IsZero() {
+		delete(c.encRooms.rooms, room)
+	}
+}
+
+// knownEncrypted reports whether room is known to be encrypted, without asking the server.
+func (c *Client) knownEncrypted(room id.RoomID) bool {
+	c.encRooms.mu.Lock()
+	defer c.encRooms.mu.Unlock()
+	asOf, ok := c.encRooms.rooms[room]
+	return ok && asOf.IsZero()
+}
+
+// markEncrypted records that room is encrypted, as soon as the Syncer sees its m.room.encryption
+// event, so that sends stop relying on an older "not encrypted" answer.
+func (c *Client) markEncrypted(room id.RoomID) { c.setEncrypted(room, time.Time{}) }
 
 // checkCanSend refuses an encrypted room when the client cannot encrypt.
 func (c *Client) checkCanSend(ctx context.Context, room id.RoomID) (encrypted bool, err error) {

@@ -2,6 +2,7 @@ package matrix
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"runtime/debug"
@@ -36,7 +37,7 @@ func (e *Event) Text() string {
 // Reply sends msg into the event's room as a reply to it (see Reply), through the outbox.
 //
 // Each reply to an event carries an idempotency key made of the event ID and the reply's
-// number ("reply/$event/1" for the first): when a batch is delivered again after a crash, a
+// number (a hash of the event ID and 1 for the first): when a batch is delivered again after a crash, a
 // handler that answers the same way does not answer twice.
 func (e *Event) Reply(ctx context.Context, msg Message) (*Pending, error) {
 	if e.Client == nil || e.Event == nil {
@@ -45,7 +46,9 @@ func (e *Event) Reply(ctx context.Context, msg Message) (*Pending, error) {
 	n := e.replies.Add(1)
 	var opts SendOptions
 	if e.ID != "" {
-		opts.IdempotencyKey = fmt.Sprintf("reply/%s/%d", e.ID, n)
+		// Hashed: event IDs may be up to 255 bytes, as long as a whole key may be.
+		sum := sha256.Sum256([]byte(e.ID))
+		opts.IdempotencyKey = fmt.Sprintf("reply/%x/%d", sum[:16], n)
 	}
 	return e.Client.Send(ctx, e.RoomID, Reply(e.Event, msg), opts)
 }
@@ -73,7 +76,7 @@ func (s *Syncer) OnInvite(fn func(ctx context.Context, evt *Event) error) {
 // OnMembership registers fn for m.room.member events in rooms this account is in: others
 // joining, leaving, being invited, kicked or banned, and this account being removed.
 func (s *Syncer) OnMembership(fn func(ctx context.Context, evt *Event) error) {
-	s.add("membership", func(e *Event) bool { return !e.invite && e.Type.Type == event.StateMember.Type }, fn)
+	s.add("membership", func(e *Event) bool { return !e.invite && e.Type.Type == event.StateMember.Type && e.StateKey != nil }, fn)
 }
 
 // OnReaction registers fn for m.reaction events (Content.AsReaction().RelatesTo has the
@@ -106,7 +109,11 @@ func (s *Syncer) dispatch(ctx context.Context, evt *Event) {
 	s.events.Add(1)
 	log := s.c.log.With("room", evt.RoomID, "event", evt.ID, "type", evt.Type.Type, "sender", evt.Sender)
 	if evt.invite && s.opts.AutoJoin.Allows(evt.Sender) {
-		if _, err := s.c.mx.JoinRoomByID(ctx, evt.RoomID); err != nil && ctx.Err() == nil {
+		_, err := s.c.mx.JoinRoomByID(ctx, evt.RoomID)
+		if err == nil {
+			s.c.forgetEncryption(evt.RoomID)
+		}
+		if err != nil && ctx.Err() == nil {
 			s.handlerErrors.Add(1)
 			log.Error("sync: cannot accept invite", "err", wrapErr(err))
 		} else if err == nil {

@@ -41,6 +41,9 @@ func (c *Client) SendFile(ctx context.Context, room id.RoomID, att Attachment, o
 	if strings.TrimSpace(att.Name) == "" || strings.ContainsAny(att.Name, "/\\\x00") {
 		return nil, fmt.Errorf("%w: attachment needs a plain file name, got %q", ErrInvalidContent, att.Name)
 	}
+	if err := validKey(opts.IdempotencyKey); err != nil {
+		return nil, err
+	}
 	if opts.IdempotencyKey != "" {
 		if p, err := c.outbox.byKey(ctx, opts.IdempotencyKey); p != nil || err != nil {
 			return p, err

@@ -121,5 +121,6 @@ func (c *Client) Join(ctx context.Context, roomIDOrAlias string) (id.RoomID, err
 	if err != nil {
 		return "", fmt.Errorf("matrix: join %s: %w", roomIDOrAlias, wrapErr(err))
 	}
+	c.forgetEncryption(resp.RoomID) // what was seen from outside no longer holds
 	return resp.RoomID, nil
 }

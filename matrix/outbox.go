@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"go.mau.fi/util/dbutil"
@@ -106,8 +107,8 @@ func (c *Client) Send(ctx context.Context, room id.RoomID, msg Message, opts Sen
 	if err := msg.Validate(); err != nil {
 		return nil, err
 	}
-	if !utf8.ValidString(opts.IdempotencyKey) || len(opts.IdempotencyKey) > 255 {
-		return nil, fmt.Errorf("%w: idempotency key must be valid UTF-8 of at most 255 bytes", ErrInvalidContent)
+	if err := validKey(opts.IdempotencyKey); err != nil {
+		return nil, err
 	}
 	if opts.IdempotencyKey != "" {
 		if p, err := c.outbox.byKey(ctx, opts.IdempotencyKey); p != nil || err != nil {
@@ -154,6 +155,15 @@ func (c *Client) attachOverflow(ctx context.Context, orig Message, data []byte, 
 		file = InThread(mc.RelatesTo.EventID, "", file)
 	}
 	return file, nil
+}
+
+// validKey checks an idempotency key: printable UTF-8 of at most 250 bytes. Keys with a
+// control character are the outbox's own (the attachment of an oversized message).
+func validKey(key string) error {
+	if !utf8.ValidString(key) || len(key) > 250 || strings.ContainsFunc(key, unicode.IsControl) {
+		return fmt.Errorf("%w: idempotency key must be printable UTF-8 of at most 250 bytes", ErrInvalidContent)
+	}
+	return nil
 }
 
 // outbox is the durable send queue of one client.
@@ -301,7 +311,7 @@ func (o *outbox) enqueue(ctx context.Context, room id.RoomID, items []Message, k
 				if i == 0 {
 					k = key
 				} else {
-					k = key + "#" + strconv.Itoa(i)
+					k = key + "\x1f" + strconv.Itoa(i) // a control character: no caller's key has it
 				}
 			}
 			var rowID int64
@@ -399,6 +409,15 @@ func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 }
 
 func (o *outbox) pending(room id.RoomID, after int64) ([]row, error) {
+	// Items sent whose marks are not written yet, taken before the query: an item whose mark
+	// is written after this moment is still in this set, and one written before is "sent" in
+	// what the query reads.
+	o.mu.Lock()
+	inflight := make(map[int64]bool, len(o.results))
+	for id := range o.results {
+		inflight[id] = true
+	}
+	o.mu.Unlock()
 	rows, err := o.db.Query(o.ctx, `SELECT id, event_type, content, COALESCE(idempotency_key, ''), created_at FROM samtal_outbox
 		WHERE session = $1 AND room_id = $2 AND state = $3 AND id > $4 ORDER BY id LIMIT 256`,
 		o.c.name, room, statePending, after)
@@ -416,6 +435,9 @@ func (o *outbox) pending(room id.RoomID, after int64) ([]row, error) {
 		}
 		r.content = json.RawMessage(content)
 		r.createdAt = time.UnixMilli(created)
+		if inflight[r.id] {
+			continue // sent; its mark is on the way to the database
+		}
 		out = append(out, r)
 	}
 	return out, rows.Err()
@@ -479,7 +501,7 @@ func (o *outbox) sendOnce(r row, content json.RawMessage, txn string) (*mautrix.
 	if err != nil {
 		return nil, err
 	}
-	if encrypted && typ != event.EventReaction {
+	if encrypted {
 		// Checked on every attempt, not only at Send: items resumed after a restart may go
 		// out before e2ee.Enable has run, and must then wait for it.
 		enc := o.c.encryption()
@@ -567,17 +589,26 @@ func (o *outbox) writeMarks(batch []mark) {
 		return
 	}
 	now := time.Now().UnixMilli()
-	err := o.db.DoTxn(context.Background(), nil, func(ctx context.Context) error {
-		for _, m := range batch {
-			if _, err := o.db.Exec(ctx, `UPDATE samtal_outbox SET state = $1, event_id = $2, sent_at = $3 WHERE id = $4`,
-				stateSent, m.eventID, now, m.id); err != nil {
-				return err
+	for attempt := 1; ; attempt++ {
+		err := o.db.DoTxn(context.Background(), nil, func(ctx context.Context) error {
+			for _, m := range batch {
+				if _, err := o.db.Exec(ctx, `UPDATE samtal_outbox SET state = $1, event_id = $2, sent_at = $3 WHERE id = $4`,
+					stateSent, m.eventID, now, m.id); err != nil {
+					return err
+				}
 			}
+			return nil
+		})
+		if err == nil {
+			break
 		}
-		return nil
-	})
-	if err != nil {
-		o.c.log.Error("outbox: record sent items (they will be reconciled on restart)", "count", len(batch), "err", err)
+		// Until the marks are written the results stay in memory, where Wait and the lanes
+		// find them; a crash meanwhile leaves the items to reconcile on the next start.
+		o.c.log.Error("outbox: cannot record sent items; retrying", "count", len(batch), "attempt", attempt, "err", err)
+		if attempt >= 10 {
+			return
+		}
+		time.Sleep(backoff.Delay(attempt, 100*time.Millisecond, 5*time.Second))
 	}
 	o.mu.Lock()
 	for _, m := range batch {

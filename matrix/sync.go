@@ -271,13 +271,9 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 		return err
 	}
 	if err := s.commit(ctx, resp.NextBatch, b); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		// The handlers are through: keep going with the new token in memory. If this process
-		// ends before a later commit succeeds, the batch is delivered again, which the
-		// at-least-once contract allows.
-		s.c.log.Error("sync: cannot store the sync token; continuing", "err", err)
+		// The batch is handed out again from the old token after a backoff: what could not
+		// be decrypted must be stored before the token moves on, or it would be lost.
+		return fmt.Errorf("matrix: sync: commit batch: %w", err)
 	}
 	s.batches.Add(1)
 	s.lastBatch.Store(time.Now().UnixMilli())

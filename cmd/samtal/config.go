@@ -36,8 +36,9 @@ func accountFlags(fs *flag.FlagSet) *account {
 	a := &account{}
 	fs.StringVar(&a.homeserver, "homeserver", os.Getenv("SAMTAL_HOMESERVER"),
 		"homeserver URL for the first login (env SAMTAL_HOMESERVER); not needed with a stored session")
-	fs.StringVar(&a.db, "db", envOr("SAMTAL_DB", defaultDB()),
-		"database with the stored session: a SQLite file or a postgres:// URL (env SAMTAL_DB)")
+	a.db = envOr("SAMTAL_DB", defaultDB())
+	fs.Func("db", "database with the stored session: a SQLite file or a postgres:// URL (env SAMTAL_DB; default "+storage.Redact(a.db)+")",
+		func(v string) error { a.db = v; return nil })
 	fs.StringVar(&a.session, "session", "default", "name of the stored session, for several accounts in one database")
 	fs.StringVar(&a.pickleKey, "pickle-key", os.Getenv("SAMTAL_PICKLE_KEY_FILE"),
 		"file with the key that encrypts the device's crypto keys (env SAMTAL_PICKLE_KEY_FILE; default: the database's path + .pickle-key, created 0600)")
@@ -175,7 +176,7 @@ func (a *account) openWith(ctx context.Context, e *env, login matrix.Login, user
 	case opts.Login == nil && login != nil && (errors.Is(err, matrix.ErrLogin) || errors.Is(err, matrix.ErrUnknownToken)):
 		err = fmt.Errorf("%w: to log in, name the homeserver with --homeserver or SAMTAL_HOMESERVER, or set SAMTAL_USER to a full user ID (@user:server)", errUsage)
 	case login == nil && errors.Is(err, matrix.ErrLogin):
-		err = fmt.Errorf("%w: no session %q in %s; set SAMTAL_USER and SAMTAL_PASSWORD (or SAMTAL_ACCESS_TOKEN) and SAMTAL_HOMESERVER to log in", errAuth, a.session, a.db)
+		err = fmt.Errorf("%w: no session %q in %s; set SAMTAL_USER and SAMTAL_PASSWORD (or SAMTAL_ACCESS_TOKEN) and SAMTAL_HOMESERVER to log in", errAuth, a.session, storage.Redact(a.db))
 	case login == nil && errors.Is(err, matrix.ErrUnknownToken):
 		err = fmt.Errorf("the session %q was revoked; set SAMTAL_USER and SAMTAL_PASSWORD to log in again: %w", a.session, err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
+	"github.com/samtalhq/samtal/internal/storage"
 	"github.com/samtalhq/samtal/matrix"
 )
 
@@ -50,7 +51,7 @@ logout' first to change accounts.`)
 	defer done()
 	if name := strings.TrimSpace(os.Getenv("SAMTAL_USER")); existing && name != "" && !sameUser(c.UserID(), name) {
 		return fmt.Errorf("session %q in %s is %s, not %s: run 'samtal logout' first, or choose another --session",
-			acct.session, acct.db, c.UserID(), name)
+			acct.session, storage.Redact(acct.db), c.UserID(), name)
 	}
 	return printLogin(e.stdout, *asJSON, loginResult{
 		UserID: c.UserID(), DeviceID: c.DeviceID(), Homeserver: c.Session().HomeserverURL,

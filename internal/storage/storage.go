@@ -58,11 +58,11 @@ func Open(ctx context.Context, dsn string) (*dbutil.Database, error) {
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("storage: open %s: %w", redact(dsn), err)
+		return nil, fmt.Errorf("storage: open %s: %w", Redact(dsn), err)
 	}
 	if err := db.RawDB.PingContext(ctx); err != nil {
 		_ = db.Close()
-		return nil, fmt.Errorf("storage: connect to %s: %w", redact(dsn), err)
+		return nil, fmt.Errorf("storage: connect to %s: %w", Redact(dsn), err)
 	}
 	return db, nil
 }
@@ -84,6 +84,13 @@ func sqliteURI(dsn string) (string, error) {
 				return "", fmt.Errorf("create directory for SQLite file: %w", err)
 			}
 		}
+		// The database holds access tokens and (pickled) keys: readable by its owner only.
+		// SQLite gives its -wal and -shm files the same mode.
+		f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
+		if err != nil {
+			return "", fmt.Errorf("create SQLite file: %w", err)
+		}
+		f.Close()
 	}
 	q, err := url.ParseQuery(query)
 	if err != nil {
@@ -99,8 +106,9 @@ func sqliteURI(dsn string) (string, error) {
 	return "file:" + path + "?" + q.Encode(), nil
 }
 
-// redact hides a password in a PostgreSQL URL so that errors can be logged.
-func redact(dsn string) string {
+// Redact hides the password of a PostgreSQL URL, in its user part or its query, so that the
+// URL can be shown in errors and logs. Other DSNs are returned unchanged.
+func Redact(dsn string) string {
 	if !IsPostgres(dsn) {
 		return dsn
 	}
@@ -108,5 +116,12 @@ func redact(dsn string) string {
 	if err != nil {
 		return "postgres://(unparseable)"
 	}
+	q := u.Query()
+	for k := range q {
+		if strings.Contains(strings.ToLower(k), "password") {
+			q.Set(k, "xxxxx")
+		}
+	}
+	u.RawQuery = q.Encode()
 	return u.Redacted()
 }

@@ -61,3 +61,31 @@ func TestOpenErrors(t *testing.T) {
 		t.Errorf("error leaks the password: %v", err)
 	}
 }
+
+func TestSQLiteFileIsPrivate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "private.db")
+	db, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("database file mode %v (%v), want 0600: it holds access tokens", fi.Mode().Perm(), err)
+	}
+}
+
+func TestRedact(t *testing.T) {
+	for in, secret := range map[string]string{
+		"postgres://samtal:s3cret@db/samtal":                       "s3cret",
+		"postgres://db/samtal?user=samtal&password=s3cret":         "s3cret",
+		"postgresql://db/samtal?sslpassword=s3cret&sslmode=verify": "s3cret",
+	} {
+		if out := Redact(in); strings.Contains(out, secret) || !strings.Contains(out, "db") {
+			t.Errorf("Redact(%q) = %q", in, out)
+		}
+	}
+	if Redact("/var/lib/samtal.db") != "/var/lib/samtal.db" {
+		t.Error("a file path was changed")
+	}
+}
