@@ -14,8 +14,12 @@ import (
 const (
 	// utdKeep is how long an undecryptable event is retried before it is given up on.
 	utdKeep = 7 * 24 * time.Hour
-	// utdRetryBatch bounds how many stored undecryptable events one sync batch retries.
+	// utdRetryBatch bounds how many stored undecryptable events one sync batch retries; the
+	// least tried go first, so a heap of hopeless ones cannot keep newer ones from their turn.
 	utdRetryBatch = 200
+	// utdMax bounds the stored undecryptable events of a session: past it, new ones are logged
+	// as errors and not kept (a flood of fake encrypted events must not fill the disk).
+	utdMax = 10000
 )
 
 // undecryptable is an encrypted event waiting for its keys.
@@ -54,14 +58,14 @@ func (s *Syncer) decrypt(ctx context.Context, evt *Event) (out *Event, ok bool, 
 // retryUndecryptable tries the stored undecryptable events again, oldest first, and returns
 // those that can now be read (to hand out) and those given up on (too old); both are removed
 // when the batch commits.
-func (s *Syncer) retryUndecryptable(ctx context.Context) (late []*Event, drop []id.EventID, err error) {
+func (s *Syncer) retryUndecryptable(ctx context.Context) (late []*Event, drop, again []id.EventID, err error) {
 	if s.c.encryption() == nil {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	rows, err := s.c.db.Query(ctx, `SELECT event_id, room_id, event_json, first_seen FROM samtal_utd
-		WHERE session = $1 ORDER BY first_seen LIMIT $2`, s.c.name, utdRetryBatch)
+		WHERE session = $1 ORDER BY tries, first_seen LIMIT $2`, s.c.name, utdRetryBatch)
 	if err != nil {
-		return nil, nil, fmt.Errorf("matrix: sync: read undecryptable events: %w", err)
+		return nil, nil, nil, fmt.Errorf("matrix: sync: read undecryptable events: %w", err)
 	}
 	type stored struct {
 		id        id.EventID
@@ -75,7 +79,7 @@ func (s *Syncer) retryUndecryptable(ctx context.Context) (late []*Event, drop []
 		var first int64
 		if err := rows.Scan(&st.id, &st.room, &st.raw, &first); err != nil {
 			rows.Close()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		st.firstSeen = time.UnixMilli(first)
 		all = append(all, st)
@@ -101,14 +105,27 @@ func (s *Syncer) retryUndecryptable(ctx context.Context) (late []*Event, drop []
 		case time.Since(st.firstSeen) > utdKeep:
 			s.c.log.Error("sync: giving up on an event that could not be decrypted", "room", st.room, "event", st.id, "since", st.firstSeen)
 			drop = append(drop, st.id)
+		default:
+			again = append(again, st.id)
 		}
 	}
-	return late, drop, nil
+	return late, drop, again, nil
 }
 
 // storeUndecryptable records events to retry, and forgets retried ones, inside the commit.
 func (s *Syncer) storeUndecryptable(ctx context.Context, b *batch) error {
+	stored := 0
+	if len(b.utd) > 0 {
+		if err := s.c.db.QueryRow(ctx, `SELECT COUNT(*) FROM samtal_utd WHERE session = $1`, s.c.name).Scan(&stored); err != nil {
+			return err
+		}
+	}
 	for _, u := range b.utd {
+		if stored >= utdMax {
+			s.c.log.Error("sync: too many events wait for keys; this one is not kept", "room", u.evt.RoomID, "event", u.evt.ID, "sender", u.evt.Sender)
+			continue
+		}
+		stored++
 		raw, err := json.Marshal(u.evt)
 		if err != nil {
 			return err
@@ -117,6 +134,11 @@ func (s *Syncer) storeUndecryptable(ctx context.Context, b *batch) error {
 			VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (session, event_id) DO NOTHING`,
 			s.c.name, u.evt.ID, u.evt.RoomID, string(raw), time.Now().UnixMilli(), u.reason); err != nil {
 			return fmt.Errorf("matrix: sync: store undecryptable event %s: %w", u.evt.ID, err)
+		}
+	}
+	for _, evt := range b.retried {
+		if _, err := s.c.db.Exec(ctx, `UPDATE samtal_utd SET tries = tries + 1 WHERE session = $1 AND event_id = $2`, s.c.name, evt); err != nil {
+			return err
 		}
 	}
 	for _, evt := range b.resolved {

@@ -221,6 +221,7 @@ type batch struct {
 
 	utd      []undecryptable // encrypted events to retry when their keys arrive
 	resolved []id.EventID    // stored undecryptable events decrypted or given up on now
+	retried  []id.EventID    // stored undecryptable events tried again in vain
 }
 
 // process hands one sync response to the handlers and then commits its token. It returns the
@@ -241,10 +242,11 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 	if err != nil {
 		return err
 	}
-	late, drop, err := s.retryUndecryptable(ctx)
+	late, drop, again, err := s.retryUndecryptable(ctx)
 	if err != nil {
 		return err
 	}
+	b.retried = again
 	for _, evt := range late {
 		b.resolved = append(b.resolved, evt.ID)
 	}

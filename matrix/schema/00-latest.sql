@@ -59,5 +59,6 @@ CREATE TABLE samtal_utd (
 	event_json TEXT   NOT NULL,
 	first_seen BIGINT NOT NULL,
 	reason     TEXT   NOT NULL,
+	tries      INTEGER NOT NULL DEFAULT 0,
 	PRIMARY KEY (session, event_id)
 );
