@@ -31,7 +31,10 @@ func (m *Machine) ProcessSync(ctx context.Context, resp *mautrix.RespSync, since
 	if !ok {
 		return fmt.Errorf("e2ee: the mautrix client's syncer is a %T, not mautrix's default syncer", m.mx.Syncer)
 	}
-	if err := ds.ProcessResponse(ctx, resp, since); err != nil {
+	m.crossMu.Lock()
+	err := ds.ProcessResponse(ctx, resp, since)
+	m.crossMu.Unlock()
+	if err != nil {
 		return err
 	}
 	m.mu.Lock()

@@ -105,6 +105,11 @@ type Machine struct {
 	rooms    map[id.RoomID]roomKnown // send-only mode: when each room's members were last read
 	verify   *verifier               // set by EnableVerification
 
+	// crossMu keeps Bootstrap, Recover and Status apart from sync processing: mautrix's
+	// OlmMachine updates its cached cross-signing keys while it processes device lists,
+	// without a lock of its own (a data race the race detector showed).
+	crossMu sync.Mutex
+
 	backup keyBackup // server-side key backup: key, version, uploader (backup.go)
 }
 
