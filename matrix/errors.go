@@ -113,7 +113,7 @@ func parseRetryAfter(v string) time.Duration {
 // retryable reports whether a failed send should be tried again: rate limits, 5xx, and network
 // errors. A cancelled context is not retryable; 4xx other than 429 are not.
 func retryable(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrInvalidContent) {
 		return false
 	}
 	var he *HTTPError

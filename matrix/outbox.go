@@ -508,6 +508,11 @@ func (o *outbox) sendOnce(r row, content json.RawMessage, txn string) (*mautrix.
 		if enc == nil {
 			return nil, fmt.Errorf("%w: %s", ErrEncryptionRequired, r.room)
 		}
+		if plaintextMedia(content) {
+			// Uploaded unencrypted while the room was not encrypted yet: the file is not
+			// referenced from an encrypted room, which would make it look protected.
+			return nil, fmt.Errorf("%w: the file was uploaded unencrypted before %s turned encrypted; send it again", ErrInvalidContent, r.room)
+		}
 		ciphertext, err := enc.Encrypt(o.ctx, r.room, typ, content)
 		if err != nil {
 			return nil, fmt.Errorf("matrix: encrypt for %s: %w", r.room, err)
@@ -515,6 +520,23 @@ func (o *outbox) sendOnce(r row, content json.RawMessage, txn string) (*mautrix.
 		typ, body = event.EventEncrypted, ciphertext
 	}
 	return o.c.send.SendMessageEvent(o.ctx, r.room, typ, body, mautrix.ReqSendEvent{TransactionID: txn, DontEncrypt: true})
+}
+
+// plaintextMedia reports whether content is a media message that points at an unencrypted
+// upload (url rather than file).
+func plaintextMedia(content json.RawMessage) bool {
+	var m struct {
+		MsgType event.MessageType `json:"msgtype"`
+		URL     string            `json:"url"`
+	}
+	if json.Unmarshal(content, &m) != nil || m.URL == "" {
+		return false
+	}
+	switch m.MsgType {
+	case event.MsgFile, event.MsgImage, event.MsgVideo, event.MsgAudio:
+		return true
+	}
+	return false
 }
 
 func (o *outbox) backoff(attempt int, err error) time.Duration {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -104,5 +105,23 @@ func TestSyncerNoticesEncryption(t *testing.T) {
 	}
 	if _, err := c.Send(t.Context(), resp.RoomID, Text("plaintext?"), SendOptions{}); !errors.Is(err, ErrEncryptionRequired) {
 		t.Fatalf("send after the room turned encrypted: %v, want ErrEncryptionRequired", err)
+	}
+}
+
+// TestPlaintextUploadNotSentIntoEncryptedRoom: a file message stored while the room was not
+// encrypted (its upload is plaintext) fails for good once the room is encrypted, rather than
+// be referenced from an encrypted event.
+func TestPlaintextUploadNotSentIntoEncryptedRoom(t *testing.T) {
+	content, _ := json.Marshal(File(FileKind, "mxc://localhost/plain", "a.pdf", "application/pdf", 3).Content)
+	if !plaintextMedia(content) {
+		t.Fatal("a file message with a url is not seen as a plaintext upload")
+	}
+	enc, _ := json.Marshal(EncryptedFile(FileKind, &event.EncryptedFileInfo{URL: "mxc://localhost/enc"}, "a.pdf", "application/pdf", 3).Content)
+	text, _ := json.Marshal(Text("see https://example.com").Content)
+	if plaintextMedia(enc) || plaintextMedia(text) {
+		t.Fatal("an encrypted file or a text message was taken for a plaintext upload")
+	}
+	if retryable(fmt.Errorf("%w: x", ErrInvalidContent)) {
+		t.Fatal("invalid content would be retried forever")
 	}
 }
