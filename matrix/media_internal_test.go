@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"testing"
 
 	"maunium.net/go/mautrix/event"
@@ -18,17 +15,7 @@ import (
 // original after Download; a tampered file is refused.
 func TestEncryptedUploadRoundTrip(t *testing.T) {
 	srv := matrixtest.NewServer(t)
-	_, pw := srv.RegisterUser(t, "alice")
-	db, err := OpenDatabase(t.Context(), filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	c, err := New(t.Context(), Options{HomeserverURL: srv.URL, Login: Password("alice", pw), DB: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newTestAccount(t, srv, "alice").open(OutboxOptions{})
 	secret := []byte("personnummer 19121212-1212")
 	msg, err := c.upload(context.Background(), Attachment{Name: "id.txt", Data: secret}, true)
 	if err != nil {

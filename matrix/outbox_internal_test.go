@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -22,19 +19,9 @@ import (
 // restart before encryption is plugged in again; it waits, and never goes out as plaintext.
 func TestResumedSendWaitsForEncryption(t *testing.T) {
 	srv := matrixtest.NewServer(t)
-	_, pw := srv.RegisterUser(t, "alice")
-	db, err := OpenDatabase(t.Context(), filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	opts := Options{HomeserverURL: srv.URL, Login: Password("alice", pw), DB: db, Logger: quiet,
-		Outbox: OutboxOptions{ResumeDelay: 10 * time.Millisecond, MinRetryDelay: 10 * time.Millisecond, MaxRetryDelay: 50 * time.Millisecond}}
-	c, err := New(t.Context(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	alice := newTestAccount(t, srv, "alice")
+	outbox := OutboxOptions{ResumeDelay: 10 * time.Millisecond, MinRetryDelay: 10 * time.Millisecond, MaxRetryDelay: 50 * time.Millisecond}
+	c := alice.open(outbox)
 	resp, err := c.mx.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Preset: "private_chat",
 		InitialState: []*event.Event{{Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}}}})
 	if err != nil {
@@ -48,11 +35,7 @@ func TestResumedSendWaitsForEncryption(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	again, err := New(t.Context(), opts) // no encryption plugged in
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer again.Close()
+	again := alice.open(outbox)        // no encryption plugged in
 	time.Sleep(500 * time.Millisecond) // many retry rounds at these delays
 	msgs, err := again.mx.Messages(t.Context(), resp.RoomID, "", "", mautrix.DirectionBackward, nil, 100)
 	if err != nil {
@@ -73,17 +56,7 @@ func TestResumedSendWaitsForEncryption(t *testing.T) {
 // treated as encrypted as soon as the Syncer sees the change, not 30 s later.
 func TestSyncerNoticesEncryption(t *testing.T) {
 	srv := matrixtest.NewServer(t)
-	_, pw := srv.RegisterUser(t, "alice")
-	db, err := OpenDatabase(t.Context(), filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	c, err := New(t.Context(), Options{HomeserverURL: srv.URL, Login: Password("alice", pw), DB: db, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newTestAccount(t, srv, "alice").open(OutboxOptions{})
 	resp, err := c.mx.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Preset: "private_chat"})
 	if err != nil {
 		t.Fatal(err)

@@ -3,9 +3,6 @@ package matrix
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -21,23 +18,9 @@ import (
 // not send it again.
 func TestReconcileLooksPastOthersEvents(t *testing.T) {
 	srv := matrixtest.NewServer(t)
-	_, pw := srv.RegisterUser(t, "alice")
+	alice := newTestAccount(t, srv, "alice")
 	bob := srv.Client(t, "bob")
-	dbPath := filepath.Join(t.TempDir(), "db")
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	open := func() *Client {
-		db, err := OpenDatabase(t.Context(), dbPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		c, err := New(t.Context(), Options{HomeserverURL: srv.URL, Login: Password("alice", pw), DB: db, Logger: quiet,
-			Outbox: OutboxOptions{ResumeDelay: 50 * time.Millisecond}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
+	open := func() *Client { return alice.open(OutboxOptions{ResumeDelay: 50 * time.Millisecond}) }
 	c := open()
 	resp, err := c.mx.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
 	if err != nil {
