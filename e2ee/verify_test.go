@@ -71,11 +71,7 @@ func TestVerification(t *testing.T) {
 // only the one device.
 func TestVerificationCrossSigned(t *testing.T) {
 	srv := matrixtest.NewServer(t)
-	board := newSASBoard()
-	alice := newVerifyingParty(t, srv, "alice", e2ee.Options{PickleKey: testKey},
-		e2ee.VerifyOptions{Confirm: board.confirm("alice", true)})
-	bot := newVerifyingParty(t, srv, "bot", e2ee.Options{PickleKey: testKey},
-		e2ee.VerifyOptions{Allow: onlyUser(alice.c.UserID()), Confirm: board.confirm("bot", true)})
+	alice, bot, _ := verifyingPair(t, srv, true)
 	for _, p := range []*verifyingParty{alice, bot} {
 		t.Cleanup(func() { p.m.Close() }) // its backup uploader, before the database closes
 		if _, err := p.m.Bootstrap(t.Context(), e2ee.PasswordAuth(p.user, p.password), e2ee.BootstrapOptions{}); err != nil {
@@ -99,11 +95,7 @@ func TestVerificationCrossSigned(t *testing.T) {
 // room they share; the verification events travel through the room, encrypted.
 func TestVerificationInRoom(t *testing.T) {
 	srv := matrixtest.NewServer(t)
-	board := newSASBoard()
-	alice := newVerifyingParty(t, srv, "alice", e2ee.Options{PickleKey: testKey},
-		e2ee.VerifyOptions{Confirm: board.confirm("alice", true)})
-	bot := newVerifyingParty(t, srv, "bot", e2ee.Options{PickleKey: testKey},
-		e2ee.VerifyOptions{Allow: onlyUser(alice.c.UserID()), Confirm: board.confirm("bot", true)})
+	alice, bot, board := verifyingPair(t, srv, true)
 	room := encryptedRoom(t, alice.party, bot.party)
 	send(t, alice.party, room, matrix.Text("hej"))
 	bot.got.wait(t, "hej")
@@ -162,11 +154,7 @@ func TestVerificationNotAllowed(t *testing.T) {
 // cancelled as a mismatch and nobody's trust changes.
 func TestVerificationMismatch(t *testing.T) {
 	srv := matrixtest.NewServer(t)
-	board := newSASBoard()
-	alice := newVerifyingParty(t, srv, "alice", e2ee.Options{PickleKey: testKey},
-		e2ee.VerifyOptions{Confirm: board.confirm("alice", true)})
-	bot := newVerifyingParty(t, srv, "bot", e2ee.Options{PickleKey: testKey},
-		e2ee.VerifyOptions{Allow: onlyUser(alice.c.UserID()), Confirm: board.confirm("bot", false)})
+	alice, bot, _ := verifyingPair(t, srv, false)
 
 	err := alice.m.Verify(verifyContext(t), bot.c.UserID(), bot.c.DeviceID())
 	var cancelled *e2ee.CancelledError
@@ -317,4 +305,16 @@ func awaitTrust(t testing.TB, p, other *party, want id.TrustState) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// verifyingPair starts alice and a bot that lets only alice verify it; both compare the SAS
+// on one board, and the bot answers botConfirms.
+func verifyingPair(t *testing.T, srv *matrixtest.Server, botConfirms bool) (alice, bot *verifyingParty, board *sasBoard) {
+	t.Helper()
+	board = newSASBoard()
+	alice = newVerifyingParty(t, srv, "alice", e2ee.Options{PickleKey: testKey},
+		e2ee.VerifyOptions{Confirm: board.confirm("alice", true)})
+	bot = newVerifyingParty(t, srv, "bot", e2ee.Options{PickleKey: testKey},
+		e2ee.VerifyOptions{Allow: onlyUser(alice.c.UserID()), Confirm: board.confirm("bot", botConfirms)})
+	return alice, bot, board
 }
