@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto"
@@ -14,95 +13,89 @@ import (
 	"github.com/samtalhq/samtal/matrix"
 )
 
-const (
-	// syncFresh is how recently a Syncer must have fed us a sync response for the state it
-	// keeps (members, their devices) to count as current.
-	syncFresh = 2 * time.Minute
-	// sendOnlyRefresh is how old a room's member list may get, in a client that does not sync,
-	// before a send reads it again.
-	sendOnlyRefresh = 10 * time.Second
-)
-
 // ProcessSync gives a sync response to mautrix's crypto machine and state store, through the
 // client's mautrix syncer: room keys and other to-device messages, device list changes, one-
 // time key counts, and the rooms' membership (which decides who gets room keys).
+//
+// Each encrypted to-device message (a room key, a forwarded key, a secret) is handled in one
+// database transaction: the Olm session it advances, the hash that marks it as seen and the
+// keys it carries are stored together or not at all. A process killed halfway through a
+// response therefore handles the messages not yet committed again from the same sync, and
+// mautrix recognises those already committed as duplicates, with their keys stored: no room
+// key is lost to a kill.
 func (m *Machine) ProcessSync(ctx context.Context, resp *mautrix.RespSync, since string) error {
 	ds, ok := m.mx.Syncer.(*mautrix.DefaultSyncer)
 	if !ok {
 		return fmt.Errorf("e2ee: the mautrix client's syncer is a %T, not mautrix's default syncer", m.mx.Syncer)
 	}
 	m.crossMu.Lock()
-	err := ds.ProcessResponse(ctx, resp, since)
-	m.crossMu.Unlock()
-	if err != nil {
+	defer m.crossMu.Unlock()
+	// mautrix's own order: device lists, to-device messages, then the rest. The first two are
+	// done here, and the response that goes on to mautrix's syncer has them taken out.
+	m.mach.HandleDeviceLists(ctx, &resp.DeviceLists, since)
+	rest := *resp
+	rest.DeviceLists = mautrix.DeviceLists{}
+	rest.ToDevice.Events = nil
+	for _, evt := range resp.ToDevice.Events {
+		if evt == nil {
+			continue
+		}
+		if evt.Type.Type != event.ToDeviceEncrypted.Type {
+			// Key requests, withheld notices, verification: nothing to lose by handling them
+			// twice, and mautrix answers some of them in goroutines of their own.
+			rest.ToDevice.Events = append(rest.ToDevice.Events, evt)
+			continue
+		}
+		if err := m.handleEncryptedToDevice(ctx, evt); err != nil {
+			return err
+		}
+	}
+	if err := ds.ProcessResponse(ctx, &rest, since); err != nil {
 		return err
 	}
 	m.mu.Lock()
-	m.lastSync = time.Now()
+	m.synced = true
 	m.mu.Unlock()
 	return nil
 }
 
+// handleEncryptedToDevice decrypts an Olm-encrypted to-device message and stores what it
+// carries, all in one transaction. The transaction does not end with ctx: a Syncer that stops
+// finishes the message it is in (a moment), so that mautrix's in-memory Olm sessions never
+// run ahead of the stored ones.
+func (m *Machine) handleEncryptedToDevice(ctx context.Context, evt *event.Event) error {
+	evt.Type.Class = event.ToDeviceEventType
+	if err := evt.Content.ParseRaw(evt.Type); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
+		m.stats.toDeviceRefused.Add(1)
+		m.log.Warn("e2ee: to-device message does not parse; ignored", "sender", evt.Sender, "err", err)
+		return nil
+	}
+	err := m.c.Database().DoTxn(context.WithoutCancel(ctx), nil, func(ctx context.Context) error {
+		m.mach.HandleToDeviceEvent(ctx, evt)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("e2ee: store what a to-device message from %s carried: %w", evt.Sender, err)
+	}
+	return nil
+}
+
 // Encrypt encrypts content for room with the room's Megolm session, sharing it first with the
-// devices of the room's members where needed.
-//
-// A client that runs a Syncer knows the members and their devices from it. A client that only
-// sends reads the room's state and its members' devices before sending, at most every 10 s,
-// and starts a new session when someone has left, so that they cannot read what follows.
+// devices of the room's members where needed. What it relies on to know the members and their
+// devices is in the package documentation ("Who gets the room key").
 func (m *Machine) Encrypt(ctx context.Context, room id.RoomID, evtType event.Type, content any) (*event.EncryptedEventContent, error) {
-	if err := m.refreshRoom(ctx, room); err != nil {
+	rk := m.room(room)
+	rk.mu.Lock()
+	defer rk.mu.Unlock()
+	if err := m.refreshRoom(ctx, room, rk); err != nil {
 		return nil, err
 	}
 	enc, err := m.helper.Encrypt(ctx, room, evtType, content)
 	if err != nil {
 		return nil, fmt.Errorf("e2ee: encrypt for %s: %w", room, err)
 	}
+	m.noteSession(rk, enc.SessionID)
 	return enc, nil
-}
-
-// refreshRoom makes sure the state store knows room's encryption and members.
-func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID) error {
-	m.mu.Lock()
-	syncing := time.Since(m.lastSync) < syncFresh
-	known, seen := m.rooms[room]
-	m.mu.Unlock()
-	if seen && (syncing || time.Since(known.at) < sendOnlyRefresh) {
-		return nil
-	}
-	if _, err := m.mx.State(ctx, room); err != nil {
-		return fmt.Errorf("e2ee: read state of %s: %w", room, err)
-	}
-	members, err := m.mx.StateStore.GetRoomJoinedOrInvitedMembers(ctx, room)
-	if err != nil {
-		return fmt.Errorf("e2ee: members of %s: %w", room, err)
-	}
-	now := map[id.UserID]bool{}
-	for _, u := range members {
-		now[u] = true
-	}
-	if seen && !syncing {
-		for u := range known.members {
-			if !now[u] {
-				// Someone left while nobody was watching: a new session, so that they cannot
-				// read what follows with the key they hold.
-				if err := m.mach.CryptoStore.RemoveOutboundGroupSession(ctx, room); err != nil {
-					return err
-				}
-				break
-			}
-		}
-	}
-	if seen && !syncing {
-		// No sync tells us about new devices of members we already know: ask. (Members seen
-		// for the first time are looked up by mautrix when it shares the room key.)
-		if _, err := m.mach.FetchKeys(ctx, members, true); err != nil {
-			return fmt.Errorf("e2ee: device keys of %s's members: %w", room, err)
-		}
-	}
-	m.mu.Lock()
-	m.rooms[room] = roomKnown{at: time.Now(), members: now}
-	m.mu.Unlock()
-	return nil
 }
 
 // Decrypt decrypts an m.room.encrypted event. A room key that has not arrived is looked up in

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto"
@@ -100,10 +99,13 @@ type Machine struct {
 	accept id.TrustState
 	log    *slog.Logger
 
-	mu       sync.Mutex
-	lastSync time.Time               // when a Syncer last fed us a sync response
-	rooms    map[id.RoomID]roomKnown // send-only mode: when each room's members were last read
-	verify   *verifier               // set by EnableVerification
+	mu     sync.Mutex
+	synced bool      // a Syncer has fed us a sync response
+	verify *verifier // set by EnableVerification
+
+	roomsMu sync.Mutex
+	rooms   map[id.RoomID]*roomKeys // what this process knows of each room it encrypts for (rooms.go)
+	stats   counters
 
 	// crossMu keeps Bootstrap, Recover and Status apart from sync processing: mautrix's
 	// OlmMachine updates its cached cross-signing keys while it processes device lists,
@@ -111,11 +113,6 @@ type Machine struct {
 	crossMu sync.Mutex
 
 	backup keyBackup // server-side key backup: key, version, uploader (backup.go)
-}
-
-type roomKnown struct {
-	at      time.Time
-	members map[id.UserID]bool
 }
 
 var _ matrix.Encryption = (*Machine)(nil)
@@ -154,7 +151,7 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 		return nil, fmt.Errorf("e2ee: %w", err)
 	}
 	m := &Machine{c: c, mx: mx, helper: helper, opts: opts, accept: acceptMin, log: opts.Logger.With("component", "e2ee"),
-		rooms: map[id.RoomID]roomKnown{}}
+		rooms: map[id.RoomID]*roomKeys{}}
 	helper.DBAccountID = accountID(c)
 	helper.DecryptErrorCallback = func(evt *event.Event, err error) {
 		m.log.Debug("mautrix could not decrypt an event (the Syncer retries it)", "room", evt.RoomID, "event", evt.ID, "err", err)

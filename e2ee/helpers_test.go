@@ -42,6 +42,8 @@ type party struct {
 	m        *e2ee.Machine
 	got      *inbox
 	stop     func()
+	sendOnly bool           // runs no Syncer, as a case system that only sends
+	syncer   *matrix.Syncer // the running Syncer, unless sendOnly
 }
 
 // newParty registers localpart and starts an encrypted client with a running Syncer.
@@ -49,6 +51,16 @@ func newParty(t testing.TB, srv *matrixtest.Server, localpart string) *party {
 	t.Helper()
 	_, pw := srv.RegisterUser(t, localpart)
 	p := &party{t: t, srv: srv, dbPath: filepath.Join(t.TempDir(), localpart+".db"), user: localpart, password: pw, got: &inbox{}}
+	p.start(e2ee.Options{PickleKey: testKey})
+	t.Cleanup(p.close)
+	return p
+}
+
+// newSendOnlyParty registers localpart and starts an encrypted client that runs no Syncer.
+func newSendOnlyParty(t testing.TB, srv *matrixtest.Server, localpart string) *party {
+	t.Helper()
+	_, pw := srv.RegisterUser(t, localpart)
+	p := &party{t: t, srv: srv, dbPath: filepath.Join(t.TempDir(), localpart+".db"), user: localpart, password: pw, got: &inbox{}, sendOnly: true}
 	p.start(e2ee.Options{PickleKey: testKey})
 	t.Cleanup(p.close)
 	return p
@@ -81,13 +93,36 @@ func (p *party) startErr(opts e2ee.Options) error {
 		return err
 	}
 	p.db, p.c, p.m = db, c, m
+	if p.sendOnly {
+		return nil
+	}
 	s := c.NewSyncer(matrix.SyncOptions{Timeout: 2 * time.Second, AutoJoin: &matrix.AutoJoinPolicy{Servers: []string{p.srv.ServerName}}})
 	s.OnMessage(func(ctx context.Context, evt *matrix.Event) error { p.got.add(evt); return nil })
+	p.syncer = s
 	runCtx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.Run(runCtx) }()
 	p.stop = func() { cancel(); <-done }
 	return nil
+}
+
+// stopSyncing stops the party's Syncer; the client goes on.
+func (p *party) stopSyncing() {
+	if p.stop != nil {
+		p.stop()
+		p.stop = nil
+	}
+}
+
+// syncedPast waits until the party's Syncer has committed n more batches than it had when
+// called: then every to-device message queued before the call has been handled.
+func (p *party) syncedPast(n uint64) func() {
+	p.t.Helper()
+	start := p.syncer.Stats().Batches
+	return func() {
+		p.t.Helper()
+		waitFor(p.t, time.Minute, p.user+"'s Syncer to go on", func() bool { return p.syncer.Stats().Batches >= start+n })
+	}
 }
 
 func (p *party) close() {

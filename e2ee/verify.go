@@ -151,7 +151,7 @@ func (m *Machine) EnableVerification(ctx context.Context, opts VerifyOptions) er
 		return fmt.Errorf("e2ee: the mautrix client's syncer is a %T, not mautrix's default syncer", m.mx.Syncer)
 	}
 	m.mu.Lock()
-	synced := !m.lastSync.IsZero()
+	synced := m.synced
 	m.mu.Unlock()
 	if synced {
 		return errors.New("e2ee: EnableVerification must be called before the client's Syncer first runs")

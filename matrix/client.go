@@ -45,6 +45,7 @@ type Client struct {
 	enc      Encryption
 	encRooms encryptionCache
 	mediaState
+	syncing syncState // whether a Syncer runs and is current (sync.go)
 
 	closeOnce sync.Once
 }

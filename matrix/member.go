@@ -54,26 +54,34 @@ func (c *Client) Invite(ctx context.Context, room id.RoomID, user id.UserID) err
 
 // Kick removes user from room, or withdraws their invite; they may come back if invited or if
 // the room is public. reason is shown to them and to the room; it may be empty.
+//
+// In an encrypted room, the client's next message uses a new room key that user's devices do
+// not get (see Rotator); this holds even if the process dies right after Kick returned.
 func (c *Client) Kick(ctx context.Context, room id.RoomID, user id.UserID, reason string) error {
 	if err := checkRoomUser(room, user); err != nil {
 		return err
 	}
-	if _, err := c.mx.KickUser(ctx, room, &mautrix.ReqKickUser{UserID: user, Reason: reason}); err != nil {
-		return fmt.Errorf("matrix: kick %s from %s: %w", user, room, wrapErr(err))
-	}
-	return nil
+	return c.removal(ctx, room, user, event.MembershipLeave, func(ctx context.Context) error {
+		if _, err := c.mx.KickUser(ctx, room, &mautrix.ReqKickUser{UserID: user, Reason: reason}); err != nil {
+			return fmt.Errorf("matrix: kick %s from %s: %w", user, room, wrapErr(err))
+		}
+		return nil
+	})
 }
 
 // Ban removes user from room and keeps them out until Unban. reason is shown to them and to
-// the room; it may be empty.
+// the room; it may be empty. In an encrypted room, the next message uses a new room key, as
+// after Kick.
 func (c *Client) Ban(ctx context.Context, room id.RoomID, user id.UserID, reason string) error {
 	if err := checkRoomUser(room, user); err != nil {
 		return err
 	}
-	if _, err := c.mx.BanUser(ctx, room, &mautrix.ReqBanUser{UserID: user, Reason: reason}); err != nil {
-		return fmt.Errorf("matrix: ban %s from %s: %w", user, room, wrapErr(err))
-	}
-	return nil
+	return c.removal(ctx, room, user, event.MembershipBan, func(ctx context.Context) error {
+		if _, err := c.mx.BanUser(ctx, room, &mautrix.ReqBanUser{UserID: user, Reason: reason}); err != nil {
+			return fmt.Errorf("matrix: ban %s from %s: %w", user, room, wrapErr(err))
+		}
+		return nil
+	})
 }
 
 // Unban lifts a ban; user may then be invited again.
@@ -88,13 +96,20 @@ func (c *Client) Unban(ctx context.Context, room id.RoomID, user id.UserID) erro
 }
 
 // Leave leaves room (or declines its invite) and forgets it, so that it no longer appears in
-// the account's history.
+// the account's history. The room key this client used there is discarded: should it come
+// back, it starts a new one.
 func (c *Client) Leave(ctx context.Context, room id.RoomID) error {
 	if err := ValidateRoomID(room); err != nil {
 		return err
 	}
-	if _, err := c.mx.LeaveRoom(ctx, room); err != nil {
-		return fmt.Errorf("matrix: leave %s: %w", room, wrapErr(err))
+	err := c.removal(ctx, room, c.UserID(), event.MembershipLeave, func(ctx context.Context) error {
+		if _, err := c.mx.LeaveRoom(ctx, room); err != nil {
+			return fmt.Errorf("matrix: leave %s: %w", room, wrapErr(err))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if _, err := c.mx.ForgetRoom(ctx, room); err != nil {
 		return fmt.Errorf("matrix: forget %s: %w", room, wrapErr(err))

@@ -141,6 +141,8 @@ func (s *Syncer) Run(ctx context.Context) error {
 		return ErrSyncerRunning
 	}
 	defer s.running.Store(false)
+	s.c.syncing.start(s.opts.Timeout + syncCurrentMargin)
+	defer s.c.syncing.stop()
 	since, err := s.loadToken(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -195,6 +197,51 @@ func (s *Syncer) Run(ctx context.Context) error {
 	}
 }
 
+// syncCurrentMargin is how much longer than its long-poll timeout a running Syncer may go
+// without a completed sync before the client stops counting as Syncing.
+const syncCurrentMargin = 5 * time.Second
+
+// syncState is what Client.Syncing answers from.
+type syncState struct {
+	mu      sync.Mutex
+	running int           // Syncers in Run
+	window  time.Duration // the longest a sync of the running Syncers takes when all is well
+	last    time.Time     // when a sync response was last processed
+}
+
+func (st *syncState) start(window time.Duration) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.running++
+	st.window = max(st.window, window)
+}
+
+func (st *syncState) stop() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.running--
+	if st.running == 0 {
+		st.window, st.last = 0, time.Time{}
+	}
+}
+
+func (st *syncState) synced() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.last = time.Now()
+}
+
+// Syncing reports whether a Syncer of this client is running now and has processed a sync
+// response within its long-poll timeout and a few seconds: then what the client knows of rooms
+// from sync (members, their devices) lags the server by at most one sync round trip. A Syncer
+// that stopped, or that cannot reach the server, does not count.
+func (c *Client) Syncing() bool {
+	st := &c.syncing
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.running > 0 && !st.last.IsZero() && time.Since(st.last) < st.window
+}
+
 // Stats returns the Syncer's counters.
 func (s *Syncer) Stats() SyncStats {
 	st := SyncStats{
@@ -237,6 +284,7 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 			return fmt.Errorf("matrix: sync: crypto: %w", err)
 		}
 	}
+	s.c.syncing.synced()
 	s.noticeEncryption(resp)
 	b, err := s.collect(ctx, resp, since)
 	if err != nil {

@@ -1,0 +1,181 @@
+package e2ee_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/e2ee"
+	"github.com/samtalhq/samtal/matrix"
+	"github.com/samtalhq/samtal/matrix/matrixtest"
+)
+
+// caseRoom is a bot's encrypted case room with officers a and b, who have joined, and a first
+// message m1 that both have read.
+type caseRoom struct {
+	srv      *matrixtest.Server
+	bot      *party
+	a, b     *party
+	room     id.RoomID
+	session1 id.SessionID // the room key of m1
+}
+
+// newCaseRoom sets up a caseRoom on srv with users named after prefix; the officers live on
+// officers (srv, or another server of a federation).
+func newCaseRoom(t *testing.T, srv, officers *matrixtest.Server, prefix string, botSyncs bool) *caseRoom {
+	t.Helper()
+	cr := &caseRoom{srv: srv}
+	if botSyncs {
+		cr.bot = newParty(t, srv, prefix+"-bot")
+	} else {
+		cr.bot = newSendOnlyParty(t, srv, prefix+"-bot")
+	}
+	cr.a, cr.b = newParty(t, officers, prefix+"-a"), newParty(t, officers, prefix+"-b")
+	ctx := t.Context()
+	room, err := cr.bot.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.CaseRoom, CaseID: prefix,
+		Invite:      []id.UserID{cr.a.c.UserID(), cr.b.c.UserID()},
+		PowerLevels: map[id.UserID]matrix.PowerLevel{cr.a.c.UserID(): matrix.PowerModerator}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cr.room = room
+	for _, p := range []*party{cr.a, cr.b} {
+		waitFor(t, time.Minute, p.user+" to join", func() bool { return cr.joined(p) })
+	}
+	m1 := send(t, cr.bot, room, matrix.Text(prefix+": m1"))
+	cr.a.got.wait(t, prefix+": m1")
+	cr.b.got.wait(t, prefix+": m1")
+	cr.session1 = sessionOf(t, cr.bot, room, m1)
+	return cr
+}
+
+func (cr *caseRoom) joined(p *party) bool {
+	members, err := cr.bot.c.Mautrix().JoinedMembers(context.Background(), cr.room)
+	if err != nil {
+		return false
+	}
+	_, ok := members.Joined[p.c.UserID()]
+	return ok
+}
+
+// sessionOf is the room key (Megolm session) an encrypted event was sent with, as the server
+// holds it.
+func sessionOf(t testing.TB, reader *party, room id.RoomID, evt id.EventID) id.SessionID {
+	t.Helper()
+	raw, err := reader.c.Mautrix().GetEvent(t.Context(), room, evt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Content.ParseRaw(raw.Type); err != nil {
+		t.Fatal(err)
+	}
+	enc, ok := raw.Content.Parsed.(*event.EncryptedEventContent)
+	if !ok {
+		t.Fatalf("%s is a %s event, not encrypted", evt, raw.Type.Type)
+	}
+	return enc.SessionID
+}
+
+// cannotRead checks, on the crypto and not only on fetching, that p's own client, holding all
+// the keys it ever had, cannot decrypt evt: it holds no room key for evt's session, and its
+// Machine refuses evt for want of keys. p's Syncer is given two batches first, so that a key
+// sent to p would have arrived.
+func cannotRead(t testing.TB, p *party, holder *party, room id.RoomID, evt id.EventID) {
+	t.Helper()
+	if p.syncer != nil {
+		p.syncedPast(2)()
+	}
+	raw, err := holder.c.Mautrix().GetEvent(t.Context(), room, evt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.RoomID = room
+	if err := raw.Content.ParseRaw(raw.Type); err != nil {
+		t.Fatal(err)
+	}
+	sess := raw.Content.AsEncrypted().SessionID
+	igs, err := p.m.OlmMachine().CryptoStore.GetGroupSession(t.Context(), room, sess)
+	if igs != nil {
+		t.Errorf("%s holds the room key %s of %s (%v): a removed member could read it", p.user, sess, evt, err)
+	}
+	if clear, err := p.m.Decrypt(t.Context(), raw); err == nil {
+		t.Errorf("%s decrypted %s after being removed: %q", p.user, evt, clear.Content.AsMessage().Body)
+	} else if !errors.Is(err, matrix.ErrKeysMissing) {
+		t.Errorf("%s: decrypting %s failed with %v, want ErrKeysMissing", p.user, evt, err)
+	}
+}
+
+// TestRemovedMemberCannotRead: after b is removed from an encrypted case room, by the bot or by
+// someone else, or leaves, the bot's next message uses a new room key that b's client never
+// gets, while a reads it. Each case sends at once after the removal, the moment the old key
+// was reused before.
+func TestRemovedMemberCannotRead(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	cases := []struct {
+		name     string
+		botSyncs bool
+		short    bool
+		// sendOnlyWindow: the removal is someone else's and the bot does not sync: the bot's
+		// sends share one member check per second (documented), so m2 goes out a second later.
+		sendOnlyWindow bool
+		remove         func(t *testing.T, cr *caseRoom)
+	}{
+		{"bot kicks, syncing", true, true, false, func(t *testing.T, cr *caseRoom) {
+			must(t, cr.bot.c.Kick(t.Context(), cr.room, cr.b.c.UserID(), "left the agency"))
+		}},
+		{"bot bans, syncing", true, false, false, func(t *testing.T, cr *caseRoom) {
+			must(t, cr.bot.c.Ban(t.Context(), cr.room, cr.b.c.UserID(), "left the agency"))
+		}},
+		{"bot kicks, send-only", false, true, false, func(t *testing.T, cr *caseRoom) {
+			must(t, cr.bot.c.Kick(t.Context(), cr.room, cr.b.c.UserID(), ""))
+		}},
+		{"member leaves, send-only", false, false, true, func(t *testing.T, cr *caseRoom) {
+			must(t, cr.b.c.Leave(t.Context(), cr.room))
+		}},
+		{"admin kicks, send-only", false, true, true, func(t *testing.T, cr *caseRoom) {
+			must(t, cr.a.c.Kick(t.Context(), cr.room, cr.b.c.UserID(), ""))
+		}},
+		{"admin kicks, bot's Syncer stopped", true, false, true, func(t *testing.T, cr *caseRoom) {
+			cr.bot.stopSyncing()
+			must(t, cr.a.c.Kick(t.Context(), cr.room, cr.b.c.UserID(), ""))
+		}},
+		{"admin kicks, syncing bot one sync later", true, false, false, func(t *testing.T, cr *caseRoom) {
+			// The window that remains, documented: a removal by someone else reaches a
+			// syncing client with its next sync.
+			must(t, cr.a.c.Kick(t.Context(), cr.room, cr.b.c.UserID(), ""))
+			cr.bot.syncedPast(2)()
+		}},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if testing.Short() && !tc.short {
+				t.Skip("skipped in -short: the other cases of this test cover the same code")
+			}
+			cr := newCaseRoom(t, srv, srv, fmt.Sprintf("r%d", i), tc.botSyncs)
+			tc.remove(t, cr)
+			if tc.sendOnlyWindow {
+				time.Sleep(e2ee.MemberCheckInterval + 100*time.Millisecond)
+			}
+			m2 := send(t, cr.bot, cr.room, matrix.Text(cr.prefix()+": m2"))
+			cr.a.got.wait(t, cr.prefix()+": m2")
+			if s2 := sessionOf(t, cr.bot, cr.room, m2); s2 == cr.session1 {
+				t.Errorf("m2 reuses m1's room key %s", s2)
+			}
+			cannotRead(t, cr.b, cr.bot, cr.room, m2)
+		})
+	}
+}
+
+func (cr *caseRoom) prefix() string { return cr.bot.user[:len(cr.bot.user)-len("-bot")] }
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
