@@ -13,11 +13,14 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/e2ee"
@@ -59,6 +62,11 @@ func restartChild(ctx context.Context) error {
 		return err
 	}
 	defer db.Close()
+	var dying *dieAtWrite
+	if n, _ := strconv.Atoi(os.Getenv("CHILD_DIE_AT_WRITE")); n > 0 {
+		dying = &dieAtWrite{DatabaseLogger: db.Log, at: int64(n)}
+		db.Log = dying
+	}
 	c, err := matrix.New(ctx, matrix.Options{
 		HomeserverURL: os.Getenv("CHILD_URL"),
 		Login:         matrix.Password(os.Getenv("CHILD_USER"), os.Getenv("CHILD_PASSWORD")),
@@ -71,6 +79,9 @@ func restartChild(ctx context.Context) error {
 	defer c.Close()
 	if _, err := e2ee.Enable(ctx, c, e2ee.Options{PickleKey: testKey}); err != nil {
 		return err
+	}
+	if dying != nil {
+		dying.armed.Store(true) // from now on, writes of to-device handling only (see dieAtWrite)
 	}
 	out, err := os.OpenFile(os.Getenv("CHILD_OUT"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
@@ -104,6 +115,40 @@ func restartChild(ctx context.Context) error {
 	err = s.Run(ctx)
 	writeStats(statsPath, s.Stats())
 	return err
+}
+
+// dieAtWrite is a fault injector (no real server can be told to do this): a database logger
+// that kills its own process with SIGKILL right after the at-th write, once armed, to the
+// tables that handling an encrypted to-device message writes: the Olm session it advances, the
+// hash that marks it seen, and the room key it carries. dbutil reports every statement of the
+// database and of its children (mautrix's crypto store among them) to the root's logger after
+// the statement ran, so the write is done, and committed unless a transaction holds it.
+type dieAtWrite struct {
+	dbutil.DatabaseLogger
+	at     int64
+	armed  atomic.Bool
+	writes atomic.Int64
+}
+
+var toDeviceTables = []string{"crypto_olm_session", "crypto_olm_message_hash", "crypto_megolm_inbound_session"}
+
+func (d *dieAtWrite) QueryTiming(ctx context.Context, method, query string, args []any, nrows int, duration time.Duration, err error) {
+	d.DatabaseLogger.QueryTiming(ctx, method, query, args, nrows, duration, err)
+	if !d.armed.Load() || method != "Exec" || err != nil {
+		return
+	}
+	q := strings.ToUpper(strings.TrimSpace(query))
+	if !strings.HasPrefix(q, "INSERT") && !strings.HasPrefix(q, "UPDATE") && !strings.HasPrefix(q, "DELETE") {
+		return
+	}
+	if !slices.ContainsFunc(toDeviceTables, func(table string) bool { return strings.Contains(query, table) }) {
+		return
+	}
+	if d.writes.Add(1) == d.at {
+		fmt.Fprintf(os.Stderr, "dieAtWrite: killing myself after write %d (%s)\n", d.at, strings.Fields(q)[0])
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // the signal is on its way
+	}
 }
 
 func writeStats(path string, st matrix.SyncStats) {
@@ -427,4 +472,116 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 			t.Fatalf("waited %v for %s", timeout, what)
 		}
 	}
+}
+
+// TestKillDuringToDeviceHandling kills the bot (SIGKILL, from inside, by a fault-injecting
+// database logger) right after each write in turn of its handling of a new room key, restarts
+// it, and checks that it reads the message the key unlocks, with the key it was sent and not
+// one recovered by a key request or a backup. Before these writes shared one transaction, a
+// kill after the Olm session's write lost the room key for good.
+func TestKillDuringToDeviceHandling(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: restarts a bot process about 10 times (about 30 s)")
+	}
+	srv := matrixtest.NewServer(t)
+	_, botPassword := srv.RegisterUser(t, "bot")
+	alice := newParty(t, srv, "alice")
+	ctx := t.Context()
+	room, err := alice.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.PrivateChat, Name: "to-device kills", Invite: []id.UserID{srv.UserID("bot")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the bot's log, warnings, errors and kills, run by run:\n%s", grepLines(filepath.Join(dir, "bot.log"), "=== run", "level=WARN", "level=ERROR", "dieAtWrite"))
+		}
+	})
+	env := append(os.Environ(),
+		envRestartChild+"=1",
+		"CHILD_DB="+filepath.Join(dir, "bot.db"),
+		"CHILD_URL="+srv.URL,
+		"CHILD_USER=bot",
+		"CHILD_PASSWORD="+botPassword,
+		"CHILD_ALICE="+string(alice.c.UserID()),
+		"CHILD_OUT="+filepath.Join(dir, "seen.tsv"),
+	)
+	bot := &botProcess{t: t, dir: dir, env: env}
+	bot.start(0)
+	waitFor(t, 30*time.Second, "the bot to join", func() bool {
+		members, err := alice.c.Mautrix().JoinedMembers(ctx, room)
+		if err != nil {
+			return false
+		}
+		_, joined := members.Joined[srv.UserID("bot")]
+		return joined
+	})
+	send(t, alice, room, matrix.Text("hello"))
+	waitFor(t, 30*time.Second, "the bot to read the first message", func() bool { return bot.seen()["hello"] })
+	bot.stop(syscall.SIGTERM)
+
+	run, kills := 1, 0
+	for at := 1; ; at++ {
+		// While the bot is down, alice starts a new room key and sends with it: the bot's
+		// first sync brings the key (a to-device message) and the message.
+		if err := alice.m.OlmMachine().CryptoStore.RemoveOutboundGroupSession(ctx, room); err != nil {
+			t.Fatal(err)
+		}
+		body := fmt.Sprintf("message under key %d", at)
+		send(t, alice, room, matrix.Text(body))
+
+		bot.env = append(env, fmt.Sprintf("CHILD_DIE_AT_WRITE=%d", at))
+		bot.start(run)
+		run++
+		died := false
+		waitFor(t, 30*time.Second, "the bot to die or read "+body, func() bool {
+			select {
+			case <-bot.done:
+				died = true
+				return true
+			default:
+				return bot.seen()[body]
+			}
+		})
+		if !died {
+			// Fewer writes than at: every write has had its kill.
+			bot.stop(syscall.SIGTERM)
+			break
+		}
+		kills++
+		bot.env = env
+		bot.start(run)
+		run++
+		waitFor(t, 30*time.Second, "the restarted bot to read "+body, func() bool { return bot.seen()[body] })
+		bot.stop(syscall.SIGTERM)
+	}
+	if kills == 0 {
+		t.Fatal("the fault injector never fired: no write of to-device handling was seen")
+	}
+
+	db, err := matrix.OpenDatabase(ctx, filepath.Join(dir, "bot.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.Query(ctx, `SELECT session_id, key_source FROM crypto_megolm_inbound_session WHERE account_id LIKE '%/@bot:%'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	keys := 0
+	for rows.Next() {
+		var session, source string
+		if err := rows.Scan(&session, &source); err != nil {
+			t.Fatal(err)
+		}
+		keys++
+		if source != string(id.KeySourceDirect) {
+			t.Errorf("room key %s came by %q, not directly from alice: it was lost and recovered", session, source)
+		}
+	}
+	if keys < kills+1 {
+		t.Errorf("the bot holds %d room keys, want at least %d", keys, kills+1)
+	}
+	t.Logf("killed the bot after each of %d writes of its to-device handling in turn; it holds %d room keys", kills, keys)
 }
