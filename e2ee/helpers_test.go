@@ -44,6 +44,7 @@ type party struct {
 	stop     func()
 	sendOnly bool           // runs no Syncer, as a case system that only sends
 	syncer   *matrix.Syncer // the running Syncer, unless sendOnly
+	noJoin   bool           // accepts no invites by itself
 }
 
 // newParty registers localpart and starts an encrypted client with a running Syncer.
@@ -96,7 +97,11 @@ func (p *party) startErr(opts e2ee.Options) error {
 	if p.sendOnly {
 		return nil
 	}
-	s := c.NewSyncer(matrix.SyncOptions{Timeout: 2 * time.Second, AutoJoin: &matrix.AutoJoinPolicy{Servers: []string{p.srv.ServerName}}})
+	autoJoin := &matrix.AutoJoinPolicy{Servers: []string{p.srv.ServerName}}
+	if p.noJoin {
+		autoJoin = nil
+	}
+	s := c.NewSyncer(matrix.SyncOptions{Timeout: 2 * time.Second, AutoJoin: autoJoin})
 	s.OnMessage(func(ctx context.Context, evt *matrix.Event) error { p.got.add(evt); return nil })
 	p.syncer = s
 	runCtx, cancel := context.WithCancel(context.Background())

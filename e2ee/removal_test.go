@@ -45,7 +45,14 @@ func newCaseRoom(t *testing.T, srv, officers *matrixtest.Server, prefix string, 
 	}
 	cr.room = room
 	for _, p := range []*party{cr.a, cr.b} {
-		waitFor(t, time.Minute, p.user+" to join", func() bool { return cr.joined(p) })
+		waitFor(t, time.Minute, p.user+" to join", func() bool {
+			if officers != srv {
+				// Their Syncer accepts invites from their own server only: join by hand
+				// once the invite has come over federation.
+				_, _ = p.c.Join(ctx, string(room))
+			}
+			return cr.joined(p)
+		})
 	}
 	m1 := send(t, cr.bot, room, matrix.Text(prefix+": m1"))
 	cr.a.got.wait(t, prefix+": m1")
@@ -178,4 +185,71 @@ func must(t testing.TB, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestRemovedMemberRejoins: b, kicked, misses m2; invited back and joined, b fetches m2 with its
+// own client and still cannot decrypt it (its key was never shared with b, and a key request
+// for it is refused), while m3, sent after the rejoin, reads.
+func TestRemovedMemberRejoins(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	cr := newCaseRoom(t, srv, srv, "rejoin", true)
+	ctx := t.Context()
+	must(t, cr.bot.c.Kick(ctx, cr.room, cr.b.c.UserID(), ""))
+	m2 := send(t, cr.bot, cr.room, matrix.Text("rejoin: m2"))
+	cr.a.got.wait(t, "rejoin: m2")
+	must(t, cr.bot.c.Invite(ctx, cr.room, cr.b.c.UserID()))
+	waitFor(t, time.Minute, "b to join again", func() bool { return cr.joined(cr.b) })
+	send(t, cr.bot, cr.room, matrix.Text("rejoin: m3"))
+	cr.b.got.wait(t, "rejoin: m3")
+	// b asks everyone in the room for m2's key (mautrix does so for what it cannot decrypt);
+	// the bot refuses: m2's key was never shared with b's device.
+	cannotRead(t, cr.b, cr.b, cr.room, m2)
+	if n := cr.b.got.count("rejoin: m2"); n != 0 {
+		t.Errorf("b's Syncer handed out m2 %d times", n)
+	}
+}
+
+// TestWithdrawnInvite: a user invited to an encrypted room gets its room key before joining
+// (history shared with invitees is readable once they join, as the package documents); once
+// the invite is withdrawn, the next message uses a key the ex-invitee never gets.
+func TestWithdrawnInvite(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	cr := newCaseRoom(t, srv, srv, "invite", true)
+	ctx := t.Context()
+	_, pw := srv.RegisterUser(t, "invitee")
+	c := &party{t: t, srv: srv, dbPath: t.TempDir() + "/invitee.db", user: "invitee", password: pw, got: &inbox{}, noJoin: true}
+	c.start(e2ee.Options{PickleKey: testKey})
+	t.Cleanup(c.close)
+	invited := cr.bot.syncedPast(2)
+	must(t, cr.bot.c.Invite(ctx, cr.room, c.c.UserID()))
+	invited() // the bot's Syncer has seen the invite: its next key goes to the invitee too
+	m1b := send(t, cr.bot, cr.room, matrix.Text("invite: to a, b and the invitee"))
+	cr.a.got.wait(t, "invite: to a, b and the invitee")
+	sess := sessionOf(t, cr.bot, cr.room, m1b)
+	waitFor(t, time.Minute, "the invitee to get the room key", func() bool {
+		igs, _ := c.m.OlmMachine().CryptoStore.GetGroupSession(ctx, cr.room, sess)
+		return igs != nil
+	})
+
+	must(t, cr.bot.c.Kick(ctx, cr.room, c.c.UserID(), "invited by mistake"))
+	m2 := send(t, cr.bot, cr.room, matrix.Text("invite: m2"))
+	cr.a.got.wait(t, "invite: m2")
+	cannotRead(t, c, cr.bot, cr.room, m2)
+}
+
+// TestRemovedMemberOnAnotherServer: b's agency runs its own homeserver, which stays in the room
+// through a; b, kicked, cannot read the next message.
+func TestRemovedMemberOnAnotherServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: starts two federating homeservers")
+	}
+	fed := matrixtest.NewFederation(t, 2)
+	cr := newCaseRoom(t, fed[0], fed[1], "fed", true)
+	must(t, cr.bot.c.Kick(t.Context(), cr.room, cr.b.c.UserID(), "left the agency"))
+	m2 := send(t, cr.bot, cr.room, matrix.Text("fed: m2"))
+	cr.a.got.wait(t, "fed: m2")
+	if s2 := sessionOf(t, cr.bot, cr.room, m2); s2 == cr.session1 {
+		t.Errorf("m2 reuses m1's room key %s", s2)
+	}
+	cannotRead(t, cr.b, cr.a, cr.room, m2)
 }
