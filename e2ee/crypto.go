@@ -94,6 +94,11 @@ func (m *Machine) Encrypt(ctx context.Context, room id.RoomID, evtType event.Typ
 	if err != nil {
 		return nil, fmt.Errorf("e2ee: encrypt for %s: %w", room, err)
 	}
+	if enc.SessionID != rk.session {
+		if err := m.recordSessionMembers(ctx, room, enc.SessionID); err != nil {
+			return nil, fmt.Errorf("e2ee: record who is in %s: %w", room, err)
+		}
+	}
 	m.noteSession(rk, enc.SessionID)
 	return enc, nil
 }
@@ -112,16 +117,16 @@ func (m *Machine) Decrypt(ctx context.Context, evt *event.Event) (*event.Event, 
 	if _, ok := evt.Content.Parsed.(*event.EncryptedEventContent); !ok {
 		return nil, fmt.Errorf("e2ee: %s is not an encrypted event", evt.ID)
 	}
+	content := evt.Content.AsEncrypted()
 	clear, err := m.helper.Decrypt(ctx, evt)
 	if (errors.Is(err, crypto.ErrNoSessionFound) || errors.Is(err, crypto.ErrGroupSessionWithheld)) && m.fromBackup(ctx, evt) {
 		clear, err = m.helper.Decrypt(ctx, evt)
 	}
-	if errors.Is(err, crypto.ErrNoSessionFound) {
-		return nil, fmt.Errorf("%w: %w", matrix.ErrKeysMissing, err)
-	}
-	if errors.Is(err, crypto.ErrGroupSessionWithheld) {
-		// The sender refused us the key (we are not trusted by them, or joined too late): it
-		// may still come by key backup or forwarding, so it is kept and retried.
+	if errors.Is(err, crypto.ErrNoSessionFound) || errors.Is(err, crypto.ErrGroupSessionWithheld) {
+		// Not arrived (yet), or the sender refused us the key (we are not trusted by them, or
+		// joined too late): it may still come by itself, by key request, or from the backup,
+		// so the event is kept and retried.
+		m.noteMissing(ctx, evt, content, errors.Is(err, crypto.ErrGroupSessionWithheld))
 		return nil, fmt.Errorf("%w: %w", matrix.ErrKeysMissing, err)
 	}
 	if errors.Is(err, crypto.ErrRatchetError) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
@@ -131,6 +136,12 @@ func (m *Machine) Decrypt(ctx context.Context, evt *event.Event) (*event.Event, 
 	}
 	if err != nil {
 		return nil, fmt.Errorf("e2ee: decrypt %s: %w", evt.ID, err)
+	}
+	m.noteDecrypted(ctx, evt.RoomID, content.SessionID)
+	if clear.Mautrix.ForwardedKeys && m.forwardedByStranger(ctx, evt.RoomID, content.SessionID) {
+		m.stats.forwardedRefused.Add(1)
+		return nil, fmt.Errorf("%w: the room key of %s was forwarded by a device that neither made it nor is a verified device of this account",
+			ErrUntrustedSender, evt.ID)
 	}
 	if clear.Mautrix.TrustState < m.accept {
 		return nil, fmt.Errorf("%w: %s sent %s from device trust %s, the policy wants %s", ErrUntrustedSender,

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto"
 	"maunium.net/go/mautrix/crypto/cryptohelper"
@@ -105,7 +106,10 @@ type Machine struct {
 
 	roomsMu sync.Mutex
 	rooms   map[id.RoomID]*roomKeys // what this process knows of each room it encrypts for (rooms.go)
+	missing missingKeys             // room keys found missing, to ask for (keyrequest.go)
 	stats   counters
+
+	db *dbutil.Database // this package's tables
 
 	// crossMu keeps Bootstrap, Recover and Status apart from sync processing: mautrix's
 	// OlmMachine updates its cached cross-signing keys while it processes device lists,
@@ -145,13 +149,17 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 	if opts.Logger == nil {
 		opts.Logger = c.Logger()
 	}
+	db, err := upgradeDB(ctx, c.Database())
+	if err != nil {
+		return nil, err
+	}
 	mx := c.Mautrix()
 	helper, err := cryptohelper.NewCryptoHelper(mx, opts.PickleKey, c.Database())
 	if err != nil {
 		return nil, fmt.Errorf("e2ee: %w", err)
 	}
 	m := &Machine{c: c, mx: mx, helper: helper, opts: opts, accept: acceptMin, log: opts.Logger.With("component", "e2ee"),
-		rooms: map[id.RoomID]*roomKeys{}}
+		rooms: map[id.RoomID]*roomKeys{}, db: db}
 	helper.DBAccountID = accountID(c)
 	helper.DecryptErrorCallback = func(evt *event.Event, err error) {
 		m.log.Debug("mautrix could not decrypt an event (the Syncer retries it)", "room", evt.RoomID, "event", evt.ID, "err", err)
@@ -173,6 +181,7 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 	}
 	m.mach = helper.Machine()
 	m.mach.SendKeysMinTrust = shareMin
+	m.mach.AllowKeyShare = m.allowKeyShare
 	if n, err := adoptRoomKeys(ctx, c); err != nil {
 		m.log.Warn("could not take over the room keys of this session's earlier devices", "err", err)
 	} else if n > 0 {

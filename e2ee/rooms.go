@@ -33,6 +33,9 @@ const (
 	// RotationMemberGone: before a send, the room's members were read and someone who may hold
 	// the current key had left, been kicked or banned, or had their invite withdrawn.
 	RotationMemberGone RotationCause = "member_gone"
+	// RotationNewMember: before a send, the room's members were read and someone had joined
+	// or been invited: the next key reaches their devices too.
+	RotationNewMember RotationCause = "new_member"
 	// RotationOther: mautrix started a new key by itself: a membership or device change seen
 	// in sync or in a device list query, or the key reached its age or message limit.
 	RotationOther RotationCause = "other"
@@ -52,8 +55,11 @@ type roomKeys struct {
 
 // counters are the Machine's statistics (Stats).
 type counters struct {
-	rotationRemoval, rotationMemberGone, rotationOther atomic.Uint64
-	toDeviceRefused                                    atomic.Uint64
+	rotationRemoval, rotationMemberGone, rotationNewMember, rotationOther atomic.Uint64
+	toDeviceRefused, forwardedRefused                                     atomic.Uint64
+	missingNotArrived, missingWithheld                                    atomic.Uint64
+	arrivedLate, recoveredRequest, recoveredBackup                        atomic.Uint64
+	keysRequested, keyRequestsAnswered, keyRequestsRefused                atomic.Uint64
 }
 
 func (m *Machine) room(room id.RoomID) *roomKeys {
@@ -114,6 +120,8 @@ func (m *Machine) discard(ctx context.Context, room id.RoomID, rk *roomKeys, cau
 		m.stats.rotationRemoval.Add(1)
 	case RotationMemberGone:
 		m.stats.rotationMemberGone.Add(1)
+	case RotationNewMember:
+		m.stats.rotationNewMember.Add(1)
 	}
 	m.log.Debug("e2ee: room key discarded; the next message starts a new one", "room", room, "cause", string(cause))
 	return nil
@@ -165,10 +173,16 @@ func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID, rk *roomKeys)
 	if err != nil {
 		return err
 	}
-	gone := false
+	gone, added := false, false
 	for u := range before {
 		if !after[u] {
 			gone = true
+			break
+		}
+	}
+	for u := range after {
+		if !before[u] {
+			added = true
 			break
 		}
 	}
@@ -178,9 +192,15 @@ func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID, rk *roomKeys)
 			return err
 		}
 	}
-	if gone {
+	switch {
+	case gone:
 		if err := m.discard(ctx, room, rk, RotationMemberGone); err != nil {
 			return fmt.Errorf("e2ee: discard the room key of %s after a member left: %w", room, err)
+		}
+	case added && rk.loaded:
+		// mautrix shares a key once; a newcomer gets the next one.
+		if err := m.discard(ctx, room, rk, RotationNewMember); err != nil {
+			return fmt.Errorf("e2ee: discard the room key of %s for a new member: %w", room, err)
 		}
 	}
 	if readDevices {
@@ -252,10 +272,19 @@ func (m *Machine) sessionHolders(ctx context.Context, room id.RoomID) (map[id.Us
 }
 
 // Stats are a Machine's counters since Enable, for metrics and for answering "why can this
-// device (not) read that?".
+// device (not) read that?". Missing keys are counted once per key and process.
 type Stats struct {
-	Rotations       map[RotationCause]uint64 // outbound room keys replaced, by cause
-	ToDeviceRefused uint64                   // to-device messages refused before mautrix saw them (malformed)
+	Rotations map[RotationCause]uint64 // outbound room keys replaced, by cause
+
+	MissingKeys map[string]uint64 // room keys events needed and the store lacked, by reason: "not_arrived", "withheld"
+	Recovered   map[string]uint64 // of those, how they came later: "late" (by themselves), "key_request", "backup"
+
+	KeysRequested       uint64 // m.room_key_request messages sent
+	KeyRequestsAnswered uint64 // key requests of other devices answered with the key
+	KeyRequestsRefused  uint64 // key requests refused: a stranger, an unverified device, a key from before they joined or after they left
+
+	ToDeviceRefused  uint64 // to-device messages refused before mautrix saw them (malformed)
+	ForwardedRefused uint64 // events refused because their key was forwarded by an untrusted device
 }
 
 // Stats returns the Machine's counters.
@@ -264,8 +293,16 @@ func (m *Machine) Stats() Stats {
 		Rotations: map[RotationCause]uint64{
 			RotationRemoval:    m.stats.rotationRemoval.Load(),
 			RotationMemberGone: m.stats.rotationMemberGone.Load(),
+			RotationNewMember:  m.stats.rotationNewMember.Load(),
 			RotationOther:      m.stats.rotationOther.Load(),
 		},
-		ToDeviceRefused: m.stats.toDeviceRefused.Load(),
+		MissingKeys: map[string]uint64{"not_arrived": m.stats.missingNotArrived.Load(), "withheld": m.stats.missingWithheld.Load()},
+		Recovered: map[string]uint64{"late": m.stats.arrivedLate.Load(), "key_request": m.stats.recoveredRequest.Load(),
+			"backup": m.stats.recoveredBackup.Load()},
+		KeysRequested:       m.stats.keysRequested.Load(),
+		KeyRequestsAnswered: m.stats.keyRequestsAnswered.Load(),
+		KeyRequestsRefused:  m.stats.keyRequestsRefused.Load(),
+		ToDeviceRefused:     m.stats.toDeviceRefused.Load(),
+		ForwardedRefused:    m.stats.forwardedRefused.Load(),
 	}
 }
