@@ -14,8 +14,9 @@ const (
 	// keyRequestGrace is how long a missing room key is given to arrive by itself (it usually
 	// comes in the same sync as the message, or the next) before it is asked for.
 	keyRequestGrace = 3 * time.Second
-	// keyRequestAgain is how long after asking for a key that has still not come it is asked
-	// for again.
+	// keyRequestAgain is the longest wait between two requests for a key that has still not
+	// come; the waits double from keyRequestGrace up to it (a sender may change its mind, as
+	// when it verifies our device).
 	keyRequestAgain = 5 * time.Minute
 	// maxMissingKeys bounds the missing keys remembered in memory; past it, the oldest is
 	// forgotten (and asked for again if it is still missing).
@@ -26,6 +27,7 @@ const (
 type missingKey struct {
 	first     time.Time // when it was first found missing in this process
 	requested time.Time // when it was last asked for; zero if never
+	asked     int       // how often it was asked for
 }
 
 // missingKeys are the room keys this process found missing, by session.
@@ -37,7 +39,7 @@ type missingKeys struct {
 // noteMissing records that evt could not be decrypted for want of its room key, counts it by
 // reason the first time, and, once the key has had keyRequestGrace to arrive by itself, asks
 // the sender's device and this account's other devices for it (m.room_key_request), again
-// every keyRequestAgain while it stays missing.
+// after 6 s, 12 s, and so on up to every keyRequestAgain while it stays missing.
 func (m *Machine) noteMissing(ctx context.Context, evt *event.Event, content *event.EncryptedEventContent, withheld bool) {
 	now := time.Now()
 	m.missing.mu.Lock()
@@ -63,9 +65,11 @@ func (m *Machine) noteMissing(ctx context.Context, evt *event.Event, content *ev
 			m.stats.missingNotArrived.Add(1)
 		}
 	}
-	due := now.Sub(mk.first) >= keyRequestGrace && (mk.requested.IsZero() || now.Sub(mk.requested) >= keyRequestAgain)
+	due := now.Sub(mk.first) >= keyRequestGrace &&
+		(mk.requested.IsZero() || now.Sub(mk.requested) >= min(keyRequestGrace<<min(mk.asked, 10), keyRequestAgain))
 	if due {
 		mk.requested = now
+		mk.asked++
 	}
 	m.missing.mu.Unlock()
 	if !due {

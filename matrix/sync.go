@@ -299,9 +299,13 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 		b.resolved = append(b.resolved, evt.ID)
 	}
 	b.resolved = append(b.resolved, drop...)
-	for _, evt := range append(b.events, late...) {
+	for i, evt := range append(b.events, late...) {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if i >= len(b.events) {
+			s.dispatch(ctx, evt) // decrypted by retryUndecryptable
+			continue
 		}
 		evt, ok, reason, final := s.decrypt(ctx, evt)
 		if final {
