@@ -19,6 +19,40 @@
 // whose messages are handed out; each decrypted event says how trusted its sender's device was
 // (Event.Mautrix.TrustState).
 //
+// # Who gets the room key
+//
+// Messages go out encrypted with the room's current outbound room key (a Megolm session),
+// which is shared, before the first message that uses it, with every device of every member
+// who is joined or invited, subject to Options.ShareWith. Invitees get it because a room's
+// history is readable by those invited (history visibility "shared" or "invited", the default
+// of samtal's presets): an invitee who joins reads what was said since the invitation. What a
+// caller can rely on:
+//
+//   - Removals by this client: Client.Kick, Ban (and withdrawing an invite with Kick) and
+//     Leave discard the room key before the request goes out, and sends into the room wait
+//     for them; the next message uses a new key that the removed user's devices never get,
+//     even if the process is killed right after the removal.
+//   - Removals by others, with a Syncer running (matrix.Client.Syncing): the next message
+//     after the Syncer has seen the removal (one sync round trip) uses a new key.
+//   - Removals by others, without a Syncer: before an encrypted send the client reads the
+//     room's members when it last did more than MemberCheckInterval (1 s) ago, so a send that
+//     starts a second after a removal uses a new key.
+//   - New devices: a client with a Syncer learns of them from sync; one without queries the
+//     members' devices on its first send into a room in each process and then at most every
+//     DeviceCheckInterval (10 s). A new device gets the next key.
+//   - A member who rejoins gets keys for what is sent after the rejoin only; key requests are
+//     answered for this account's own verified devices, for devices that had the key, and for
+//     devices that were refused it while their user was in the room and now meet ShareWith.
+//
+// # Keys that do not arrive
+//
+// Each room key that arrives is stored in one transaction with the Olm state that carried it,
+// so a process killed at any moment loses none. A message whose key is missing is kept; after
+// 3 s the key is asked for from the sender's device and this account's other devices (again
+// with growing intervals), looked up in the key backup, and the message is handed out when the
+// key comes. Machine.Stats counts missing keys by reason and how they were recovered, and room
+// key rotations by cause; RoomKeyStatus says whom a room's current key was shared with.
+//
 // When the local store and the homeserver disagree about the device, Enable fails with an
 // error that says what happened and what to do (ErrWrongPickleKey, ErrKeysGoneFromServer,
 // ErrStoreLost).

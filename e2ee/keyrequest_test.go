@@ -2,6 +2,7 @@ package e2ee_test
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,5 +72,43 @@ func TestWithheldKeyRecoveredByRequest(t *testing.T) {
 	}
 	if alice.m.Stats().KeyRequestsAnswered == 0 {
 		t.Error("alice counted no answered key request")
+	}
+}
+
+// TestRoomKeyStatus: the status of a room's key names the devices that have it and, with the
+// reason, those that do not.
+func TestRoomKeyStatus(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	alice := newPartyWith(t, srv, "alice", e2ee.Options{ShareWith: e2ee.Verified})
+	bob := newParty(t, srv, "bob")
+	room := encryptedRoom(t, alice, bob)
+	m1 := send(t, alice, room, matrix.Text("status"))
+	st, err := alice.m.RoomKeyStatus(t.Context(), room)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.SessionID != sessionOf(t, alice, room, m1) || st.Messages != 1 || st.Started.IsZero() {
+		t.Errorf("status names key %s (%d messages, started %v), want m1's, 1 message", st.SessionID, st.Messages, st.Started)
+	}
+	if len(st.SharedWith) != 0 || len(st.WithheldFrom) != 1 || st.WithheldFrom[0].Device != bob.c.DeviceID() ||
+		!strings.Contains(st.WithheldFrom[0].Reason, "ShareWith") {
+		t.Errorf("shared with %+v, withheld from %+v; want bob's unverified device withheld for the policy", st.SharedWith, st.WithheldFrom)
+	}
+
+	dev, err := alice.m.OlmMachine().GetOrFetchDevice(t.Context(), bob.c.UserID(), bob.c.DeviceID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev.Trust = id.TrustStateVerified
+	must(t, alice.m.OlmMachine().CryptoStore.PutDevice(t.Context(), bob.c.UserID(), dev))
+	must(t, alice.m.OlmMachine().CryptoStore.RemoveOutboundGroupSession(t.Context(), room))
+	send(t, alice, room, matrix.Text("status 2"))
+	bob.got.wait(t, "status 2")
+	st, err = alice.m.RoomKeyStatus(t.Context(), room)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.SharedWith) != 1 || st.SharedWith[0].Device != bob.c.DeviceID() || len(st.WithheldFrom) != 0 {
+		t.Errorf("after verifying bob: shared with %+v, withheld from %+v; want bob's device only, shared", st.SharedWith, st.WithheldFrom)
 	}
 }
