@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -81,6 +82,7 @@ type jsPeerLine struct {
 	Body      string     `json:"body"`
 	Encrypted bool       `json:"encrypted"`
 	Reason    string     `json:"reason"`
+	OK        bool       `json:"ok"`
 	Message   string     `json:"message"`
 }
 
@@ -88,6 +90,7 @@ type jsPeerLine struct {
 type jsPeer struct {
 	lines  chan jsPeerLine // closed when its stdout ends
 	stderr *lockedBuffer
+	stdin  io.Writer
 }
 
 // jsPeerCommand is how to run the js peer: Node and the peer's directory.
@@ -113,11 +116,13 @@ func findJSPeer(t *testing.T) jsPeerCommand {
 
 // start starts the js peer as user in room. It is stopped when the test ends, and its log
 // printed if the test failed.
-func (pc jsPeerCommand) start(t *testing.T, hsURL, user, password string, room id.RoomID) *jsPeer {
+// extraEnv are more PEER_ settings (see peer.mjs).
+func (pc jsPeerCommand) start(t *testing.T, hsURL, user, password string, room id.RoomID, extraEnv ...string) *jsPeer {
 	t.Helper()
 	cmd := exec.Command(pc.node, "peer.mjs")
 	cmd.Dir = pc.dir
 	cmd.Env = append(os.Environ(), "PEER_HS="+hsURL, "PEER_USER="+user, "PEER_PASSWORD="+password, "PEER_ROOM="+string(room), "PEER_TIMEOUT_MS=240000")
+	cmd.Env = append(cmd.Env, extraEnv...)
 	stdin, err := cmd.StdinPipe() // the peer exits when it closes, even if this process dies
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +131,7 @@ func (pc jsPeerCommand) start(t *testing.T, hsURL, user, password string, room i
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &jsPeer{lines: make(chan jsPeerLine, 16), stderr: &lockedBuffer{}}
+	p := &jsPeer{lines: make(chan jsPeerLine, 16), stderr: &lockedBuffer{}, stdin: stdin}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start the js peer: %v", err)
@@ -189,6 +194,20 @@ func (p *jsPeer) expect(t *testing.T, typ string, timeout time.Duration) jsPeerL
 			t.Fatalf("the js peer said no %q in %v", typ, timeout)
 		}
 	}
+}
+
+// decrypt has the peer try to decrypt raw, an event as the server serves it, and returns its
+// answer.
+func (p *jsPeer) decrypt(t *testing.T, raw *event.Event) jsPeerLine {
+	t.Helper()
+	b, err := json.Marshal(map[string]any{"cmd": "decrypt", "event": raw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.stdin.Write(append(b, '\n')); err != nil {
+		t.Fatal(err)
+	}
+	return p.expect(t, "decrypt_result", time.Minute)
 }
 
 // lockedBuffer collects a process's output written from several goroutines.

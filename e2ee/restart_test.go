@@ -89,7 +89,11 @@ func restartChild(ctx context.Context) error {
 	}
 	defer out.Close()
 	alice, run := id.UserID(os.Getenv("CHILD_ALICE")), os.Getenv("CHILD_RUN")
-	s := c.NewSyncer(matrix.SyncOptions{Timeout: time.Second, AutoJoin: &matrix.AutoJoinPolicy{Users: []id.UserID{alice}}})
+	inviters := []id.UserID{alice}
+	if inviter := os.Getenv("CHILD_INVITER"); inviter != "" {
+		inviters = append(inviters, id.UserID(inviter))
+	}
+	s := c.NewSyncer(matrix.SyncOptions{Timeout: time.Second, AutoJoin: &matrix.AutoJoinPolicy{Users: inviters}})
 	s.OnMessage(func(ctx context.Context, e *matrix.Event) error {
 		if e.Sender != alice {
 			return nil

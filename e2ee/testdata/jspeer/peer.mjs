@@ -3,13 +3,19 @@
 // with "echo: " and the body, encrypted as js-sdk does by itself.
 //
 // Environment: PEER_HS (homeserver URL), PEER_USER (localpart), PEER_PASSWORD, PEER_ROOM (room
-// ID), PEER_TIMEOUT_MS.
+// ID), PEER_TIMEOUT_MS; PEER_NO_ECHO=1 answers nothing; PEER_SEND=N sends N messages "js N" into
+// the room after it is ready, one every PEER_SEND_MS (default 50) milliseconds.
+//
+// Commands come as JSON lines on stdin:
+//   {"cmd":"decrypt","event":{...}}   try to decrypt a raw event (as the server serves it)
 //
 // It talks to the test in JSON lines on stdout, one object per line with a "type":
 //   {"type":"ready","user_id":..,"device_id":..}       joined, device keys on the server
 //   {"type":"decrypted","event_id":..,"sender":..,"body":..,"encrypted":true}
 //   {"type":"sent","event_id":..,"body":..}            the answer, sent
 //   {"type":"utd","event_id":..,"reason":..}           could not decrypt (yet; keys may follow)
+//   {"type":"decrypt_result","event_id":..,"ok":bool,"body":..,"reason":..}   answer to "decrypt"
+//   {"type":"sent_all"}                                after PEER_SEND messages
 //   {"type":"fatal","message":..}                      then it exits 1
 // Everything else (js-sdk's logs) goes to stderr. It exits when stdin closes.
 import "fake-indexeddb/auto"; // js-sdk expects IndexedDB to exist even with an in-memory store
@@ -25,7 +31,22 @@ for (const level of ["log", "info", "debug", "trace"]) {
 process.on("unhandledRejection", fatal);
 process.on("uncaughtException", fatal);
 process.stdin.on("end", () => process.exit(0));
-process.stdin.resume();
+process.stdin.setEncoding("utf8");
+let stdinBuf = "";
+const commands = [];
+let onCommand = null;
+process.stdin.on("data", (chunk) => {
+  stdinBuf += chunk;
+  let nl;
+  while ((nl = stdinBuf.indexOf("\n")) >= 0) {
+    const line = stdinBuf.slice(0, nl).trim();
+    stdinBuf = stdinBuf.slice(nl + 1);
+    if (!line) continue;
+    const cmd = JSON.parse(line);
+    if (onCommand) onCommand(cmd);
+    else commands.push(cmd);
+  }
+});
 
 const { PEER_HS: HS, PEER_USER: USER, PEER_PASSWORD: PASS, PEER_ROOM: ROOM } = process.env;
 if (!HS || !USER || !PASS || !ROOM) fatal("PEER_HS, PEER_USER, PEER_PASSWORD and PEER_ROOM must be set");
@@ -69,6 +90,7 @@ client.on(sdk.MatrixEventEvent.Decrypted, async (ev, err) => {
   answered.add(ev.getId());
   const body = ev.getContent().body;
   emit({ type: "decrypted", event_id: ev.getId(), sender: ev.getSender(), body, encrypted: ev.isEncrypted() });
+  if (process.env.PEER_NO_ECHO === "1") return;
   try {
     if (!(await crypto.isEncryptionEnabledInRoom(ROOM))) fatal(`js-sdk does not know that ${ROOM} is encrypted`);
     const answer = "echo: " + body;
@@ -100,3 +122,28 @@ for (;;) {
   await new Promise((r) => setTimeout(r, 200));
 }
 emit({ type: "ready", user_id: login.user_id, device_id: login.device_id });
+
+// Commands from the test.
+const handle = async (cmd) => {
+  try {
+    if (cmd.cmd === "decrypt") {
+      const ev = new sdk.MatrixEvent(cmd.event);
+      await client.decryptEventIfNeeded(ev);
+      const ok = !ev.isDecryptionFailure() && ev.getType() === "m.room.message";
+      emit({ type: "decrypt_result", event_id: ev.getId(), ok, body: ok ? ev.getContent().body : "", reason: ok ? "" : String(ev.decryptionFailureReason ?? ev.getContent().msgtype) });
+    }
+  } catch (e) {
+    emit({ type: "decrypt_result", event_id: cmd.event?.event_id, ok: false, reason: String(e?.message ?? e) });
+  }
+};
+onCommand = handle;
+for (const cmd of commands.splice(0)) handle(cmd);
+
+const toSend = Number(process.env.PEER_SEND || 0);
+for (let i = 1; i <= toSend; i++) {
+  const body = `js ${i}`;
+  const { event_id } = await client.sendTextMessage(ROOM, body);
+  emit({ type: "sent", event_id, body });
+  await new Promise((r) => setTimeout(r, Number(process.env.PEER_SEND_MS || 50)));
+}
+if (toSend > 0) emit({ type: "sent_all" });

@@ -1,0 +1,187 @@
+package e2ee_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/e2ee"
+	"github.com/samtalhq/samtal/matrix"
+	"github.com/samtalhq/samtal/matrix/matrixtest"
+)
+
+// rawEvent is evt as the server serves it to reader, with its room ID.
+func rawEvent(t *testing.T, reader *party, room id.RoomID, evt id.EventID) *event.Event {
+	t.Helper()
+	raw, err := reader.c.Mautrix().GetEvent(t.Context(), room, evt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.RoomID = room
+	return raw
+}
+
+// TestRemovedJSSDKMemberCannotRead: a matrix-js-sdk member (Element's crypto) kicked from an
+// encrypted case room cannot decrypt the bot's next message with the keys it holds, while it
+// still decrypts the one before.
+func TestRemovedJSSDKMemberCannotRead(t *testing.T) {
+	node := findJSPeer(t)
+	srv := matrixtest.NewServer(t)
+	bot, officer := newParty(t, srv, "bot"), newParty(t, srv, "officer")
+	jsUser, jsPassword := srv.RegisterUser(t, "element")
+	ctx := t.Context()
+	room, err := bot.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.CaseRoom, CaseID: "4711", Invite: []id.UserID{officer.c.UserID(), jsUser}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := node.start(t, srv.URL, "element", jsPassword, room, "PEER_NO_ECHO=1")
+	peer.expect(t, "ready", 2*time.Minute)
+	waitFor(t, time.Minute, "the officer to join", func() bool {
+		members, err := bot.c.Mautrix().JoinedMembers(ctx, room)
+		_, ok := members.Joined[officer.c.UserID()]
+		return err == nil && ok
+	})
+
+	m1 := send(t, bot, room, matrix.Text("m1 for everyone"))
+	if got := peer.expect(t, "decrypted", time.Minute); got.EventID != m1 {
+		t.Fatalf("js-sdk decrypted %s, want %s", got.EventID, m1)
+	}
+	must(t, bot.c.Kick(ctx, room, jsUser, "left the agency"))
+	m2 := send(t, bot, room, matrix.Text("m2 after the kick"))
+	officer.got.wait(t, "m2 after the kick")
+
+	if res := peer.decrypt(t, rawEvent(t, bot, room, m1)); !res.OK || res.Body != "m1 for everyone" {
+		t.Fatalf("the check itself fails: js-sdk cannot decrypt m1 on request: %+v", res)
+	}
+	if res := peer.decrypt(t, rawEvent(t, bot, room, m2)); res.OK {
+		t.Errorf("the kicked js-sdk member decrypted m2: %q", res.Body)
+	}
+}
+
+// TestNewJSSDKDeviceWhileSenderWasDown: the officer signs in with matrix-js-sdk on a new device
+// while a send-only case system is not running; its next message, from a new process on the
+// same database, reaches the new device.
+func TestNewJSSDKDeviceWhileSenderWasDown(t *testing.T) {
+	node := findJSPeer(t)
+	srv := matrixtest.NewServer(t)
+	bot := newSendOnlyParty(t, srv, "casebot")
+	officer := newParty(t, srv, "officer")
+	ctx := t.Context()
+	room, err := bot.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.CaseRoom, CaseID: "4711", Invite: []id.UserID{officer.c.UserID()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := officer.c.Join(ctx, string(room)); err != nil {
+		t.Fatal(err)
+	}
+	send(t, bot, room, matrix.Text("registered"))
+	officer.got.wait(t, "registered")
+	bot.close()
+
+	peer := node.start(t, srv.URL, "officer", officer.password, room, "PEER_NO_ECHO=1")
+	peer.expect(t, "ready", 2*time.Minute)
+
+	bot.start(e2ee.Options{PickleKey: testKey})
+	m2 := send(t, bot, room, matrix.Text("decided"))
+	if got := peer.expect(t, "decrypted", time.Minute); got.EventID != m2 || got.Body != "decided" {
+		t.Errorf("the js-sdk device decrypted %s %q, want %s %q", got.EventID, got.Body, m2, "decided")
+	}
+}
+
+// TestRestartNoUTDWithJSSDK: matrix-js-sdk sends 200 messages while a samtal bot is killed
+// (SIGKILL, mostly) 20 times; the bot reads every one, with nothing left undecryptable.
+func TestRestartNoUTDWithJSSDK(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: restarts a bot process 20 times while js-sdk sends (about 40 s)")
+	}
+	const restarts, messages = 20, 200
+	node := findJSPeer(t)
+	srv := matrixtest.NewServer(t)
+	_, botPassword := srv.RegisterUser(t, "bot")
+	host := newParty(t, srv, "host")
+	jsUser, jsPassword := srv.RegisterUser(t, "element")
+	ctx := t.Context()
+	room, err := host.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.PrivateChat, Name: "js restarts", Invite: []id.UserID{srv.UserID("bot"), jsUser}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the bot's warnings and errors, run by run:\n%s", grepLines(filepath.Join(dir, "bot.log"), "=== run", "level=WARN", "level=ERROR"))
+		}
+	})
+	bot := &botProcess{t: t, dir: dir, env: append(os.Environ(),
+		envRestartChild+"=1",
+		"CHILD_DB="+filepath.Join(dir, "bot.db"),
+		"CHILD_URL="+srv.URL,
+		"CHILD_USER=bot",
+		"CHILD_PASSWORD="+botPassword,
+		"CHILD_ALICE="+string(jsUser),
+		"CHILD_INVITER="+string(host.c.UserID()),
+		"CHILD_OUT="+filepath.Join(dir, "seen.tsv"),
+	)}
+	bot.start(0)
+	waitFor(t, 30*time.Second, "the bot to join", func() bool {
+		members, err := host.c.Mautrix().JoinedMembers(ctx, room)
+		_, ok := members.Joined[srv.UserID("bot")]
+		return err == nil && ok
+	})
+
+	peer := node.start(t, srv.URL, "element", jsPassword, room, "PEER_NO_ECHO=1", fmt.Sprintf("PEER_SEND=%d", messages), "PEER_SEND_MS=60")
+	peer.expect(t, "ready", 2*time.Minute)
+	killed := 0
+	for run := 1; run <= restarts; run++ {
+		time.Sleep(time.Duration(200+rand.IntN(1200)) * time.Millisecond)
+		if run%5 == 0 {
+			bot.stop(syscall.SIGTERM)
+		} else {
+			bot.stop(syscall.SIGKILL)
+			killed++
+		}
+		bot.start(run)
+	}
+	peer.expect(t, "sent_all", 3*time.Minute)
+	var missing []string
+	for deadline := time.Now().Add(45 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		seen := bot.seen()
+		missing = missing[:0]
+		for i := 1; i <= messages; i++ {
+			if body := fmt.Sprintf("js %d", i); !seen[body] {
+				missing = append(missing, body)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(missing) > 0 {
+		t.Fatalf("the bot never read %d of js-sdk's %d messages: %q", len(missing), messages, missing)
+	}
+	bot.stop(syscall.SIGTERM)
+	db, err := matrix.OpenDatabase(ctx, filepath.Join(dir, "bot.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var utd int
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM samtal_utd`).Scan(&utd); err != nil {
+		t.Fatal(err)
+	}
+	if utd != 0 {
+		t.Errorf("%d events are still undecryptable", utd)
+	}
+	total := bot.stats()
+	t.Logf("%d runs (%d killed) while js-sdk sent %d messages; %d undecryptable on arrival, %d decrypted late, %d refused",
+		restarts+1, killed, messages, total.Undecryptable, total.LateDecrypted, total.Rejected)
+	if total.Rejected != 0 {
+		t.Errorf("the bot refused %d events for good", total.Rejected)
+	}
+}
