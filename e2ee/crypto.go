@@ -70,6 +70,11 @@ func (m *Machine) handleEncryptedToDevice(ctx context.Context, evt *event.Event)
 		m.log.Warn("e2ee: to-device message does not parse; ignored", "sender", evt.Sender, "err", err)
 		return nil
 	}
+	if why := m.forgedToDevice(ctx, evt); why != "" {
+		m.stats.toDeviceRefused.Add(1)
+		m.log.Warn("e2ee: to-device message refused", "sender", evt.Sender, "why", why)
+		return nil
+	}
 	err := m.c.Database().DoTxn(context.WithoutCancel(ctx), nil, func(ctx context.Context) error {
 		m.mach.HandleToDeviceEvent(ctx, evt)
 		return nil
@@ -78,6 +83,25 @@ func (m *Machine) handleEncryptedToDevice(ctx context.Context, evt *event.Event)
 		return fmt.Errorf("e2ee: store what a to-device message from %s carried: %w", evt.Sender, err)
 	}
 	return nil
+}
+
+// forgedToDevice says why an Olm-encrypted to-device message is refused before mautrix sees
+// it, or "": it has no ciphertext for this device, or it claims to come from a device key that
+// belongs to another user than the one the homeserver says sent it.
+func (m *Machine) forgedToDevice(ctx context.Context, evt *event.Event) string {
+	content, ok := evt.Content.Parsed.(*event.EncryptedEventContent)
+	if !ok || content.Algorithm != id.AlgorithmOlmV1 {
+		return "not an Olm message"
+	}
+	if _, ok := content.OlmCiphertext[m.mach.OwnIdentity().IdentityKey]; !ok {
+		return "no ciphertext for this device"
+	}
+	var owner id.UserID
+	err := m.c.Database().QueryRow(ctx, `SELECT user_id FROM crypto_device WHERE identity_key = $1 AND NOT deleted LIMIT 1`, content.SenderKey).Scan(&owner)
+	if err == nil && owner != evt.Sender {
+		return "sender key belongs to another user's device"
+	}
+	return ""
 }
 
 // Encrypt encrypts content for room with the room's Megolm session, sharing it first with the
