@@ -20,11 +20,8 @@ func runDev(ctx context.Context, e *env, args []string) error {
 	dir := fs.String("dir", ".samtal-dev", "folder for the homeserver's data (kept between runs)")
 	port := fs.Int("port", 8008, "client API port on loopback")
 	user := fs.String("user", "demo", "demo user to create")
-	if err := parse(fs, args); err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	}
 	if *port <= 0 || *port > 65535 {
 		return fmt.Errorf("%w: -port %d is not a TCP port", errUsage, *port)
