@@ -20,9 +20,10 @@ const setupTimeout = time.Minute
 type ClientOption func(*clientConfig)
 
 type clientConfig struct {
-	encryption *e2ee.Options
-	logger     *slog.Logger
-	outbox     matrix.OutboxOptions
+	encryption  *e2ee.Options
+	onEncrypted func(*e2ee.Machine) error
+	logger      *slog.Logger
+	outbox      matrix.OutboxOptions
 }
 
 // Encrypted turns on end-to-end encryption with a random pickle key, so that the client sends
@@ -35,6 +36,18 @@ func Encrypted() ClientOption {
 // one.
 func EncryptedWith(opts e2ee.Options) ClientOption {
 	return func(c *clientConfig) { c.encryption = &opts }
+}
+
+// OnEncrypted turns on encryption, as Encrypted does unless EncryptedWith chose options, and
+// calls fn with the client's e2ee.Machine once it is enabled: to bootstrap cross-signing, to
+// answer verification, or to keep the machine. An error from fn fails the test.
+func OnEncrypted(fn func(m *e2ee.Machine) error) ClientOption {
+	return func(c *clientConfig) {
+		if c.encryption == nil {
+			c.encryption = &e2ee.Options{}
+		}
+		c.onEncrypted = fn
+	}
 }
 
 // WithLogger gives the client a logger. By default clients log nothing, or into the test's
@@ -97,6 +110,11 @@ func (s *Server) NewClient(tb testing.TB, localpart string, opts ...ClientOption
 		tb.Fatalf("matrixtest: encryption for %s: %v", localpart, err)
 	}
 	tb.Cleanup(func() { m.Close() })
+	if cfg.onEncrypted != nil {
+		if err := cfg.onEncrypted(m); err != nil {
+			tb.Fatalf("matrixtest: %s: %v", localpart, err)
+		}
+	}
 	return c
 }
 
