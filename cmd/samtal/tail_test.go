@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"regexp"
 	"slices"
 	"strings"
@@ -155,5 +156,27 @@ func TestTailHistory(t *testing.T) {
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("tail --once %q printed %v, want %v", tc.args, got, tc.want)
 		}
+	}
+}
+
+// TestTailStopsQuietly: stopping tail (Ctrl-C) while its sync request waits logs no warning,
+// and no sync URL with its filter, at the default level.
+func TestTailStopsQuietly(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	loginAs(t, srv, "alice")
+	e, _, errOut := testEnv()
+	e.level = new(slog.LevelVar)
+	e.log = slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: e.level}))
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, e, []string{"tail"}) }()
+	waitFor(t, func() bool { return strings.Contains(errOut.String(), "receiving messages") }, done, errOut)
+	time.Sleep(200 * time.Millisecond) // into the long poll; not a timing assertion
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Fatalf("tail exited %d: %s", code, errOut)
+	}
+	if got := errOut.String(); strings.Contains(got, "level=WARN") || strings.Contains(got, "level=ERROR") || strings.Contains(got, "filter") {
+		t.Errorf("stopping tail logged:\n%s", got)
 	}
 }
