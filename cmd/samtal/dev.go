@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -27,8 +28,9 @@ import (
 // runDev runs a development homeserver until interrupted, with its data kept in a folder so
 // that a second run continues where the first stopped.
 func runDev(ctx context.Context, e *env, args []string) error {
-	if len(args) > 0 && args[0] == "user" {
-		return runDevUser(ctx, e, args[1:])
+	if i := devUserIndex(args); i >= 0 {
+		// `samtal dev [-dir D] user add NAME`: the flags before "user" are the subcommand's.
+		return runDevUser(ctx, e, append(slices.Clone(args[i+1:]), args[:i]...))
 	}
 	fs := newFlags(e, "dev")
 	dir := fs.String("dir", ".samtal-dev", "folder for the homeserver's data (kept between runs)")
@@ -185,6 +187,24 @@ func (a *devAdmin) close() {
 type devUser struct {
 	UserID   id.UserID `json:"user_id"`
 	Password string    `json:"password"`
+}
+
+// devUserIndex returns the position of the subcommand word "user" among args, skipping the
+// values of dev's flags, or -1.
+func devUserIndex(args []string) int {
+	for i := 0; i < len(args); i++ {
+		switch a := args[i]; {
+		case a == "--":
+			return -1
+		case a == "-dir" || a == "--dir" || a == "-port" || a == "--port" || a == "-user" || a == "--user":
+			i++ // its value
+		case a == "user":
+			return i
+		case !strings.HasPrefix(a, "-"):
+			return -1
+		}
+	}
+	return -1
 }
 
 // runDevUser runs `samtal dev user add NAME` against the `samtal dev` running in -dir.

@@ -2,7 +2,7 @@
 //
 // Build with the pure-Go Olm: go build -tags goolm ./cmd/samtal
 //
-//	samtal dev      run a development homeserver on this machine
+//	samtal dev      run a development homeserver on this machine (samtal dev user add NAME adds users)
 //	samtal login    log in and store the session
 //	samtal logout   end the stored session
 //	samtal send     send a message or a file into a room
@@ -92,7 +92,7 @@ type env struct {
 
 func commands() []command {
 	return []command{
-		{"dev", "run a development homeserver (Dendrite) on this machine", runDev},
+		{"dev", "run a development homeserver (Dendrite) on this machine; 'dev user add NAME' adds users", runDev},
 		{"login", "log in with SAMTAL_USER and SAMTAL_PASSWORD and store the session", runLogin},
 		{"logout", "end the stored session at the homeserver and forget it", runLogout},
 		{"send", "send a message or a file into a room", runSend},

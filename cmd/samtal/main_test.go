@@ -176,6 +176,9 @@ func TestDevUserAdd(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("anna cannot log in: %v", err)
 	}
+	if got := mustSamtal(t, "dev", "-dir", dir, "user", "add", "bo"); !strings.Contains(got, "@bo:") {
+		t.Errorf("dev -dir DIR user add bo printed %q", got)
+	}
 	if r := samtal(t, nil, "dev", "user", "add", "-dir", dir, "Not A Name"); r.code != exitUsage {
 		t.Errorf("a bad name: exit %d, %q", r.code, r.stderr)
 	}
