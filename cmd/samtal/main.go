@@ -25,7 +25,9 @@
 //
 //	export SAMTAL_HOMESERVER=https://matrix.agency.example SAMTAL_USER=casebot
 //	read -rs SAMTAL_PASSWORD; export SAMTAL_PASSWORD
-//	samtal login && unset SAMTAL_PASSWORD
+//	samtal login
+//	unset SAMTAL_PASSWORD
+//	samtal room ensure --case 4711 '#case-4711:agency.example'
 //	samtal send '#case-4711:agency.example' 'Decision made'
 //
 // Exit codes that scripts can test: 0 success, 1 failure, 2 bad usage or input (flags,
