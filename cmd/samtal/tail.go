@@ -244,16 +244,14 @@ walk:
 // there (or in the key backup); an event that cannot be decrypted (no key, or a sender the
 // trust policy refuses) comes back encrypted, and prints as such.
 func readable(ctx context.Context, dec decrypter, evt *event.Event) *event.Event {
-	if evt.Type == event.EventEncrypted && dec != nil {
-		if err := evt.Content.ParseRaw(evt.Type); err == nil {
-			if plain, err := dec.Decrypt(ctx, evt); err == nil {
-				plain.RoomID = evt.RoomID
-				evt = plain
-			}
-		}
-	}
 	if evt.Content.Parsed == nil {
 		_ = evt.Content.ParseRaw(evt.Type) // unknown types keep their raw content
+	}
+	if evt.Type == event.EventEncrypted && dec != nil {
+		if plain, err := dec.Decrypt(ctx, evt); err == nil {
+			plain.RoomID = evt.RoomID
+			evt = plain
+		}
 	}
 	return evt
 }

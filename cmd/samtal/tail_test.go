@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -156,6 +157,12 @@ func TestTailHistory(t *testing.T) {
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("tail --once %q printed %v, want %v", tc.args, got, tc.want)
 		}
+	}
+	// A new device of alice's (another database) has no keys for what came before it.
+	t.Setenv("SAMTAL_DB", filepath.Join(t.TempDir(), "new-device.db"))
+	if got := lines("--limit", "1", string(room)); len(got) != 1 || got[0].EventID != inThread || got[0].Type != "m.room.encrypted" ||
+		!got[0].Encrypted || !strings.Contains(got[0].Body, "could not decrypt") {
+		t.Errorf("a new device's tail printed %+v", got)
 	}
 }
 
