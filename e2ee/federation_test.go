@@ -2,7 +2,6 @@ package e2ee_test
 
 import (
 	"testing"
-	"time"
 
 	"maunium.net/go/mautrix/id"
 
@@ -21,17 +20,7 @@ func TestEncryptedAcrossAgencies(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The invite travels over federation; join once it has arrived.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, err := bob.c.Join(t.Context(), string(room))
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("bob could not join: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	matrixtest.Eventually(t, func() error { _, err := bob.c.Join(t.Context(), string(room)); return err })
 	send(t, alice, room, matrix.Text("Hej från myndighet A"))
 	got := bob.got.wait(t, "Hej från myndighet A")
 	if !got.Mautrix.WasEncrypted {

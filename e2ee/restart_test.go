@@ -468,14 +468,16 @@ func answers(b *inbox) map[string]map[id.EventID]bool {
 	return out
 }
 
-// waitFor polls cond until it holds, failing the test after timeout.
+// waitFor polls cond until it holds, failing the test after matrixtest.WaitTimeout (timeout
+// is what the caller expects at most; the test fails only later, never on timing).
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", timeout, what)
+	matrixtest.Eventually(t, func() error {
+		if cond() {
+			return nil
 		}
-	}
+		return fmt.Errorf("waiting (expected within %v) for %s", timeout, what)
+	})
 }
 
 // TestKillDuringToDeviceHandling kills the bot (SIGKILL, from inside, by a fault-injecting

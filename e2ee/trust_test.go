@@ -1,8 +1,8 @@
 package e2ee_test
 
 import (
+	"fmt"
 	"testing"
-	"time"
 
 	"maunium.net/go/mautrix/id"
 
@@ -77,11 +77,10 @@ func TestTrustPolicy(t *testing.T) {
 // awaitCondition waits up to a minute for cond.
 func awaitCondition(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting: %s", what)
+	matrixtest.Eventually(t, func() error {
+		if cond() {
+			return nil
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return fmt.Errorf("waiting: %s", what)
+	})
 }

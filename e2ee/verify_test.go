@@ -3,6 +3,7 @@ package e2ee_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -294,17 +295,12 @@ func deviceTrust(t testing.TB, p, other *party) id.TrustState {
 // reach the two sides at different times.
 func awaitTrust(t testing.TB, p, other *party, want id.TrustState) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		got := deviceTrust(t, p, other)
-		if got == want {
-			return
+	matrixtest.Eventually(t, func() error {
+		if got := deviceTrust(t, p, other); got != want {
+			return fmt.Errorf("%s trusts %s's device as %s, want %s", p.user, other.user, got, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s trusts %s's device as %s, want %s", p.user, other.user, got, want)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // verifyingPair starts alice and a bot that lets only alice verify it; both compare the SAS

@@ -5,6 +5,10 @@
 //     update, each update sent exactly once (EnsureRoom, CaseNotification, idempotent Send).
 //   - echo-bot: a bot that joins the rooms trusted people invite it to and answers "!echo TEXT"
 //     (Syncer, AutoJoinPolicy, Commands).
+//   - e2ee-bot: echo-bot in end-to-end encrypted rooms, with cross-signing, recovery and a
+//     trust policy (e2ee.Enable, Bootstrap, Recover, AcceptFrom).
+//
+// readme_test.go runs the Go code of the repository's README.md.
 //
 // Build and run them with the pure-Go Olm: go run -tags goolm ./examples/notify-case
 package examples

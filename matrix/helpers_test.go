@@ -40,15 +40,10 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // newClient registers localpart on srv and returns a samtal client logged in with its
-// password, on its own database, closed when the test ends.
+// password, on its own database, closed when the test ends (matrixtest's NewClient).
 func newClient(t testing.TB, srv *matrixtest.Server, localpart string) *matrix.Client {
 	t.Helper()
-	_, password := srv.RegisterUser(t, localpart)
-	return newClientWith(t, matrix.Options{
-		HomeserverURL: srv.URL,
-		Login:         matrix.Password(localpart, password),
-		DB:            testDB(t),
-	})
+	return srv.NewClient(t, localpart, matrixtest.WithLogger(quietLogger(t)))
 }
 
 // newClientWith returns a client for opts (filling in a logger), closed when the test ends.

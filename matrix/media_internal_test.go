@@ -7,14 +7,12 @@ import (
 	"testing"
 
 	"maunium.net/go/mautrix/event"
-
-	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
 // TestEncryptedUploadRoundTrip: what an encrypted room gets is ciphertext on the server and the
 // original after Download; a tampered file is refused.
 func TestEncryptedUploadRoundTrip(t *testing.T) {
-	srv := matrixtest.NewServer(t)
+	srv := newTestServer(t)
 	c := newTestAccount(t, srv, "alice").open(OutboxOptions{})
 	secret := []byte("personnummer 19121212-1212")
 	msg, err := c.upload(context.Background(), Attachment{Name: "id.txt", Data: secret}, true)

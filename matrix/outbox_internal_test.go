@@ -11,14 +11,12 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
 // TestResumedSendWaitsForEncryption: an item stored for an encrypted room resumes after a
 // restart before encryption is plugged in again; it waits, and never goes out as plaintext.
 func TestResumedSendWaitsForEncryption(t *testing.T) {
-	srv := matrixtest.NewServer(t)
+	srv := newTestServer(t)
 	alice := newTestAccount(t, srv, "alice")
 	outbox := OutboxOptions{ResumeDelay: 10 * time.Millisecond, MinRetryDelay: 10 * time.Millisecond, MaxRetryDelay: 50 * time.Millisecond}
 	c := alice.open(outbox)
@@ -55,7 +53,7 @@ func TestResumedSendWaitsForEncryption(t *testing.T) {
 // TestSyncerNoticesEncryption: a room that turns encrypted after the client last asked is
 // treated as encrypted as soon as the Syncer sees the change, not 30 s later.
 func TestSyncerNoticesEncryption(t *testing.T) {
-	srv := matrixtest.NewServer(t)
+	srv := newTestServer(t)
 	c := newTestAccount(t, srv, "alice").open(OutboxOptions{})
 	resp, err := c.mx.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Preset: "private_chat"})
 	if err != nil {

@@ -9,15 +9,13 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
-
-	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
 // TestReconcileLooksPastOthersEvents: an item was sent but not recorded (the process died in
 // between), then 150 other events arrived; the restarted outbox finds it behind them and does
 // not send it again.
 func TestReconcileLooksPastOthersEvents(t *testing.T) {
-	srv := matrixtest.NewServer(t)
+	srv := newTestServer(t)
 	alice := newTestAccount(t, srv, "alice")
 	bob := srv.Client(t, "bob")
 	open := func() *Client { return alice.open(OutboxOptions{ResumeDelay: 50 * time.Millisecond}) }

@@ -115,7 +115,7 @@ func (c *Client) EnsureRoom(ctx context.Context, alias id.RoomAlias, spec RoomSp
 	}
 	local, _ := splitAlias(alias)
 	if spec.Alias != "" && spec.Alias != local {
-		return "", false, fmt.Errorf("%w: spec.Alias %q differs from the alias %s to ensure", ErrInvalidRoom, spec.Alias, alias)
+		return "", false, fmt.Errorf("%w: the alias %s to ensure and RoomSpec.Alias %q differ", ErrInvalidRoom, alias, spec.Alias)
 	}
 	invite, space := spec.Invite, spec.Space
 	spec.Alias, spec.Space = "", "" // claimed below, so that losing a race stays invisible

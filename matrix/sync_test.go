@@ -484,13 +484,12 @@ func startSyncer(t *testing.T, s *matrix.Syncer) (stop func()) {
 // syncWait polls cond until it holds, and fails the test after a minute.
 func syncWait(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(matrixtest.WaitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+	matrixtest.Eventually(t, func() error {
+		if cond() {
+			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("waiting for %s", what)
+	})
 }
 
 // syncRecorder collects what handlers saw, in order.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,7 +62,7 @@ func (a *account) enableE2EE(ctx context.Context, e *env, c *matrix.Client) erro
 	path := a.pickleKeyFile()
 	if a.noE2EE || path == "" {
 		if path == "" && !a.noE2EE {
-			e.log.Info("end-to-end encryption is off: name a pickle key file with --pickle-key or SAMTAL_PICKLE_KEY_FILE")
+			e.log.Warn("end-to-end encryption is off: name a pickle key file with --pickle-key or SAMTAL_PICKLE_KEY_FILE")
 		}
 		return nil
 	}
@@ -140,7 +141,10 @@ func (a *account) open(ctx context.Context, e *env) (*matrix.Client, func(), err
 
 // openWith is open with the login to use when no session is stored; nil uses only a stored one.
 func (a *account) openWith(ctx context.Context, e *env, login matrix.Login, user id.UserID) (*matrix.Client, func(), error) {
-	db, err := a.openDB(ctx)
+	if err := checkHomeserverURL(a.homeserver); err != nil {
+		return nil, nil, err
+	}
+	db, created, err := a.openDB(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -181,27 +185,77 @@ func (a *account) openWith(ctx context.Context, e *env, login matrix.Login, user
 		err = fmt.Errorf("the session %q was revoked; set SAMTAL_USER and SAMTAL_PASSWORD to log in again: %w", a.session, err)
 	}
 	db.Close()
+	if created != nil {
+		created() // a first command that could not log in leaves nothing behind
+	}
 	return nil, nil, err
 }
 
+// checkHomeserverURL checks that a --homeserver is an http(s) URL with a host, so that a
+// missing scheme is a usage error rather than a URL parser's.
+func checkHomeserverURL(s string) error {
+	if s == "" {
+		return nil
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("%w: homeserver %q is not a URL such as https://matrix.agency.example", errUsage, s)
+	}
+	return nil
+}
+
 // openDB opens the database. A new SQLite file is created readable by its owner only, since it
-// holds access tokens; SQLite gives its journal files the same mode.
-func (a *account) openDB(ctx context.Context) (*dbutil.Database, error) {
+// holds access tokens; SQLite gives its journal files the same mode. When the file (and its
+// directory) was created here, remove deletes them again, to call when the database was closed
+// without a session stored in it.
+func (a *account) openDB(ctx context.Context) (db *dbutil.Database, remove func(), err error) {
 	if a.db == "" {
-		return nil, fmt.Errorf("%w: no database: set --db or SAMTAL_DB", errUsage)
+		return nil, nil, fmt.Errorf("%w: no database: set --db or SAMTAL_DB", errUsage)
 	}
 	if !storage.IsPostgres(a.db) && !strings.HasPrefix(a.db, "file:") {
-		if err := os.MkdirAll(filepath.Dir(a.db), 0o700); err != nil {
-			return nil, fmt.Errorf("create the database's directory: %w", err)
+		dir := filepath.Dir(a.db)
+		newDir := ""
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			newDir = topmostMissing(dir)
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, nil, fmt.Errorf("create the database's directory: %w", err)
 		}
 		f, err := os.OpenFile(a.db, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err == nil {
 			f.Close()
+			path := a.db
+			remove = func() {
+				for _, suffix := range []string{"", "-wal", "-shm", "-journal"} {
+					_ = os.Remove(path + suffix)
+				}
+				if newDir != "" {
+					_ = os.RemoveAll(newDir)
+				}
+			}
 		} else if !errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("create the database: %w", err)
+			return nil, nil, fmt.Errorf("create the database: %w", err)
 		}
 	}
-	return matrix.OpenDatabase(ctx, a.db)
+	db, err = matrix.OpenDatabase(ctx, a.db)
+	if err != nil && remove != nil {
+		remove()
+	}
+	return db, remove, err
+}
+
+// topmostMissing returns the outermost directory of dir's path that does not exist yet.
+func topmostMissing(dir string) string {
+	for {
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return dir
+		}
+		if _, err := os.Stat(parent); err == nil {
+			return dir
+		}
+		dir = parent
+	}
 }
 
 // deviceName is how the session is listed among the account's devices, so that its owner can

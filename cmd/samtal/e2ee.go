@@ -66,7 +66,8 @@ func runE2EEStatus(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "e2ee status")
 	acct := accountFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args); err != nil {
+	setUsage(fs, "e2ee status [flags]", "Prints this device's keys and fingerprint, whether the account is cross-signed and this device\nverified, and the state of the server-side key backup.\n\n"+credentialsHelp)
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
 	done, err := openE2EE(ctx, e, acct)
@@ -100,8 +101,9 @@ func orNone(s string) string {
 func runE2EEBootstrap(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "e2ee bootstrap")
 	acct := accountFlags(fs)
+	setUsage(fs, "e2ee bootstrap [flags]", "Sets up cross-signing, secret storage and a server-side key backup for the account, and\nprints the recovery key once: keep it safe, since it is what a new device needs (samtal\ne2ee recover). The homeserver asks for the account's password: set SAMTAL_PASSWORD.")
 	reset := fs.Bool("reset", false, "replace cross-signing keys, secret storage and backup the account already has")
-	if err := parse(fs, args); err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
 	password := os.Getenv("SAMTAL_PASSWORD")
@@ -133,7 +135,8 @@ func runE2EEBootstrap(ctx context.Context, e *env, args []string) error {
 func runE2EERecover(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "e2ee recover")
 	acct := accountFlags(fs)
-	if err := parse(fs, args); err != nil {
+	setUsage(fs, "e2ee recover [flags]", "Makes this new device trusted (cross-signed) and restores the key backup, so that it reads\nwhat was said before it existed, with the recovery key from SAMTAL_RECOVERY_KEY or\nstandard input.")
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
 	key := os.Getenv("SAMTAL_RECOVERY_KEY")
@@ -167,17 +170,22 @@ func runE2EERecover(ctx context.Context, e *env, args []string) error {
 func runE2EEVerify(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "e2ee verify")
 	acct := accountFlags(fs)
-	if err := parse(fs, args); err != nil {
+	setUsage(fs, "e2ee verify [flags] USER [DEVICE]", "Asks USER (@localpart:server) to verify a device (DEVICE, else the user's devices) by\ncomparing emoji: accept the request on that device, compare the emoji printed here with\nthe ones it shows, and answer whether they match.")
+	rest, err := parseInterspersed(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() < 1 || fs.NArg() > 2 {
+	if len(rest) < 1 || len(rest) > 2 {
 		return fmt.Errorf("%w: want USER [DEVICE]", errUsage)
 	}
-	user := id.UserID(fs.Arg(0))
+	user := id.UserID(rest[0])
 	if err := matrix.ValidateUserID(user); err != nil {
 		return err
 	}
-	device := id.DeviceID(fs.Arg(1))
+	var device id.DeviceID
+	if len(rest) == 2 {
+		device = id.DeviceID(rest[1])
+	}
 	done, err := openE2EE(ctx, e, acct)
 	if err != nil {
 		return err

@@ -74,20 +74,25 @@ func TestE2EEVerify(t *testing.T) {
 	if err := json.Unmarshal([]byte(mustSamtal(t, "e2ee", "status", "--json")), &st); err != nil {
 		t.Fatal(err)
 	}
-	bob := encryptedReaderWith(t, srv, "bob", &e2ee.VerifyOptions{
-		Allow:   func(context.Context, id.UserID) bool { return true },
-		Confirm: func(context.Context, e2ee.SAS) bool { return true },
-	})
+	var bobMachine *e2ee.Machine
+	bob := srv.NewClient(t, "bob", matrixtest.OnEncrypted(func(m *e2ee.Machine) error {
+		bobMachine = m
+		return m.EnableVerification(t.Context(), e2ee.VerifyOptions{
+			Allow:   func(context.Context, id.UserID) bool { return true },
+			Confirm: func(context.Context, e2ee.SAS) bool { return true },
+		})
+	}))
+	matrixtest.NewRecorder(t, bob, "") // bob's Syncer, which receives the verification's messages
 	out := mustSamtalIn(t, strings.NewReader("y\n"), "e2ee", "verify", string(bob.UserID()), string(bob.DeviceID()))
 	if !strings.Contains(out, "Verified") {
 		t.Errorf("verify printed %q", out)
 	}
 	// Bob's side trusts the CLI's device now.
-	dev, err := bob.m.OlmMachine().GetOrFetchDevice(t.Context(), alice, st.DeviceID)
+	dev, err := bobMachine.OlmMachine().GetOrFetchDevice(t.Context(), alice, st.DeviceID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if trust, err := bob.m.OlmMachine().ResolveTrustContext(t.Context(), dev); err != nil || trust != id.TrustStateVerified {
+	if trust, err := bobMachine.OlmMachine().ResolveTrustContext(t.Context(), dev); err != nil || trust != id.TrustStateVerified {
 		t.Errorf("bob trusts alice's CLI device %s, want verified", trust)
 	}
 	r := samtal(t, strings.NewReader("n\n"), "e2ee", "verify", string(bob.UserID()), string(bob.DeviceID()))

@@ -25,11 +25,8 @@ func runLogin(ctx context.Context, e *env, args []string) error {
 and stores the session in the database, where later commands find it. There is no password
 flag, because flags show in 'ps'. A stored session that still works is kept; run 'samtal
 logout' first to change accounts.`)
-	if err := parse(fs, args); err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	}
 	login, user, err := credentials()
 	if err != nil {
@@ -92,11 +89,8 @@ func runLogout(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "logout")
 	acct := accountFlags(fs)
 	setUsage(fs, "logout [flags]", "Ends the stored session at the homeserver and deletes it from the database.")
-	if err := parse(fs, args); err != nil {
+	if err := parseNoArgs(fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	}
 	c, done, err := acct.openWith(ctx, e, nil, "")
 	if err != nil {

@@ -2,13 +2,19 @@
 //
 // Build with the pure-Go Olm: go build -tags goolm ./cmd/samtal
 //
-//	samtal dev      run a development homeserver on this machine
+//	samtal dev      run a development homeserver on this machine (samtal dev user add NAME adds users)
 //	samtal login    log in and store the session
 //	samtal logout   end the stored session
 //	samtal send     send a message or a file into a room
 //	samtal room     create, ensure, join rooms and invite to them
 //	samtal tail     print the messages arriving in rooms
 //	samtal e2ee     encryption: status, cross-signing bootstrap, recovery, verification
+//	samtal version  print samtal's version
+//
+// Flags may come anywhere on the line, before or after the arguments; after "--" everything
+// is an argument (a message that starts with "-", say). --log-level (debug, info, warn, error;
+// default warn, info for dev) goes with every command, and so does --json where a command
+// prints results: errors are then printed as one JSON object on standard error too.
 //
 // The account: the first command logs in with SAMTAL_USER and SAMTAL_PASSWORD (or
 // SAMTAL_ACCESS_TOKEN) from the environment, on the homeserver named by --homeserver or
@@ -19,7 +25,9 @@
 //
 //	export SAMTAL_HOMESERVER=https://matrix.agency.example SAMTAL_USER=casebot
 //	read -rs SAMTAL_PASSWORD; export SAMTAL_PASSWORD
-//	samtal login && unset SAMTAL_PASSWORD
+//	samtal login
+//	unset SAMTAL_PASSWORD
+//	samtal room ensure --case 4711 '#case-4711:agency.example'
 //	samtal send '#case-4711:agency.example' 'Decision made'
 //
 // Exit codes that scripts can test: 0 success, 1 failure, 2 bad usage or input (flags,
@@ -31,6 +39,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -39,6 +48,8 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"maunium.net/go/mautrix"
@@ -78,28 +89,37 @@ type env struct {
 	stdin          io.Reader // nil reads as a terminal: nothing piped in
 	stdout, stderr io.Writer
 	log            *slog.Logger
+	level          *slog.LevelVar // the level of log; nil when the caller chose a logger of its own
 }
 
 func commands() []command {
 	return []command{
-		{"dev", "run a development homeserver (Dendrite) on this machine", runDev},
+		{"dev", "run a development homeserver (Dendrite) on this machine; 'dev user add NAME' adds users", runDev},
 		{"login", "log in with SAMTAL_USER and SAMTAL_PASSWORD and store the session", runLogin},
 		{"logout", "end the stored session at the homeserver and forget it", runLogout},
 		{"send", "send a message or a file into a room", runSend},
 		{"room", "create, ensure or join rooms, and invite people to them", runRoom},
 		{"tail", "print the messages arriving in rooms until interrupted", runTail},
 		{"e2ee", "end-to-end encryption: status, bootstrap, recover, verify", runE2EE},
+		{"version", "print samtal's version", runVersion},
 	}
 }
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, log: slog.New(slog.NewTextHandler(os.Stderr, nil))}
+	level := new(slog.LevelVar)
+	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, level: level,
+		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))}
 	os.Exit(run(ctx, e, os.Args[1:]))
 }
 
 func run(ctx context.Context, e *env, args []string) int {
+	args, level, err := takeLogLevel(args)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "samtal: %v\n", err)
+		return exitUsage
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(e.stderr)
 		if len(args) == 0 {
@@ -111,12 +131,27 @@ func run(ctx context.Context, e *env, args []string) int {
 		if c.name != args[0] {
 			continue
 		}
+		if e.level != nil {
+			switch {
+			case level != nil:
+				e.level.Set(*level)
+			case c.name == "dev":
+				e.level.Set(slog.LevelInfo) // what the homeserver is doing is the point
+			default:
+				e.level.Set(slog.LevelWarn) // quiet: migrations and the like only when asked
+			}
+		}
 		err := c.run(ctx, e, args[1:])
 		if err == nil || errors.Is(err, flag.ErrHelp) {
 			return exitOK
 		}
-		fmt.Fprintf(e.stderr, "samtal %s: %v\n", c.name, err)
-		return exitCode(err)
+		code := exitCode(err)
+		if jsonRequested(args[1:]) {
+			_ = json.NewEncoder(e.stderr).Encode(errorResult{Command: c.name, Error: err.Error(), ExitCode: code})
+		} else {
+			fmt.Fprintf(e.stderr, "samtal %s: %v\n", c.name, err)
+		}
+		return code
 	}
 	fmt.Fprintf(e.stderr, "samtal: unknown command %q\n\n", args[0])
 	usage(e.stderr)
@@ -167,13 +202,112 @@ func unavailable(err error) bool {
 	return false
 }
 
+// errorResult is a failed command's error as --json prints it on standard error.
+type errorResult struct {
+	Command  string `json:"command"`
+	Error    string `json:"error"`
+	ExitCode int    `json:"exit_code"`
+}
+
+// takeLogLevel takes --log-level LEVEL (or --log-level=LEVEL) out of args, wherever it is
+// before "--", and returns the other arguments and the level (nil if not given).
+func takeLogLevel(args []string) ([]string, *slog.Level, error) {
+	var rest []string
+	var level *slog.Level
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			rest = append(rest, args[i:]...)
+			break
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || name != "log-level" {
+			rest = append(rest, a)
+			continue
+		}
+		if !hasValue {
+			if i+1 == len(args) {
+				return nil, nil, fmt.Errorf("--log-level needs a value: debug, info, warn or error")
+			}
+			i++
+			value = args[i]
+		}
+		var l slog.Level
+		if err := l.UnmarshalText([]byte(value)); err != nil {
+			return nil, nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", value)
+		}
+		level = &l
+	}
+	return rest, level, nil
+}
+
+// jsonRequested reports whether a command's arguments ask for JSON output.
+func jsonRequested(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-json", "--json", "-json=true", "--json=true":
+			return true
+		}
+	}
+	return false
+}
+
+// version is samtal's version, set when building a release with
+// -ldflags "-X main.version=v1.2.3"; otherwise the module's version from the build.
+var version = ""
+
+func runVersion(_ context.Context, e *env, args []string) error {
+	fs := newFlags(e, "version")
+	asJSON := fs.Bool("json", false, `print {"version":...,"go":...,"revision":...}`)
+	setUsage(fs, "version [--json]", "Prints samtal's version, the Go version it was built with and, for a build from a git\ncheckout, the commit.")
+	rest, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(rest) > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, rest)
+	}
+	v := struct {
+		Version  string `json:"version"`
+		Go       string `json:"go"`
+		Revision string `json:"revision,omitempty"`
+	}{Version: version, Go: "unknown"}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v.Go = bi.GoVersion
+		if v.Version == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v.Version = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				v.Revision = s.Value
+			}
+		}
+	}
+	if v.Version == "" {
+		v.Version = "devel"
+	}
+	if *asJSON {
+		return json.NewEncoder(e.stdout).Encode(v)
+	}
+	line := "samtal " + v.Version + " (" + v.Go
+	if v.Revision != "" {
+		line += ", " + v.Revision
+	}
+	_, err = fmt.Fprintln(e.stdout, line+")")
+	return err
+}
+
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: samtal COMMAND [flags] [arguments]\n\nCommands:")
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, `
-Run 'samtal COMMAND -h' for a command's flags.
+Run 'samtal COMMAND -h' for a command's flags. Flags may come before or after the arguments;
+after "--" everything is an argument. Every command takes --log-level debug|info|warn|error
+(default warn; info for dev), and with --json errors are printed as JSON too.
 
 The first command that needs the account logs in with SAMTAL_USER and SAMTAL_PASSWORD (or
 SAMTAL_ACCESS_TOKEN) from the environment, on the homeserver named by --homeserver or
@@ -240,6 +374,15 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 		rest = append(rest, left[0])
 		args = left[1:]
 	}
+}
+
+// parseNoArgs parses args, flags only: any argument is a usage error.
+func parseNoArgs(fs *flag.FlagSet, args []string) error {
+	rest, err := parseInterspersed(fs, args)
+	if err == nil && len(rest) > 0 {
+		err = fmt.Errorf("%w: unexpected arguments %q", errUsage, rest)
+	}
+	return err
 }
 
 // stringList is a flag that may be given several times.

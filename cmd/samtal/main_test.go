@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -135,5 +136,57 @@ func waitFor(t *testing.T, cond func() bool, done <-chan int, errOut *syncBuffer
 		if time.Now().After(deadline) {
 			t.Fatal("timed out")
 		}
+	}
+}
+
+// TestDevUserAdd adds users to a running `samtal dev` from another command; they can log in,
+// and adding one again gives the same password.
+func TestDevUserAdd(t *testing.T) {
+	dir := t.TempDir()
+	if r := samtal(t, nil, "dev", "user", "add", "-dir", dir, "anna"); r.code != exitUnavailable || !strings.Contains(r.stderr, "no samtal dev is running") {
+		t.Errorf("without a running dev: exit %d, %q", r.code, r.stderr)
+	}
+	e, out, errOut := testEnv()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, e, []string{"dev", "-dir", dir, "-port", strconv.Itoa(freePort(t))}) }()
+	waitFor(t, func() bool { return strings.Contains(out.String(), "admin") }, done, errOut)
+	url := regexp.MustCompile(`(?m)^\s+homeserver\s+(\S+)`).FindStringSubmatch(out.String())[1]
+
+	var password string
+	for i := range 2 {
+		var u devUser
+		if err := json.Unmarshal([]byte(mustSamtal(t, "dev", "user", "add", "anna", "-dir", dir, "--json")), &u); err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 && u.Password != password {
+			t.Errorf("adding anna again changed her password")
+		}
+		password = u.Password
+		if !strings.HasPrefix(string(u.UserID), "@anna:") {
+			t.Errorf("added %s", u.UserID)
+		}
+	}
+	cli, _ := mautrix.NewClient(url, "", "")
+	if _, err := cli.Login(t.Context(), &mautrix.ReqLogin{
+		Type:       mautrix.AuthTypePassword,
+		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: "anna"},
+		Password:   password,
+	}); err != nil {
+		t.Fatalf("anna cannot log in: %v", err)
+	}
+	if got := mustSamtal(t, "dev", "-dir", dir, "user", "add", "bo"); !strings.Contains(got, "@bo:") {
+		t.Errorf("dev -dir DIR user add bo printed %q", got)
+	}
+	if r := samtal(t, nil, "dev", "user", "add", "-dir", dir, "Not A Name"); r.code != exitUsage {
+		t.Errorf("a bad name: exit %d, %q", r.code, r.stderr)
+	}
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Fatalf("dev exited %d: %s", code, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(dir, devAdminFile)); !os.IsNotExist(err) {
+		t.Errorf("the admin file outlived samtal dev: %v", err)
 	}
 }

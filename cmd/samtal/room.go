@@ -27,6 +27,7 @@ func runRoom(ctx context.Context, e *env, args []string) error {
 		fmt.Fprint(e.stderr, `Usage:
   samtal room create [flags]          create a room and print its ID
   samtal room ensure ALIAS [flags]    print the room ALIAS points at, creating it if there is none
+                                      (the alias is the argument; --alias is for create only)
   samtal room join ROOM [flags]       join a room (or accept its invite) and print its ID
   samtal room invite ROOM USER...     invite people to a room
 
@@ -117,6 +118,9 @@ The flags are used only when the room is created.
 	alias := id.RoomAlias(rest[0])
 	if err := matrix.ValidateAlias(alias); err != nil {
 		return err
+	}
+	if rf.alias != "" {
+		return fmt.Errorf("%w: room ensure takes the alias as its argument only; --alias is for room create", errUsage)
 	}
 	spec, err := rf.spec()
 	if err != nil {

@@ -43,7 +43,8 @@ func runSend(ctx context.Context, e *env, args []string) error {
 	timeout := fs.Duration("timeout", time.Minute, "give up when the homeserver has not taken the message after this long; 0 waits as long as it takes")
 	setUsage(fs, "send [flags] ROOM [TEXT...]", `Sends TEXT into ROOM, a room ID (!...) or alias (#...) of a room the account is in, and
 prints the event ID. TEXT is the arguments after ROOM joined by spaces, or standard input
-when TEXT is "-" or absent and standard input is not a terminal. Flags go before ROOM.
+when TEXT is "-" or absent and standard input is not a terminal. Flags may come anywhere;
+a word of TEXT that starts with "-" is taken for a flag unless it comes after "--".
 
 The message goes through the outbox in the database: it survives an outage and is sent once.
 If it is not sent in --timeout, or with --no-wait, it stays there and goes out with the next
@@ -54,13 +55,14 @@ in the database, encrypted with the pickle key (see --pickle-key). With --no-e2e
 rooms are refused rather than sent plaintext.
 
 `+credentialsHelp)
-	if err := parse(fs, args); err != nil {
+	rest, err := parseInterspersed(fs, args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() == 0 {
+	if len(rest) == 0 {
 		return fmt.Errorf("%w: missing ROOM", errUsage)
 	}
-	roomArg, words := fs.Arg(0), fs.Args()[1:]
+	roomArg, words := rest[0], rest[1:]
 	if err := checkRoomArg(roomArg); err != nil {
 		return err
 	}
@@ -68,7 +70,6 @@ rooms are refused rather than sent plaintext.
 		return fmt.Errorf("%w: --file takes no TEXT, --markdown or --notice", errUsage)
 	}
 	req := sendRequest{room: roomArg, markdown: *markdown, notice: *notice, key: *key, wait: !*noWait}
-	var err error
 	if *file == "" {
 		req.text, err = messageText(e, words)
 	} else {

@@ -149,13 +149,14 @@ func TestSendNoWait(t *testing.T) {
 func TestSendEncryptedRoom(t *testing.T) {
 	srv := matrixtest.NewServer(t)
 	loginAs(t, srv, "alice")
-	bob := encryptedReader(t, srv, "bob")
+	bob := srv.NewClient(t, "bob", matrixtest.Encrypted())
 	room := mustSamtal(t, "room", "create", "--invite", string(bob.UserID()))
 	if _, err := bob.Join(t.Context(), room); err != nil {
 		t.Fatal(err)
 	}
+	inbox := matrixtest.NewRecorder(t, bob, id.RoomID(room))
 	mustSamtal(t, "send", room, "secret decision")
-	got := bob.wait(t, "secret decision")
+	got := inbox.WaitText(t, "secret decision")
 	if !got.Mautrix.WasEncrypted {
 		t.Error("the message was not encrypted")
 	}

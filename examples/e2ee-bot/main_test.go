@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -108,54 +108,24 @@ func startBot(t *testing.T, srv *matrixtest.Server, strict bool) id.UserID {
 
 // person is someone with an encrypted client, as Element would be.
 type person struct {
-	c *matrix.Client
-	m *e2ee.Machine
-
-	mu   sync.Mutex
-	seen []*matrix.Event
+	c     *matrix.Client
+	m     *e2ee.Machine
+	inbox *matrixtest.Recorder
 }
 
 func newPerson(t *testing.T, srv *matrixtest.Server, localpart string, vopts e2ee.VerifyOptions) *person {
 	t.Helper()
-	ctx := context.Background()
-	_, password := srv.RegisterUser(t, localpart)
-	db, err := matrix.OpenDatabase(ctx, filepath.Join(t.TempDir(), localpart+".db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := matrix.New(ctx, matrix.Options{HomeserverURL: srv.URL, Login: matrix.Password(localpart, password), DB: db,
-		Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := e2ee.Enable(ctx, c, e2ee.Options{PickleKey: []byte("0123456789abcdef0123456789abcdef")})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if vopts.Confirm == nil {
 		vopts.Confirm = func(context.Context, e2ee.SAS) bool { return false }
 	}
-	if err := m.EnableVerification(ctx, vopts); err != nil {
-		t.Fatal(err)
-	}
-	p := &person{c: c, m: m}
-	s := c.NewSyncer(matrix.SyncOptions{Timeout: 2 * time.Second})
-	s.OnMessage(func(_ context.Context, evt *matrix.Event) error {
-		p.mu.Lock()
-		p.seen = append(p.seen, evt)
-		p.mu.Unlock()
-		return nil
-	})
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		m.Close()
-		c.Close()
-		db.Close()
-	})
+	p := &person{}
+	p.c = srv.NewClient(t, localpart,
+		matrixtest.WithLogger(slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))),
+		matrixtest.OnEncrypted(func(m *e2ee.Machine) error {
+			p.m = m
+			return m.EnableVerification(context.Background(), vopts)
+		}))
+	p.inbox = matrixtest.NewRecorder(t, p.c, "")
 	return p
 }
 
@@ -169,18 +139,17 @@ func (p *person) encryptedRoomWith(t *testing.T, user id.UserID) id.RoomID {
 	if ok, err := p.c.RoomEncrypted(t.Context(), room); err != nil || !ok {
 		t.Fatalf("the room is not encrypted (%v)", err)
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
+	matrixtest.Eventually(t, func() error {
 		var member event.MemberEventContent
-		err := p.c.Mautrix().StateEvent(t.Context(), room, event.StateMember, string(user), &member)
-		if err == nil && member.Membership == event.MembershipJoin {
-			return room
+		if err := p.c.Mautrix().StateEvent(t.Context(), room, event.StateMember, string(user), &member); err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not join (%v)", user, err)
+		if member.Membership != event.MembershipJoin {
+			return fmt.Errorf("%s is %s", user, member.Membership)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
+	return room
 }
 
 func (p *person) say(t *testing.T, room id.RoomID, text string) {
@@ -190,30 +159,25 @@ func (p *person) say(t *testing.T, room id.RoomID, text string) {
 	}
 }
 
-// await returns the first message, decrypted, that match accepts, failing after a minute.
+// await returns the first message, decrypted, that match accepts.
 func (p *person) await(t *testing.T, match func(*matrix.Event) bool) *matrix.Event {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	evt := p.find(ctx, match)
-	if evt == nil {
-		t.Fatal("the expected message did not arrive")
-	}
-	return evt
+	return p.inbox.Wait(t, match)
 }
 
-// find returns the first message that match accepts, or nil if ctx ends first.
+// find returns the first message that match accepts, or nil if ctx ends first. Unlike await it
+// does not fail the test, so that the verification's goroutine may call it.
 func (p *person) find(ctx context.Context, match func(*matrix.Event) bool) *matrix.Event {
 	for ctx.Err() == nil {
-		p.mu.Lock()
-		for _, e := range p.seen {
+		for _, e := range p.inbox.Events() {
 			if match(e) {
-				p.mu.Unlock()
 				return e
 			}
 		}
-		p.mu.Unlock()
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	return nil
 }

@@ -11,7 +11,8 @@
 // commands. After a restart it goes on where it stopped, without missing a command or
 // answering one twice. Stop it with Ctrl-C.
 //
-// It neither reads nor answers in end-to-end encrypted rooms until the e2ee package is done.
+// It reads and answers in unencrypted rooms only (it has no encryption: its Syncer never sees
+// what is said in an encrypted room); e2ee-bot is the same bot for encrypted rooms.
 package main
 
 import (

@@ -11,8 +11,9 @@
 // case-4711/update-3, so that running the same update twice (the case system retrying after a
 // crash, say) posts it once. The program prints the event ID.
 //
-// The room is made without end-to-end encryption for now: samtal sends nothing into an
-// encrypted room until the e2ee package gives it encryption.
+// Case rooms are end-to-end encrypted, so the bot turns encryption on: its device's keys are
+// kept in the database, encrypted with the pickle key in SAMTAL_PICKLE_KEY_FILE (default: the
+// database's path + .pickle-key, created 0600 on the first run).
 package main
 
 import (
@@ -28,12 +29,14 @@ import (
 
 	"maunium.net/go/mautrix/id"
 
+	"github.com/samtalhq/samtal/e2ee"
 	"github.com/samtalhq/samtal/matrix"
 )
 
 // config is what the program needs: the account and the update.
 type config struct {
 	Homeserver, User, Password, DB string
+	PickleKey                      string // file with the pickle key; "" means DB + ".pickle-key"
 
 	Case   matrix.CaseNotification // the update; Case.CaseID names the room
 	Update int                     // the update's number in the case system, for its idempotency key
@@ -49,6 +52,7 @@ func main() {
 		User:       os.Getenv("SAMTAL_USER"),
 		Password:   os.Getenv("SAMTAL_PASSWORD"),
 		DB:         os.Getenv("SAMTAL_DB"),
+		PickleKey:  os.Getenv("SAMTAL_PICKLE_KEY_FILE"),
 		Out:        os.Stdout,
 	}
 	flag.StringVar(&cfg.Case.CaseID, "case", "4711", "the case ID")
@@ -90,15 +94,26 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	defer c.Close()
+	if cfg.PickleKey == "" {
+		cfg.PickleKey = cfg.DB + ".pickle-key"
+	}
+	pickleKey, err := e2ee.LoadOrCreatePickleKey(cfg.PickleKey)
+	if err != nil {
+		return err
+	}
+	m, err := e2ee.Enable(ctx, c, e2ee.Options{PickleKey: pickleKey})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
 
 	caseID := cfg.Case.CaseID
 	alias := id.NewRoomAlias("case-"+strings.ToLower(caseID), c.UserID().Homeserver())
 	room, created, err := c.EnsureRoom(ctx, alias, matrix.RoomSpec{
-		Preset:    matrix.CaseRoom,
-		CaseID:    caseID,
-		Name:      "Case " + caseID,
-		Invite:    cfg.Invite,
-		Encrypted: new(false), // until e2ee: see the package comment
+		Preset: matrix.CaseRoom,
+		CaseID: caseID,
+		Name:   "Case " + caseID,
+		Invite: cfg.Invite,
 	})
 	if err != nil {
 		return fmt.Errorf("room for case %s: %w", caseID, err)

@@ -19,11 +19,11 @@ import (
 func TestNotifyCase(t *testing.T) {
 	srv := matrixtest.NewServer(t)
 	_, password := srv.RegisterUser(t, "casebot")
-	officer := srv.Client(t, "officer")
+	officer := srv.NewClient(t, "officer", matrixtest.Encrypted())
 	cfg := config{
 		Homeserver: srv.URL, User: "casebot", Password: password,
 		DB:     t.TempDir() + "/casebot.db",
-		Invite: []id.UserID{officer.UserID},
+		Invite: []id.UserID{officer.UserID()},
 		Log:    slog.New(slog.NewTextHandler(t.Output(), nil)),
 	}
 	post := func(update int, title string) id.EventID {
@@ -44,26 +44,25 @@ func TestNotifyCase(t *testing.T) {
 		t.Errorf("event IDs: update 1 %s, then %s; update 2 %s", first, again, second)
 	}
 
-	room, err := officer.ResolveAlias(t.Context(), id.RoomAlias("#case-4711:"+srv.ServerName))
+	room, err := officer.Join(t.Context(), "#case-4711:"+srv.ServerName)
 	if err != nil {
-		t.Fatalf("the case room has no alias: %v", err)
+		t.Fatalf("the officer was not invited to the case room: %v", err)
 	}
-	if _, err := officer.JoinRoomByID(t.Context(), room.RoomID); err != nil {
-		t.Fatalf("the officer was not invited: %v", err)
-	}
+	inbox := matrixtest.NewRecorder(t, officer, room)
 	for evt, body := range map[id.EventID]string{first: "Case 4711: Application received\nHandler: Anna", second: "Case 4711: Decision made\nHandler: Anna"} {
-		got := matrixtest.WaitEvent(t, officer, room.RoomID, func(e *event.Event) bool { return e.ID == evt }).Content.AsMessage()
-		if got.MsgType != event.MsgNotice || got.Body != body {
-			t.Errorf("the officer read %s %q, want a notice %q", got.MsgType, got.Body, body)
+		got := inbox.Wait(t, func(e *matrix.Event) bool { return e.ID == evt })
+		msg := got.Content.AsMessage()
+		if msg.MsgType != event.MsgNotice || msg.Body != body || !got.Mautrix.WasEncrypted {
+			t.Errorf("the officer read %s %q (encrypted: %t), want an encrypted notice %q", msg.MsgType, msg.Body, got.Mautrix.WasEncrypted, body)
 		}
 	}
-	resp, err := officer.Messages(t.Context(), room.RoomID, "", "", mautrix.DirectionBackward, nil, 100)
+	resp, err := officer.Mautrix().Messages(t.Context(), room, "", "", mautrix.DirectionBackward, nil, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var updates int
 	for _, e := range resp.Chunk {
-		if e.Type == event.EventMessage {
+		if e.Type == event.EventEncrypted || e.Type == event.EventMessage {
 			updates++
 		}
 	}

@@ -8,24 +8,29 @@
 // is $SAMTAL_DENDRITE, else dendrite on PATH, else built once per machine with `go install`
 // (a few minutes; it needs Go, a C compiler and the Go module proxy).
 //
-// A vendor's own integration test reads:
+// NewClient gives a test a samtal client (a *matrix.Client), with encryption if asked, its
+// database and crypto store in the test's temporary directory; a Recorder collects what such
+// a client receives in a room, decrypted; Eventually retries what a test cannot be told about.
+// Client returns a raw mautrix client instead: the independent other party, which sees what
+// reached the homeserver and nothing of samtal. A vendor's own integration test reads:
 //
 //	func TestCaseNotification(t *testing.T) {
 //		srv := matrixtest.NewServer(t)
-//		bot := srv.Client(t, "casebot")
-//		officer := srv.Client(t, "officer")
+//		bot := srv.NewClient(t, "casebot", matrixtest.Encrypted())
+//		officer := srv.NewClient(t, "officer", matrixtest.Encrypted())
 //
-//		room, err := bot.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Invite: []id.UserID{officer.UserID}})
+//		room, err := bot.CreateRoom(t.Context(), matrix.RoomSpec{Preset: matrix.CaseRoom, CaseID: "4711", Invite: []id.UserID{officer.UserID()}})
 //		if err != nil {
 //			t.Fatal(err)
 //		}
-//		if _, err := officer.JoinRoomByID(t.Context(), room.RoomID); err != nil {
+//		if _, err := officer.Join(t.Context(), string(room)); err != nil {
 //			t.Fatal(err)
 //		}
-//		if _, err := bot.SendText(t.Context(), room.RoomID, "Case 4711 updated"); err != nil {
+//		inbox := matrixtest.NewRecorder(t, officer, room)
+//		if _, err := bot.Send(t.Context(), room, matrix.Notice("Case 4711 updated"), matrix.SendOptions{}); err != nil {
 //			t.Fatal(err)
 //		}
-//		matrixtest.WaitMessage(t, officer, room.RoomID, "Case 4711 updated")
+//		inbox.WaitText(t, "Case 4711 updated")
 //	}
 //
 // Outage tests stop and restart a server with Server.Stop and Server.Start; the data and the

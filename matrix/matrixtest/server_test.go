@@ -13,10 +13,11 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
-// TestSendAndReceive is the example in the package documentation: two users, a room, a
+// TestSendAndReceive: two raw mautrix users, a room, a
 // message sent by one and received through sync by the other.
 func TestSendAndReceive(t *testing.T) {
 	srv := matrixtest.NewServer(t)
@@ -93,7 +94,7 @@ func TestFederation(t *testing.T) {
 		t.Fatalf("create room: %v", err)
 	}
 	// The invite travels over federation; joining does too.
-	joinEventually(t, bob, room.RoomID)
+	matrixtest.Eventually(t, func() error { _, err := bob.JoinRoomByID(ctx, room.RoomID); return err })
 	if _, err := alice.SendText(ctx, room.RoomID, "hello across agencies"); err != nil {
 		t.Fatal(err)
 	}
@@ -105,22 +106,6 @@ func TestFederation(t *testing.T) {
 		t.Fatal(err)
 	}
 	matrixtest.WaitMessage(t, alice, room.RoomID, "and back")
-}
-
-// joinEventually joins a room over federation, retrying while the invite is still in flight.
-func joinEventually(t *testing.T, cli *mautrix.Client, room id.RoomID) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		_, err := cli.JoinRoomByID(t.Context(), room)
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s could not join %s: %v", cli.UserID, room, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 func TestRateLimit(t *testing.T) {
@@ -200,5 +185,57 @@ func TestWaitEventMatchesState(t *testing.T) {
 	evt := matrixtest.WaitEvent(t, alice, room.RoomID, func(e *event.Event) bool { return e.Type == event.StateRoomName })
 	if evt.Content.AsRoomName().Name != "named room" {
 		t.Errorf("room name %q", evt.Content.AsRoomName().Name)
+	}
+}
+
+// TestEncryptedClientsAgainstRawParty: what two encrypted samtal clients exchange is
+// ciphertext to a raw mautrix member of the same room, and plaintext to the recorder.
+func TestEncryptedClientsAgainstRawParty(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	bot := srv.NewClient(t, "casebot", matrixtest.Encrypted())
+	officer := srv.NewClient(t, "officer", matrixtest.Encrypted())
+	eve := srv.Client(t, "eve")
+	room, err := bot.CreateRoom(t.Context(), matrix.RoomSpec{Invite: []id.UserID{officer.UserID(), eve.UserID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, join := range []func() error{
+		func() error { _, err := officer.Join(t.Context(), string(room)); return err },
+		func() error { _, err := eve.JoinRoomByID(t.Context(), room); return err },
+	} {
+		matrixtest.Eventually(t, join)
+	}
+	inbox := matrixtest.NewRecorder(t, officer, room)
+	p, err := bot.Send(t.Context(), room, matrix.Text("secret decision"), matrix.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent, err := p.Wait(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := inbox.WaitText(t, "secret decision")
+	if got.ID != sent || !got.Mautrix.WasEncrypted || got.Sender != bot.UserID() {
+		t.Errorf("officer read %s from %s (encrypted %t), want %s from %s", got.ID, got.Sender, got.Mautrix.WasEncrypted, sent, bot.UserID())
+	}
+	raw := matrixtest.WaitEvent(t, eve, room, func(e *event.Event) bool { return e.ID == sent })
+	if raw.Type != event.EventEncrypted {
+		t.Errorf("the raw client saw a %s", raw.Type)
+	}
+	if again := srv.NewClient(t, "officer"); again.UserID() != officer.UserID() || again.DeviceID() == officer.DeviceID() {
+		t.Errorf("a second NewClient is %s/%s", again.UserID(), again.DeviceID())
+	}
+}
+
+func TestEventually(t *testing.T) {
+	tries := 0
+	matrixtest.Eventually(t, func() error {
+		if tries++; tries < 3 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if tries != 3 {
+		t.Errorf("cond ran %d times", tries)
 	}
 }
