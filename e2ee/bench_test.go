@@ -258,3 +258,48 @@ func BenchmarkMegolm(b *testing.B) {
 		})
 	}
 }
+
+var benchRun int
+
+// BenchmarkSendOnlyMemberCheck measures what the member check before encrypted sends costs a
+// client that does not sync: the outbox's rate into one encrypted room with five members, with
+// the checks (members read at most every second, devices every 10 s) and without, in one run:
+//
+//	go test -tags goolm -run '^$' -bench BenchmarkSendOnlyMemberCheck -benchtime 300x -count 6 ./e2ee/ | tee check.txt
+//	benchstat -col /check check.txt
+func BenchmarkSendOnlyMemberCheck(b *testing.B) {
+	srv := matrixtest.NewServer(b)
+	for _, check := range []bool{true, false} {
+		b.Run(fmt.Sprintf("check=%v", check), func(b *testing.B) {
+			benchRun++ // the function runs more than once (b.N = 1 first): fresh users each time
+			tag := fmt.Sprintf("%v-%d", check, benchRun)
+			bot := newSendOnlyParty(b, srv, "bot-"+tag)
+			if !check {
+				e2ee.DisableMemberChecks(bot.m)
+			}
+			var invite []id.UserID
+			for i := range 4 {
+				invite = append(invite, newSendOnlyParty(b, srv, fmt.Sprintf("m%d-%s", i, tag)).c.UserID())
+			}
+			room, err := bot.c.CreateRoom(b.Context(), matrix.RoomSpec{Preset: matrix.CaseRoom, CaseID: tag, Invite: invite})
+			if err != nil {
+				b.Fatal(err)
+			}
+			send(b, bot, room, matrix.Text("warm up")) // first send: room state, devices, the key
+			b.ResetTimer()
+			pending := make([]*matrix.Pending, 0, b.N)
+			for i := range b.N {
+				p, err := bot.c.Send(b.Context(), room, matrix.Text(fmt.Sprintf("notification %d", i)), matrix.SendOptions{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				pending = append(pending, p)
+			}
+			for _, p := range pending {
+				if _, err := p.Wait(b.Context()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -111,6 +111,8 @@ type Machine struct {
 
 	db *dbutil.Database // this package's tables
 
+	noMemberChecks bool // benchmarks only (export_test.go): the baseline without them
+
 	// crossMu keeps Bootstrap, Recover and Status apart from sync processing: mautrix's
 	// OlmMachine updates its cached cross-signing keys while it processes device lists,
 	// without a lock of its own (a data race the race detector showed).

@@ -148,8 +148,9 @@ func (m *Machine) noteSession(rk *roomKeys, session id.SessionID) {
 func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID, rk *roomKeys) error {
 	syncing := m.c.Syncing()
 	now := time.Now()
-	readMembers := !rk.loaded || (!syncing && now.Sub(rk.membersAt) >= MemberCheckInterval)
-	readDevices := !rk.loaded || (!syncing && now.Sub(rk.devicesAt) >= DeviceCheckInterval)
+	checks := !syncing && !m.noMemberChecks
+	readMembers := !rk.loaded || (checks && now.Sub(rk.membersAt) >= MemberCheckInterval)
+	readDevices := !rk.loaded || (checks && now.Sub(rk.devicesAt) >= DeviceCheckInterval)
 	if !readMembers && !readDevices {
 		return nil
 	}
