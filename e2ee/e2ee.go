@@ -151,17 +151,13 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 	if opts.Logger == nil {
 		opts.Logger = c.Logger()
 	}
-	db, err := upgradeDB(ctx, c.Database())
-	if err != nil {
-		return nil, err
-	}
 	mx := c.Mautrix()
 	helper, err := cryptohelper.NewCryptoHelper(mx, opts.PickleKey, c.Database())
 	if err != nil {
 		return nil, fmt.Errorf("e2ee: %w", err)
 	}
 	m := &Machine{c: c, mx: mx, helper: helper, opts: opts, accept: acceptMin, log: opts.Logger.With("component", "e2ee"),
-		rooms: map[id.RoomID]*roomKeys{}, db: db}
+		rooms: map[id.RoomID]*roomKeys{}}
 	helper.DBAccountID = accountID(c)
 	helper.DecryptErrorCallback = func(evt *event.Event, err error) {
 		m.log.Debug("mautrix could not decrypt an event (the Syncer retries it)", "room", evt.RoomID, "event", evt.ID, "err", err)
@@ -182,6 +178,10 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 		m.log.Warn("repaired a crypto store whose first key upload was not recorded (the process died during it)")
 	}
 	m.mach = helper.Machine()
+	// After mautrix's crypto store is set up: our schema indexes one of its tables.
+	if m.db, err = upgradeDB(ctx, c.Database()); err != nil {
+		return nil, err
+	}
 	m.mach.SendKeysMinTrust = shareMin
 	m.mach.AllowKeyShare = m.allowKeyShare
 	if n, err := adoptRoomKeys(ctx, c); err != nil {

@@ -144,7 +144,8 @@ func (m *Machine) noteSession(rk *roomKeys, session id.SessionID) {
 // Syncer is current (matrix.Client.Syncing) relies on sync for members and devices; one that
 // does not sync reads the members again when the last read is older than MemberCheckInterval
 // and the devices when older than DeviceCheckInterval. Whenever someone who was a member is gone, or the
-// current key was shared with someone who is no longer in the room, the key is discarded.
+// current key was shared with someone who is no longer in the room, the key is discarded; when
+// someone new is there, too, so that the next key reaches them.
 func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID, rk *roomKeys) error {
 	syncing := m.c.Syncing()
 	now := time.Now()
@@ -174,24 +175,19 @@ func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID, rk *roomKeys)
 	if err != nil {
 		return err
 	}
-	gone, added := false, false
-	for u := range before {
-		if !after[u] {
-			gone = true
-			break
-		}
-	}
+	added := false
 	for u := range after {
 		if !before[u] {
 			added = true
 			break
 		}
 	}
-	if !gone && !rk.loaded {
-		// The key may be from an earlier process, which saw members this one never knew.
-		if gone, err = m.sharedWithNonMember(ctx, room, after); err != nil {
-			return err
-		}
+	// Someone is gone if a device of theirs holds the current key and they are no longer in
+	// the room: decided from the crypto store, not from what the state store held before, so
+	// that nothing else refreshing the state store can hide a removal.
+	gone, err := m.heldByNonMember(ctx, room, after)
+	if err != nil {
+		return err
 	}
 	switch {
 	case gone:
@@ -233,9 +229,9 @@ func (m *Machine) joinedOrInvited(ctx context.Context, room id.RoomID) (map[id.U
 	return set, nil
 }
 
-// sharedWithNonMember reports whether room's current outbound session was shared with a user
-// who is not among members.
-func (m *Machine) sharedWithNonMember(ctx context.Context, room id.RoomID, members map[id.UserID]bool) (bool, error) {
+// heldByNonMember reports whether a device of a user who is not among members holds room's
+// current outbound session (an indexed lookup: see the e2ee schema).
+func (m *Machine) heldByNonMember(ctx context.Context, room id.RoomID, members map[id.UserID]bool) (bool, error) {
 	holders, err := m.sessionHolders(ctx, room)
 	if err != nil {
 		return false, err

@@ -28,10 +28,17 @@ type DeviceShare struct {
 	Reason string // for WithheldFrom: why the device does not have the key
 }
 
-// RoomKeyStatus describes room's current outbound room key as the crypto store has it, for the
-// members (joined or invited) the state store knows.
+// RoomKeyStatus describes room's current outbound room key, for the room's members (joined or
+// invited). It first brings what the device knows of the room up to date, as a send would (the
+// members and their devices; a key that someone gone holds is discarded).
 func (m *Machine) RoomKeyStatus(ctx context.Context, room id.RoomID) (RoomKey, error) {
 	rk := RoomKey{Room: room}
+	keys := m.room(room)
+	keys.mu.Lock()
+	defer keys.mu.Unlock()
+	if err := m.refreshRoom(ctx, room, keys); err != nil {
+		return rk, err
+	}
 	current, err := m.mach.CryptoStore.GetOutboundGroupSession(ctx, room)
 	if err != nil {
 		return rk, fmt.Errorf("e2ee: room key of %s: %w", room, err)

@@ -9,3 +9,6 @@ CREATE TABLE samtal_e2ee_session_member (
 	user_id    TEXT NOT NULL,
 	PRIMARY KEY (account_id, session_id, user_id)
 );
+-- Before an encrypted send, the devices holding the room's current key are looked up by
+-- session in mautrix's table, whose key starts with the user.
+CREATE INDEX IF NOT EXISTS samtal_megolm_shared_by_session ON crypto_megolm_outbound_session_shared (session_id);
