@@ -43,7 +43,7 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"room", "ensure", "#case-1:example.org", "--alias", "case-2"}, code: exitUsage, stderr: "takes the alias as its argument only"},
 		{args: []string{"login", "extra", "--json"}, code: exitUsage, stderr: `"error":"usage: unexpected arguments`, jsonStderr: true},
 		{args: []string{"logout", "extra"}, code: exitUsage, stderr: "unexpected arguments"},
-		{args: []string{"e2ee", "status", "extra"}, code: exitUsage, stderr: "unexpected arguments"},
+		{args: []string{"e2ee", "status", "!a:x", "extra"}, code: exitUsage, stderr: "unexpected arguments"},
 		{args: []string{"e2ee", "status", "-h"}, code: exitOK, stderr: "Prints this device's keys"},
 		{args: []string{"e2ee", "bootstrap", "-h"}, code: exitOK, stderr: "prints the recovery key once"},
 		{args: []string{"e2ee", "verify", "-h"}, code: exitOK, stderr: "comparing emoji"},

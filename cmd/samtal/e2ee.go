@@ -25,7 +25,8 @@ func runE2EE(ctx context.Context, e *env, args []string) error {
 	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(e.stderr, `Usage:
-  samtal e2ee status [--json]          this device's keys, cross-signing and key backup
+  samtal e2ee status [--json] [ROOM]   this device's keys, cross-signing and key backup; with a
+                                       room, whom its current room key went to and whom not
   samtal e2ee bootstrap [--reset]      set up cross-signing, secret storage and key backup;
                                        prints the recovery key once (needs SAMTAL_PASSWORD)
   samtal e2ee recover                  trust this new device and restore the key backup with
@@ -66,9 +67,13 @@ func runE2EEStatus(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "e2ee status")
 	acct := accountFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	setUsage(fs, "e2ee status [flags]", "Prints this device's keys and fingerprint, whether the account is cross-signed and this device\nverified, and the state of the server-side key backup.\n\n"+credentialsHelp)
-	if err := parseNoArgs(fs, args); err != nil {
+	setUsage(fs, "e2ee status [flags] [ROOM]", "Prints this device's keys and fingerprint, whether the account is cross-signed and this device\nverified, and the state of the server-side key backup. With ROOM (an ID or alias), also the\nroom's current room key: when it started, the devices it was shared with, and those it was\nwithheld from with the reason (\"why can't the officer read this?\").\n\n"+credentialsHelp)
+	rest, err := parseInterspersed(fs, args)
+	if err != nil {
 		return err
+	}
+	if len(rest) > 1 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, rest[1:])
 	}
 	done, err := openE2EE(ctx, e, acct)
 	if err != nil {
@@ -79,16 +84,66 @@ func runE2EEStatus(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	var key *e2ee.RoomKey
+	if len(rest) == 1 {
+		rooms, err := resolveRooms(ctx, acct.m.Client(), rest)
+		if err != nil {
+			return err
+		}
+		rk, err := acct.m.RoomKeyStatus(ctx, rooms[0])
+		if err != nil {
+			return err
+		}
+		key = &rk
+	}
 	if *asJSON {
-		return json.NewEncoder(e.stdout).Encode(map[string]any{
+		out := map[string]any{
 			"device_id": st.DeviceID, "fingerprint": st.Fingerprint, "cross_signing": st.CrossSigning,
 			"device_signed": st.DeviceSigned, "can_sign": st.CanSign, "backup_version": st.BackupVersion,
 			"not_backed_up": st.NotBackedUp,
-		})
+		}
+		if key != nil {
+			out["room_key"] = roomKeyJSON(*key)
+		}
+		return json.NewEncoder(e.stdout).Encode(out)
 	}
 	fmt.Fprintf(e.stdout, "device        %s\nfingerprint   %s\ncross-signing %v\ndevice signed %v\ncan sign      %v\nkey backup    %s\nnot backed up %d\n",
 		st.DeviceID, st.Fingerprint, st.CrossSigning, st.DeviceSigned, st.CanSign, orNone(string(st.BackupVersion)), st.NotBackedUp)
+	if key != nil {
+		if key.SessionID == "" {
+			fmt.Fprintf(e.stdout, "room key      none yet in %s: the next message starts one\n", key.Room)
+		} else {
+			fmt.Fprintf(e.stdout, "room key      %s in %s, started %s, %d messages\n", key.SessionID, key.Room, key.Started.Format(time.RFC3339), key.Messages)
+		}
+		for _, d := range key.SharedWith {
+			fmt.Fprintf(e.stdout, "  shared with   %s %s (%s)\n", d.User, d.Device, d.Trust)
+		}
+		for _, d := range key.WithheldFrom {
+			fmt.Fprintf(e.stdout, "  not shared    %s %s: %s\n", d.User, orNone(string(d.Device)), d.Reason)
+		}
+	}
 	return nil
+}
+
+// roomKeyJSON is a RoomKey as `e2ee status --json` prints it.
+func roomKeyJSON(k e2ee.RoomKey) map[string]any {
+	devices := func(ds []e2ee.DeviceShare) []map[string]any {
+		out := []map[string]any{}
+		for _, d := range ds {
+			m := map[string]any{"user_id": d.User, "device_id": d.Device, "trust": d.Trust.String()}
+			if d.Reason != "" {
+				m["reason"] = d.Reason
+			}
+			out = append(out, m)
+		}
+		return out
+	}
+	out := map[string]any{"room_id": k.Room, "session_id": k.SessionID, "messages": k.Messages,
+		"shared_with": devices(k.SharedWith), "withheld_from": devices(k.WithheldFrom)}
+	if !k.Started.IsZero() {
+		out["started"] = k.Started.UTC().Format(time.RFC3339)
+	}
+	return out
 }
 
 func orNone(s string) string {
