@@ -157,6 +157,14 @@ func TestRemovedMemberCannotRead(t *testing.T) {
 			must(t, cr.a.c.Kick(t.Context(), cr.room, cr.b.c.UserID(), ""))
 			cr.bot.syncedPast(2)()
 		}},
+		{"admin bans, syncing bot one sync later", true, false, false, func(t *testing.T, cr *caseRoom) {
+			must(t, cr.a.c.Ban(t.Context(), cr.room, cr.b.c.UserID(), ""))
+			cr.bot.syncedPast(2)()
+		}},
+		{"member leaves, syncing bot one sync later", true, false, false, func(t *testing.T, cr *caseRoom) {
+			must(t, cr.b.c.Leave(t.Context(), cr.room))
+			cr.bot.syncedPast(2)()
+		}},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
