@@ -97,6 +97,12 @@ func cannotRead(t testing.TB, p *party, holder *party, room id.RoomID, evt id.Ev
 	if p.syncer != nil {
 		p.syncedPast(2)()
 	}
+	cannotDecrypt(t, p, holder, room, evt)
+}
+
+// cannotDecrypt is cannotRead without waiting for p's Syncer.
+func cannotDecrypt(t testing.TB, p *party, holder *party, room id.RoomID, evt id.EventID) {
+	t.Helper()
 	raw, err := holder.c.Mautrix().GetEvent(t.Context(), room, evt)
 	if err != nil {
 		t.Fatal(err)
@@ -260,4 +266,53 @@ func TestRemovedMemberOnAnotherServer(t *testing.T) {
 		t.Errorf("m2 reuses m1's room key %s", s2)
 	}
 	cannotRead(t, cr.b, cr.a, cr.room, m2)
+}
+
+// TestQueuedBeforeKick: notifications queued in the outbox before a kick and sent after it are
+// not readable by the kicked member: every message that the room's timeline has after the
+// kick uses a key b never got.
+func TestQueuedBeforeKick(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	cr := newCaseRoom(t, srv, srv, "queued", true)
+	ctx := t.Context()
+	const n = 40
+	var pending []*matrix.Pending
+	for i := range n {
+		p, err := cr.bot.c.Send(ctx, cr.room, matrix.Text(fmt.Sprintf("queued: %02d", i)), matrix.SendOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pending = append(pending, p)
+		if i == 3 {
+			go func() { must(t, cr.bot.c.Kick(ctx, cr.room, cr.b.c.UserID(), "left the agency")) }()
+		}
+	}
+	for _, p := range pending {
+		if _, err := p.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cr.a.got.wait(t, fmt.Sprintf("queued: %02d", n-1))
+
+	cr.b.syncedPast(2)()
+	// The timeline as the server orders it, oldest first, from m1 on.
+	resp, err := cr.bot.c.Mautrix().Messages(ctx, cr.room, "", "", 'b', nil, 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kicked, after := false, 0
+	for i := len(resp.Chunk) - 1; i >= 0; i-- {
+		evt := resp.Chunk[i]
+		switch {
+		case evt.Type == event.StateMember && evt.GetStateKey() == string(cr.b.c.UserID()) && evt.Content.Raw["membership"] == "leave":
+			kicked = true
+		case kicked && evt.Type == event.EventEncrypted:
+			after++
+			cannotDecrypt(t, cr.b, cr.bot, cr.room, evt.ID)
+		}
+	}
+	if !kicked || after == 0 {
+		t.Fatalf("the kick (seen: %v) came after every queued message: nothing to check", kicked)
+	}
+	t.Logf("%d of %d queued messages went out after the kick", after, n)
 }
