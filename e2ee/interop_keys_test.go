@@ -3,7 +3,6 @@ package e2ee_test
 import (
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -104,36 +103,16 @@ func TestRestartNoUTDWithJSSDK(t *testing.T) {
 	const restarts, messages = 20, 200
 	node := findJSPeer(t)
 	srv := matrixtest.NewServer(t)
-	_, botPassword := srv.RegisterUser(t, "bot")
 	host := newParty(t, srv, "host")
 	jsUser, jsPassword := srv.RegisterUser(t, "element")
 	ctx := t.Context()
+	bot := newBotProcess(t, srv, jsUser, host.c.UserID())
 	room, err := host.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.PrivateChat, Name: "js restarts", Invite: []id.UserID{srv.UserID("bot"), jsUser}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("the bot's warnings and errors, run by run:\n%s", grepLines(filepath.Join(dir, "bot.log"), "=== run", "level=WARN", "level=ERROR"))
-		}
-	})
-	bot := &botProcess{t: t, dir: dir, env: append(os.Environ(),
-		envRestartChild+"=1",
-		"CHILD_DB="+filepath.Join(dir, "bot.db"),
-		"CHILD_URL="+srv.URL,
-		"CHILD_USER=bot",
-		"CHILD_PASSWORD="+botPassword,
-		"CHILD_ALICE="+string(jsUser),
-		"CHILD_INVITER="+string(host.c.UserID()),
-		"CHILD_OUT="+filepath.Join(dir, "seen.tsv"),
-	)}
 	bot.start(0)
-	waitFor(t, 30*time.Second, "the bot to join", func() bool {
-		members, err := host.c.Mautrix().JoinedMembers(ctx, room)
-		_, ok := members.Joined[srv.UserID("bot")]
-		return err == nil && ok
-	})
+	waitJoined(t, host.c, room, srv.UserID("bot"))
 
 	peer := node.start(t, srv.URL, "element", jsPassword, room, "PEER_NO_ECHO=1", fmt.Sprintf("PEER_SEND=%d", messages), "PEER_SEND_MS=60")
 	peer.expect(t, "ready", 2*time.Minute)
@@ -166,7 +145,7 @@ func TestRestartNoUTDWithJSSDK(t *testing.T) {
 		t.Fatalf("the bot never read %d of js-sdk's %d messages: %q", len(missing), messages, missing)
 	}
 	bot.stop(syscall.SIGTERM)
-	db, err := matrix.OpenDatabase(ctx, filepath.Join(dir, "bot.db"))
+	db, err := matrix.OpenDatabase(ctx, filepath.Join(bot.dir, "bot.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

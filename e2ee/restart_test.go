@@ -171,41 +171,19 @@ func TestRestartNoUTD(t *testing.T) {
 	}
 	const restarts = 20
 	srv := matrixtest.NewServer(t)
-	_, botPassword := srv.RegisterUser(t, "bot")
 	alice := newParty(t, srv, "alice")
 	ctx := t.Context()
+	bot := newBotProcess(t, srv, alice.c.UserID(), "")
 	room, err := alice.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.PrivateChat, Name: "restarts", Invite: []id.UserID{srv.UserID("bot")}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("the bot's warnings and errors, run by run:\n%s", grepLines(filepath.Join(dir, "bot.log"), "=== run", "level=WARN", "level=ERROR"))
-		}
-	})
-	bot := &botProcess{t: t, dir: dir, env: append(os.Environ(),
-		envRestartChild+"=1",
-		"CHILD_DB="+filepath.Join(dir, "bot.db"),
-		"CHILD_URL="+srv.URL,
-		"CHILD_USER=bot",
-		"CHILD_PASSWORD="+botPassword,
-		"CHILD_ALICE="+string(alice.c.UserID()),
-		"CHILD_OUT="+filepath.Join(dir, "seen.tsv"),
-	)}
 
 	// Run 0 logs in, uploads the device's keys and joins; only then do kills start. (A kill
 	// between the first key upload and the store's note of it is another story: see Enable's
 	// ErrStoreLost.)
 	bot.start(0)
-	waitFor(t, 30*time.Second, "the bot to join", func() bool {
-		members, err := alice.c.Mautrix().JoinedMembers(ctx, room)
-		if err != nil {
-			return false
-		}
-		_, joined := members.Joined[srv.UserID("bot")]
-		return joined
-	})
+	waitJoined(t, alice.c, room, srv.UserID("bot"))
 
 	// Alice talks all along, while the bot comes and goes.
 	sendCtx, stopSending := context.WithCancel(ctx)
@@ -289,7 +267,7 @@ func TestRestartNoUTD(t *testing.T) {
 	}
 	bot.stop(syscall.SIGTERM)
 
-	db, err := matrix.OpenDatabase(ctx, filepath.Join(dir, "bot.db"))
+	db, err := matrix.OpenDatabase(ctx, filepath.Join(bot.dir, "bot.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +287,48 @@ func TestRestartNoUTD(t *testing.T) {
 		restarts+1, killed, len(sent), len(asked), total.Undecryptable, total.LateDecrypted, total.Rejected)
 }
 
-// botProcess is TestRestartNoUTD's bot, run after run, with one log for all runs.
+// newBotProcess sets up the restart tests' bot: the user "bot" of srv (registered here), run
+// as a child process with its database in a new folder, recording the messages of watched and
+// accepting invites from watched and inviter (if not empty). Its log's warnings, errors and
+// kills are printed if the test fails.
+func newBotProcess(t *testing.T, srv *matrixtest.Server, watched, inviter id.UserID) *botProcess {
+	t.Helper()
+	_, password := srv.RegisterUser(t, "bot")
+	dir := t.TempDir()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the bot's warnings, errors and kills, run by run:\n%s", grepLines(filepath.Join(dir, "bot.log"), "=== run", "level=WARN", "level=ERROR", "dieAtWrite"))
+		}
+	})
+	env := append(os.Environ(),
+		envRestartChild+"=1",
+		"CHILD_DB="+filepath.Join(dir, "bot.db"),
+		"CHILD_URL="+srv.URL,
+		"CHILD_USER=bot",
+		"CHILD_PASSWORD="+password,
+		"CHILD_ALICE="+string(watched),
+		"CHILD_OUT="+filepath.Join(dir, "seen.tsv"),
+	)
+	if inviter != "" {
+		env = append(env, "CHILD_INVITER="+string(inviter))
+	}
+	return &botProcess{t: t, dir: dir, env: env}
+}
+
+// waitJoined waits until user has joined room, as c sees it.
+func waitJoined(t testing.TB, c *matrix.Client, room id.RoomID, user id.UserID) {
+	t.Helper()
+	waitFor(t, 30*time.Second, string(user)+" to join", func() bool {
+		members, err := c.Mautrix().JoinedMembers(t.Context(), room)
+		if err != nil {
+			return false
+		}
+		_, joined := members.Joined[user]
+		return joined
+	})
+}
+
+// botProcess is the restart tests' bot, run after run, with one log for all runs.
 type botProcess struct {
 	t   *testing.T
 	dir string
@@ -490,38 +509,16 @@ func TestKillDuringToDeviceHandling(t *testing.T) {
 		t.Skip("skipped in -short: restarts a bot process about 10 times (about 30 s)")
 	}
 	srv := matrixtest.NewServer(t)
-	_, botPassword := srv.RegisterUser(t, "bot")
 	alice := newParty(t, srv, "alice")
 	ctx := t.Context()
+	bot := newBotProcess(t, srv, alice.c.UserID(), "")
+	env := bot.env
 	room, err := alice.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.PrivateChat, Name: "to-device kills", Invite: []id.UserID{srv.UserID("bot")}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("the bot's log, warnings, errors and kills, run by run:\n%s", grepLines(filepath.Join(dir, "bot.log"), "=== run", "level=WARN", "level=ERROR", "dieAtWrite"))
-		}
-	})
-	env := append(os.Environ(),
-		envRestartChild+"=1",
-		"CHILD_DB="+filepath.Join(dir, "bot.db"),
-		"CHILD_URL="+srv.URL,
-		"CHILD_USER=bot",
-		"CHILD_PASSWORD="+botPassword,
-		"CHILD_ALICE="+string(alice.c.UserID()),
-		"CHILD_OUT="+filepath.Join(dir, "seen.tsv"),
-	)
-	bot := &botProcess{t: t, dir: dir, env: env}
 	bot.start(0)
-	waitFor(t, 30*time.Second, "the bot to join", func() bool {
-		members, err := alice.c.Mautrix().JoinedMembers(ctx, room)
-		if err != nil {
-			return false
-		}
-		_, joined := members.Joined[srv.UserID("bot")]
-		return joined
-	})
+	waitJoined(t, alice.c, room, srv.UserID("bot"))
 	send(t, alice, room, matrix.Text("hello"))
 	waitFor(t, 30*time.Second, "the bot to read the first message", func() bool { return bot.seen()["hello"] })
 	bot.stop(syscall.SIGTERM)
@@ -565,7 +562,7 @@ func TestKillDuringToDeviceHandling(t *testing.T) {
 		t.Fatal("the fault injector never fired: no write of to-device handling was seen")
 	}
 
-	db, err := matrix.OpenDatabase(ctx, filepath.Join(dir, "bot.db"))
+	db, err := matrix.OpenDatabase(ctx, filepath.Join(bot.dir, "bot.db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -140,6 +140,10 @@ onCommand = handle;
 for (const cmd of commands.splice(0)) handle(cmd);
 
 const toSend = Number(process.env.PEER_SEND || 0);
+// js-sdk refuses to encrypt until its sync has brought the room's encryption settings.
+while (toSend > 0 && !(await crypto.isEncryptionEnabledInRoom(ROOM))) {
+  await new Promise((r) => setTimeout(r, 100));
+}
 for (let i = 1; i <= toSend; i++) {
   const body = `js ${i}`;
   const { event_id } = await client.sendTextMessage(ROOM, body);
