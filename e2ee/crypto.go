@@ -36,6 +36,22 @@ func (m *Machine) ProcessSync(ctx context.Context, resp *mautrix.RespSync, since
 	rest := *resp
 	rest.DeviceLists = mautrix.DeviceLists{}
 	rest.ToDevice.Events = nil
+	// mautrix keeps some events in goroutines of its own (waiting for a missing key); the
+	// Syncer goes on preparing the response's events for its handlers, so mautrix gets copies.
+	rest.Rooms.Join = make(map[id.RoomID]*mautrix.SyncJoinedRoom, len(resp.Rooms.Join))
+	for room, r := range resp.Rooms.Join {
+		cp := *r
+		cp.Timeline.Events = copyEvents(r.Timeline.Events)
+		cp.State.Events = copyEvents(r.State.Events)
+		rest.Rooms.Join[room] = &cp
+	}
+	rest.Rooms.Leave = make(map[id.RoomID]*mautrix.SyncLeftRoom, len(resp.Rooms.Leave))
+	for room, r := range resp.Rooms.Leave {
+		cp := *r
+		cp.Timeline.Events = copyEvents(r.Timeline.Events)
+		cp.State.Events = copyEvents(r.State.Events)
+		rest.Rooms.Leave[room] = &cp
+	}
 	for _, evt := range resp.ToDevice.Events {
 		if evt == nil {
 			continue
@@ -57,6 +73,19 @@ func (m *Machine) ProcessSync(ctx context.Context, resp *mautrix.RespSync, since
 	m.synced = true
 	m.mu.Unlock()
 	return nil
+}
+
+// copyEvents returns shallow copies of evts: each event struct is new (mautrix sets its room
+// ID, type class and parsed content), what the events point to is shared and not changed.
+func copyEvents(evts []*event.Event) []*event.Event {
+	out := make([]*event.Event, len(evts))
+	for i, evt := range evts {
+		if evt != nil {
+			cp := *evt
+			out[i] = &cp
+		}
+	}
+	return out
 }
 
 // handleEncryptedToDevice decrypts an Olm-encrypted to-device message and stores what it
