@@ -144,9 +144,21 @@ const toSend = Number(process.env.PEER_SEND || 0);
 while (toSend > 0 && !(await crypto.isEncryptionEnabledInRoom(ROOM))) {
   await new Promise((r) => setTimeout(r, 100));
 }
+const sendWithRetry = async (body) => {
+  // Right after joining, js-sdk may not have set up the room's encryptor yet, though the room
+  // state says it is encrypted: it refuses, and a moment later it works.
+  for (let tries = 0; ; tries++) {
+    try {
+      return await client.sendTextMessage(ROOM, body);
+    } catch (e) {
+      if (tries >= 50 || !String(e?.message).includes("unconfigured room")) throw e;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+};
 for (let i = 1; i <= toSend; i++) {
   const body = `js ${i}`;
-  const { event_id } = await client.sendTextMessage(ROOM, body);
+  const { event_id } = await sendWithRetry(body);
   emit({ type: "sent", event_id, body });
   await new Promise((r) => setTimeout(r, Number(process.env.PEER_SEND_MS || 50)));
 }
