@@ -26,6 +26,7 @@ type Options struct {
 	Domain          string           // this server's name in the greeting; "" means the host name
 	MaxMessageBytes int64            // largest mail accepted, advertised as SIZE; 0 means 25 MiB
 	MaxRecipients   int              // recipients per mail; 0 means 50
+	MaxLineLength   int              // longest line of a mail, in bytes; 0 means 64 KiB (RFC 5321 says 1000; real mail is longer)
 	ReadTimeout     time.Duration    // per SMTP command; 0 means 5 minutes
 	WriteTimeout    time.Duration    // per SMTP reply; 0 means 1 minute
 	MinRetryDelay   time.Duration    // first wait after a failed delivery; 0 means 1 s
@@ -83,6 +84,9 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	if opts.MaxRecipients <= 0 {
 		opts.MaxRecipients = 50
 	}
+	if opts.MaxLineLength <= 0 {
+		opts.MaxLineLength = 64 << 10
+	}
 	if opts.ReadTimeout <= 0 {
 		opts.ReadTimeout = 5 * time.Minute
 	}
@@ -123,6 +127,7 @@ func (g *Gateway) newSMTPServer() *smtp.Server {
 	s.Domain = g.opts.Domain
 	s.MaxMessageBytes = g.opts.MaxMessageBytes
 	s.MaxRecipients = g.opts.MaxRecipients
+	s.MaxLineLength = g.opts.MaxLineLength
 	s.ReadTimeout = g.opts.ReadTimeout
 	s.WriteTimeout = g.opts.WriteTimeout
 	s.EnableSMTPUTF8 = true // PIPELINING, 8BITMIME and ENHANCEDSTATUSCODES go-smtp always has

@@ -88,6 +88,9 @@ func (s *session) Data(r io.Reader) error {
 		if errors.As(err, &se) && se.Code == smtp.ErrDataTooLarge.Code {
 			return ErrMessageTooLarge
 		}
+		if errors.Is(err, smtp.ErrTooLongLine) {
+			return ErrLineTooLong
+		}
 		return ErrSpoolUnavailable // the connection broke; the client sees nothing or tries again
 	}
 	if e, _ := message.ReadWithOptions(bytes.NewReader(raw), &message.ReadOptions{MaxHeaderBytes: maxHeaderBytes}); e == nil {

@@ -1,0 +1,298 @@
+package mailbridge_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/mailbridge"
+	"github.com/samtalhq/samtal/matrix"
+	"github.com/samtalhq/samtal/matrix/matrixtest"
+)
+
+// TestMailArrivesInRoom: mail sent with go-smtp's client and with swaks arrives in the room
+// its recipient routes to, plain and encrypted, with the sender and subject; a pattern route
+// creates its room from the template; hostile HTML arrives sanitized.
+func TestMailArrivesInRoom(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a homeserver and sends mail into it")
+	}
+	srv := matrixtest.NewServer(t)
+	bot := srv.NewClient(t, "mailbot", matrixtest.Encrypted())
+	officer := srv.NewClient(t, "officer", matrixtest.Encrypted())
+	plainRoom := roomWith(t, bot, officer, false)
+	secureRoom := roomWith(t, bot, officer, true)
+	router, err := mailbridge.NewRouter(
+		mailbridge.Route{Address: "cases@agency.example", Room: string(plainRoom)},
+		mailbridge.Route{Address: "secure@agency.example", Room: string(secureRoom)},
+		mailbridge.Route{Address: "case-{id}@cases.example", Room: "#case-{id}:" + srv.ServerName,
+			Create: &matrix.RoomSpec{Preset: matrix.CaseRoom, CaseID: "mail", Invite: []id.UserID{officer.UserID()}}},
+		mailbridge.Route{Address: "postmaster@cases.example", Room: string(plainRoom)},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
+	plain := matrixtest.NewRecorder(t, officer, "")
+
+	c := dial(t, addr)
+	if err := send(c, "anna@agency.example", []string{"cases@agency.example"},
+		mail("Anna Andersson <anna@agency.example>", "Sent with go-smtp", "gosmtp-1@agency.example", "Hello from Go.")); err != nil {
+		t.Fatalf("go-smtp: %v", err)
+	}
+	got := plain.Wait(t, subjectLine("Sent with go-smtp"))
+	if got.RoomID != plainRoom || !strings.Contains(got.Text(), "From: Anna Andersson <anna@agency.example>") || !strings.Contains(got.Text(), "Hello from Go.") {
+		t.Errorf("in %s: %q", got.RoomID, got.Text())
+	}
+
+	out, err := swaks(t, "--server", addr, "--from", "system@agency.example", "--to", "secure@agency.example",
+		"--header", "Subject: Sent with swaks", "--header", "From: Case System <system@agency.example>", "--body", "Hello from swaks.")
+	if err != nil {
+		t.Fatalf("swaks: %v\n%s", err, out)
+	}
+	got = plain.Wait(t, subjectLine("Sent with swaks"))
+	if got.RoomID != secureRoom || !got.Mautrix.WasEncrypted || !strings.Contains(got.Text(), "From: Case System <system@agency.example>") || !strings.Contains(got.Text(), "Hello from swaks.") {
+		t.Errorf("in %s (encrypted %v): %q", got.RoomID, got.Mautrix.WasEncrypted, got.Text())
+	}
+
+	hostile, err := os.ReadFile(filepath.Join("testdata", "hostile.eml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := send(c, "mallory@evil.example", []string{"cases@agency.example"}, string(hostile)); err != nil {
+		t.Fatal(err)
+	}
+	got = plain.Wait(t, subjectLine("hello"))
+	if html := message(got).FormattedBody; html == "" || strings.Contains(html, "script") || strings.Contains(html, "onerror") || strings.Contains(html, "tracker.example") || strings.Contains(got.Text(), "alert") {
+		t.Errorf("hostile HTML arrived as %q / %q", html, got.Text())
+	}
+
+	// A pattern route: the first mail creates the room from the template, inviting the
+	// officer; once they have joined, the next mail is read there, encrypted.
+	if err := send(c, "system@agency.example", []string{"case-4711@cases.example"}, mail("system@agency.example", "Case opened", "case-4711-1@agency.example", "New case.")); err != nil {
+		t.Fatal(err)
+	}
+	alias := id.RoomAlias("#case-4711:" + srv.ServerName)
+	var caseRoom id.RoomID
+	matrixtest.Eventually(t, func() error {
+		caseRoom, err = officer.Join(t.Context(), string(alias))
+		return err
+	})
+	if err := send(c, "system@agency.example", []string{"case-4711+update@cases.example"}, mail("system@agency.example", "Case updated", "case-4711-2@agency.example", "Update.")); err != nil {
+		t.Fatal(err)
+	}
+	got = plain.Wait(t, subjectLine("Case updated"))
+	if got.RoomID != caseRoom || !got.Mautrix.WasEncrypted {
+		t.Errorf("case mail in %s (encrypted %v), want %s", got.RoomID, got.Mautrix.WasEncrypted, caseRoom)
+	}
+}
+
+// TestSMTPReplies: each refusal has its exact reply code, a refused recipient does not refuse
+// the others, and a reused connection starts each mail clean.
+func TestSMTPReplies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a homeserver")
+	}
+	srv := matrixtest.NewServer(t)
+	bot := srv.NewClient(t, "mailbot")
+	officer := srv.NewClient(t, "officer")
+	room := roomWith(t, bot, officer, false)
+	other := roomWith(t, bot, officer, false)
+	router, err := mailbridge.NewRouter(
+		mailbridge.Route{Address: "cases@agency.example", Room: string(room)},
+		mailbridge.Route{Address: "other@agency.example", Room: string(other)},
+		mailbridge.Route{Address: "registry@agency.example", Room: string(room), AllowSenders: []string{"@agency.example"}},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const maxBytes = 64 << 10
+	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, MaxMessageBytes: maxBytes, MaxRecipients: 3})
+	inbox := matrixtest.NewRecorder(t, officer, "")
+	c := dial(t, addr)
+
+	for _, ext := range []string{"PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "SIZE"} {
+		if ok, _ := c.Extension(ext); !ok {
+			t.Errorf("EHLO does not advertise %s", ext)
+		}
+	}
+	if size, ok := c.MaxMessageSize(); !ok || size != maxBytes {
+		t.Errorf("SIZE %d, %v; want %d", size, ok, maxBytes)
+	}
+
+	wantCode(t, "unknown recipient", send(c, "a@agency.example", []string{"nobody@agency.example"}, "x"), 550, smtp.EnhancedCode{5, 1, 1})
+	wantCode(t, "sender not on the allow-list", send(c, "a@elsewhere.example", []string{"registry@agency.example"}, "x"), 550, smtp.EnhancedCode{5, 7, 1})
+	if err := c.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, "SIZE too large", c.Mail("a@agency.example", &smtp.MailOptions{Size: maxBytes + 1}), 552, smtp.EnhancedCode{5, 3, 4})
+	wantCode(t, "too large", send(c, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "big", "", strings.Repeat(strings.Repeat("x", 998)+"\r\n", maxBytes/1000+1))), 552, smtp.EnhancedCode{5, 3, 4})
+	wantCode(t, "after too large, the connection is in sync", c.Rcpt("cases@agency.example", nil), 502, smtp.EnhancedCode{5, 5, 1})
+	wantCode(t, "malformed header", send(c, "a@agency.example", []string{"cases@agency.example"}, "this is no header\r\n\r\nbody\r\n"), 550, smtp.EnhancedCode{5, 6, 0})
+
+	// Too many recipients: the fourth is refused for now, the three before it stand.
+	if err := c.Mail("a@agency.example", nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{"cases@agency.example", "cases+x@agency.example", "other@agency.example"} {
+		if err := c.Rcpt(r, nil); err != nil {
+			t.Fatalf("RCPT %s: %v", r, err)
+		}
+	}
+	wantCode(t, "fourth recipient", c.Rcpt("cases+y@agency.example", nil), 452, smtp.EnhancedCode{4, 5, 3})
+	if err := c.Reset(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A refused recipient does not refuse the others, and two recipients for one room post
+	// once there. The same connection, after RSET and after refusals, starts clean: the mail
+	// goes only to this transaction's recipients.
+	if err := c.Mail("a@agency.example", nil); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, "unknown among known", c.Rcpt("nobody@agency.example", nil), 550, smtp.EnhancedCode{5, 1, 1})
+	for _, r := range []string{"cases@agency.example", "cases+4711@agency.example", "other@agency.example"} {
+		if err := c.Rcpt(r, nil); err != nil {
+			t.Fatalf("RCPT %s: %v", r, err)
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Write([]byte(mail("a@agency.example", "Two rooms", "two-rooms@agency.example", "once per room")))
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(c, "a@agency.example", []string{"other@agency.example"}, mail("a@agency.example", "Only other", "only-other@agency.example", "second mail")); err != nil {
+		t.Fatal(err)
+	}
+	if err := send(c, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "Marker", "marker@agency.example", "last")); err != nil {
+		t.Fatal(err)
+	}
+	inbox.Wait(t, func(e *matrix.Event) bool { return e.RoomID == other && subjectLine("Only other")(e) })
+	inbox.Wait(t, func(e *matrix.Event) bool { return e.RoomID == room && subjectLine("Marker")(e) })
+	if n := count(inbox, func(e *matrix.Event) bool { return e.RoomID == room && subjectLine("Two rooms")(e) }); n != 1 {
+		t.Errorf("the mail is in the cases room %d times, want once", n)
+	}
+	if n := count(inbox, func(e *matrix.Event) bool { return e.RoomID == other && subjectLine("Two rooms")(e) }); n != 1 {
+		t.Errorf("the mail is in the other room %d times, want once", n)
+	}
+	if n := count(inbox, func(e *matrix.Event) bool { return e.RoomID == room && subjectLine("Only other")(e) }); n != 0 {
+		t.Errorf("a recipient of the mail before leaked into the next one")
+	}
+	if err := c.Quit(); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestSpoolCannotCommit: when the spool cannot store a mail, the client is told 451 4.3.0 (try
+// again later), never 250 and never a permanent 554. The fault is injected by closing the
+// spool's database under the running gateway.
+func TestSpoolCannotCommit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a homeserver")
+	}
+	srv := matrixtest.NewServer(t)
+	bot := srv.NewClient(t, "mailbot")
+	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: "!nowhere:" + srv.ServerName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := openDB(t, "spool.db")
+	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: db})
+	db.Close()
+	c := dial(t, addr)
+	wantCode(t, "spool closed", send(c, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "lost?", "", "x")), 451, smtp.EnhancedCode{4, 3, 0})
+}
+
+// TestSameMailPostedOnce: a mail delivered twice (a client that retried after a lost 250, a
+// relay) is posted once; without a Message-ID, the same content counts as the same mail.
+func TestSameMailPostedOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a homeserver")
+	}
+	srv := matrixtest.NewServer(t)
+	bot := srv.NewClient(t, "mailbot")
+	officer := srv.NewClient(t, "officer")
+	room := roomWith(t, bot, officer, false)
+	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
+	inbox := matrixtest.NewRecorder(t, officer, room)
+	withID := mail("a@agency.example", "Twice", "twice@agency.example", "the same mail")
+	withoutID := mail("a@agency.example", "Twice without ID", "", "the same content")
+	for range 2 {
+		c := dial(t, addr) // a retry comes on a new connection
+		for _, m := range []string{withID, withoutID} {
+			if err := send(c, "a@agency.example", []string{"cases@agency.example"}, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	c := dial(t, addr)
+	if err := send(c, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "Marker", "marker@agency.example", "after")); err != nil {
+		t.Fatal(err)
+	}
+	// Mail is posted in the order it was spooled, and one room's posts go out in order, so
+	// when the marker is there the duplicates would be too.
+	inbox.Wait(t, subjectLine("Marker"))
+	for _, s := range []string{"Twice", "Twice without ID"} {
+		if n := count(inbox, subjectLine(s)); n != 1 {
+			t.Errorf("%q posted %d times, want once", s, n)
+		}
+	}
+}
+
+// TestMailSurvivesOutage: a mail answered with 250 while the homeserver is down arrives once
+// it is back, even when the gateway is restarted in between.
+func TestMailSurvivesOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stops and starts a homeserver")
+	}
+	srv := matrixtest.NewServer(t)
+	bot := srv.NewClient(t, "mailbot")
+	officer := srv.NewClient(t, "officer")
+	room := roomWith(t, bot, officer, false)
+	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := openDB(t, "spool.db")
+	first, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: db})
+
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, addr)
+	if err := send(c, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "During the outage", "outage@agency.example", "kept safe")); err != nil {
+		t.Fatalf("mail during the outage: %v", err)
+	}
+	c.Close()
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: db})
+	inbox := matrixtest.NewRecorder(t, officer, room)
+	inbox.Wait(t, subjectLine("During the outage"))
+	p, err := bot.Send(t.Context(), room, matrix.Text("marker"), matrix.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	inbox.WaitText(t, "marker")
+	if n := count(inbox, subjectLine("During the outage")); n != 1 {
+		t.Errorf("posted %d times, want once", n)
+	}
+}
