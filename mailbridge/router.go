@@ -134,7 +134,7 @@ func compile(rt Route) (compiledRoute, error) {
 		}
 	}
 	if rt.Create != nil && !strings.HasPrefix(room, "#") {
-		return compiledRoute{}, fmt.Errorf("Create needs an alias room (#...)")
+		return compiledRoute{}, fmt.Errorf("a room template (Create) needs an alias room (#...)")
 	}
 	rt.Room = room
 	c := compiledRoute{route: rt}
