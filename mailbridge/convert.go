@@ -44,7 +44,8 @@ type Mail struct {
 type Attachment struct {
 	Name     string // file name, made safe (no path, no control or bidi characters); may be ""
 	MimeType string
-	Size     int64 // decoded size in bytes
+	Size     int64  // decoded size in bytes
+	Data     []byte // the decoded file
 }
 
 // Parse reads a mail (RFC 5322 with MIME) and returns it decoded: RFC 2047 encoded words in
@@ -151,11 +152,11 @@ func (p *partReader) walk(e *message.Entity, depth int) body {
 		if name == "" {
 			name = params["name"]
 		}
-		n, err := io.Copy(io.Discard, e.Body)
+		data, err := io.ReadAll(e.Body)
 		if err != nil {
 			p.mail.problem(err)
 		}
-		p.mail.Attachments = append(p.mail.Attachments, Attachment{Name: SafeFileName(name), MimeType: clean(mediaType, false), Size: n})
+		p.mail.Attachments = append(p.mail.Attachments, Attachment{Name: SafeFileName(name), MimeType: clean(mediaType, false), Size: int64(len(data)), Data: data})
 		return body{}
 	}
 	text, err := p.read(e.Body)
@@ -260,7 +261,8 @@ func (p *partReader) note(msg string) {
 }
 
 // Message returns the mail as a Matrix message: a compact header (sender and subject), the
-// text, and what could not be shown. Mail with HTML becomes formatted_body (sanitized, remote
+// text, the names of its attachments (which the Gateway posts as files right after it), and
+// what could not be shown. Mail with HTML becomes formatted_body (sanitized, remote
 // images dropped) with the plaintext body beside it. matrix.Client.Send shortens it to the
 // event size limit and attaches the full text when it is too long.
 func (m *Mail) Message() matrix.Message {
@@ -291,7 +293,7 @@ func (m *Mail) Message() matrix.Message {
 			}
 			names = append(names, fmt.Sprintf("%s (%d bytes)", n, a.Size))
 		}
-		notes = append(notes, "Attachments not posted: "+strings.Join(names, ", "))
+		notes = append(notes, "Attachments: "+strings.Join(names, ", "))
 	}
 	for _, p := range m.Problems {
 		notes = append(notes, "Note: "+p)

@@ -63,7 +63,7 @@ func TestConvert(t *testing.T) {
 		},
 		{
 			file:       "mixed.eml",
-			body:       []string{"See attached.", "Attachments not posted: evil.pdf (9 bytes)"},
+			body:       []string{"See attached.", "Attachments: evil.pdf (9 bytes)"},
 			notBody:    []string{"..", "/etc", "\u202e"},
 			wantNoHTML: true,
 		},

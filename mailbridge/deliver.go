@@ -6,7 +6,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -102,11 +104,33 @@ func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
 	} else {
 		msg = m.Message()
 	}
-	p, err := g.client.Send(ctx, room, msg, matrix.SendOptions{IdempotencyKey: idempotencyKey(m.MessageID, d.message, room)})
+	key := idempotencyKey(m.MessageID, d.message, room)
+	p, err := g.client.Send(ctx, room, msg, matrix.SendOptions{IdempotencyKey: key})
 	if err != nil {
 		return 0, fmt.Errorf("post mail %d into %s: %w", d.spoolID, room, err)
 	}
+	for i, a := range m.Attachments {
+		if err := g.postAttachment(ctx, room, a, i, key+"/"+strconv.Itoa(i+1)); err != nil {
+			return 0, fmt.Errorf("post attachment %d of mail %d into %s: %w", i+1, d.spoolID, room, err)
+		}
+	}
 	return p.ID, nil
+}
+
+// postAttachment sends one attachment as a file (encrypted in an encrypted room, by the
+// client). One larger than the homeserver accepts is replaced by a notice saying so, since
+// trying again would not help.
+func (g *Gateway) postAttachment(ctx context.Context, room id.RoomID, a Attachment, i int, key string) error {
+	name := a.Name
+	if name == "" {
+		name = fmt.Sprintf("attachment-%d", i+1)
+	}
+	_, err := g.client.SendFile(ctx, room, matrix.Attachment{Name: name, MimeType: a.MimeType, Data: a.Data}, matrix.SendOptions{IdempotencyKey: key})
+	if errors.Is(err, matrix.ErrTooLarge) {
+		note := matrix.Notice(fmt.Sprintf("The attachment %s (%d bytes) is larger than the homeserver accepts; it is kept in the gateway's spool.", name, a.Size))
+		_, err = g.client.Send(ctx, room, note, matrix.SendOptions{IdempotencyKey: key})
+	}
+	return err
 }
 
 // resolve returns the room ID of a delivery's target, creating an alias room from its

@@ -38,11 +38,14 @@
 // plaintext body; control characters, NUL and bidi overrides are removed. What could not be read
 // is said in the message rather than dropped silently.
 //
-// Not done yet (issue 10): attachments are listed by name and size but not uploaded; no
-// STARTTLS, implicit TLS or AUTH; no SPF, DKIM or DMARC, so an allow-list checks an
-// unauthenticated envelope sender; no limits on connections, header count or per-sender rate;
-// no group commit; no dead-letter state (a delivery that keeps failing is retried for ever, at
-// most every Options.MaxRetryDelay); no threads from In-Reply-To and References; no inline cid:
-// images, message/rfc822 or calendar rendering; no IMAP poller; no detection of automated mail
-// and bounces; no claiming of spool work by several instances on PostgreSQL; no metrics.
+// Attachments follow the mail as files (Client.SendFile; encrypted in encrypted rooms), under
+// safe names; one over the homeserver's upload limit is replaced by a notice.
+//
+// Not done yet (issue 10): no STARTTLS, implicit TLS or AUTH; no SPF, DKIM or DMARC, so an
+// allow-list checks an unauthenticated envelope sender; no limits on connections, header count
+// or per-sender rate; no group commit; no dead-letter state (a delivery that keeps failing is
+// retried for ever, at most every Options.MaxRetryDelay); no threads from In-Reply-To and
+// References; no inline cid: images, message/rfc822 or calendar rendering; no IMAP poller; no
+// detection of automated mail and bounces; no claiming of spool work by several instances on
+// PostgreSQL; no metrics.
 package mailbridge

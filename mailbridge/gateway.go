@@ -49,15 +49,18 @@ type Gateway struct {
 	worker sync.WaitGroup
 	data   sync.WaitGroup // DATA commands spooling right now
 
-	mu     sync.Mutex
-	closed bool
+	mu       sync.Mutex
+	closed   bool
+	done     chan struct{} // closed when Close has finished
+	closeErr error
 }
 
 // ErrMissingOption is wrapped by New's error when a required Option is not set.
 var ErrMissingOption = errors.New("mailbridge: required option missing")
 
 // New opens the spool (creating its tables in the database) and starts the delivery worker,
-// which also delivers what an earlier run spooled. Call Serve or ListenAndServe to receive
+// which also delivers what an earlier run spooled. ctx bounds only the opening; the Gateway
+// runs until Close. Call Serve or ListenAndServe to receive
 // mail, and Close to stop.
 func New(ctx context.Context, opts Options) (*Gateway, error) {
 	if opts.Client == nil {
@@ -113,6 +116,7 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 		client: opts.Client,
 		spool:  sp,
 		wake:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
 	}
 	g.ctx, g.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	g.server = g.newSMTPServer()
@@ -167,20 +171,22 @@ func (g *Gateway) ListenAndServe(ctx context.Context) error {
 // database. Close does not close the Client or the database.
 func (g *Gateway) Close() error {
 	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
-		return nil
-	}
+	first := !g.closed
 	g.closed = true
 	g.mu.Unlock()
-	err := g.server.Close()
-	if errors.Is(err, smtp.ErrServerClosed) {
-		err = nil
+	if first {
+		err := g.server.Close()
+		if errors.Is(err, smtp.ErrServerClosed) {
+			err = nil
+		}
+		g.data.Wait()
+		g.cancel()
+		g.worker.Wait()
+		g.closeErr = err
+		close(g.done)
 	}
-	g.data.Wait()
-	g.cancel()
-	g.worker.Wait()
-	return err
+	<-g.done // a second Close waits for the first
+	return g.closeErr
 }
 
 func (g *Gateway) isClosed() bool {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/emersion/go-smtp"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/mailbridge"
@@ -69,6 +70,26 @@ func TestMailArrivesInRoom(t *testing.T) {
 	got = plain.Wait(t, subjectLine("hello"))
 	if html := message(got).FormattedBody; html == "" || strings.Contains(html, "script") || strings.Contains(html, "onerror") || strings.Contains(html, "tracker.example") || strings.Contains(got.Text(), "alert") {
 		t.Errorf("hostile HTML arrived as %q / %q", html, got.Text())
+	}
+
+	// Attachments follow the mail as files, encrypted in an encrypted room, under a safe name.
+	mixed, err := os.ReadFile(filepath.Join("testdata", "mixed.eml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := send(c, "a@b.example", []string{"secure@agency.example"}, string(mixed)); err != nil {
+		t.Fatal(err)
+	}
+	plain.Wait(t, subjectLine("report"))
+	file := plain.Wait(t, func(e *matrix.Event) bool {
+		return e.RoomID == secureRoom && e.Content.AsMessage().MsgType == event.MsgFile
+	})
+	fc := message(file)
+	if !file.Mautrix.WasEncrypted || fc.File == nil || fc.Body != "evil.pdf" {
+		t.Errorf("attachment arrived as %q (encrypted event %v, encrypted file %v)", fc.Body, file.Mautrix.WasEncrypted, fc.File != nil)
+	}
+	if data, err := officer.Download(t.Context(), fc, 0); err != nil || string(data) != "%PDF-1.4\n" {
+		t.Errorf("attachment content %q, %v", data, err)
 	}
 
 	// A pattern route: the first mail creates the room from the template, inviting the
