@@ -132,7 +132,7 @@ func TestSMTPReplies(t *testing.T) {
 		t.Fatal(err)
 	}
 	const maxBytes = 64 << 10
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, MaxMessageBytes: maxBytes, MaxRecipients: 3})
+	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, MaxMessageBytes: maxBytes, MaxRecipients: 3, MaxLineLength: 16 << 10})
 	inbox := matrixtest.NewRecorder(t, officer, "")
 	c := dial(t, addr)
 
@@ -208,6 +208,16 @@ func TestSMTPReplies(t *testing.T) {
 	}
 	if err := c.Quit(); err != nil {
 		t.Error(err)
+	}
+
+	// A line longer than MaxLineLength: a clear 500 5.5.2, never a plain 554.
+	long := dial(t, addr)
+	wantCode(t, "line too long", send(long, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "long", "", strings.Repeat("y", 20<<10))), 500, smtp.EnhancedCode{5, 5, 2})
+
+	// swaks, pipelining: the unknown recipient is refused with 550 5.1.1.
+	out, err := swaks(t, "--server", addr, "--pipeline", "--from", "a@agency.example", "--to", "nobody@agency.example", "--body", "x")
+	if err == nil || !strings.Contains(out, "550 5.1.1") {
+		t.Errorf("swaks to an unknown recipient: %v\n%s", err, out)
 	}
 }
 
