@@ -1,6 +1,9 @@
 package mailbridge_test
 
 import (
+	"io"
+	"net"
+	"net/textproto"
 	"os"
 	"path/filepath"
 	"strings"
@@ -213,6 +216,37 @@ func TestSMTPReplies(t *testing.T) {
 	// A line longer than MaxLineLength: a clear 500 5.5.2, never a plain 554.
 	long := dial(t, addr)
 	wantCode(t, "line too long", send(long, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "long", "", strings.Repeat("y", 20<<10))), 500, smtp.EnhancedCode{5, 5, 2})
+
+	// SMTP smuggling: only <CR><LF>.<CR><LF> ends the data, so commands hidden behind a bare
+	// <LF>.<LF> or <LF>.<CR><LF> stay text of the one mail, and no second mail is made of them.
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	conn := textproto.NewConn(raw)
+	smuggled := "EHLO x\r\nMAIL FROM:<a@agency.example>\r\nRCPT TO:<other@agency.example>\r\nDATA\r\n" +
+		"From: a@agency.example\r\nSubject: Smuggler\r\n\r\nfirst\n.\nMAIL FROM:<evil@agency.example>\nRCPT TO:<cases@agency.example>\nDATA\n" +
+		"Subject: Smuggled\n\nsecond\n.\r\nQUIT\r\n.\r\n"
+	if _, err := io.WriteString(raw, smuggled); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []int{220, 250, 250, 250, 354, 250} {
+		if _, _, err := conn.ReadResponse(want); err != nil {
+			t.Fatalf("smuggling: want %d: %v", want, err)
+		}
+	}
+	got := inbox.Wait(t, subjectLine("Smuggler"))
+	if got.RoomID != other || !strings.Contains(got.Text(), "Subject: Smuggled") {
+		t.Errorf("the smuggled text is not part of the mail: %q", got.Text())
+	}
+	if err := send(dial(t, addr), "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "Marker 2", "marker-2@agency.example", "last")); err != nil {
+		t.Fatal(err)
+	}
+	inbox.Wait(t, subjectLine("Marker 2"))
+	if n := count(inbox, func(e *matrix.Event) bool { return subjectLine("Smuggled")(e) && !subjectLine("Smuggler")(e) }); n != 0 {
+		t.Errorf("a smuggled mail was posted %d times", n)
+	}
 
 	// swaks, pipelining: the unknown recipient is refused with 550 5.1.1.
 	out, err := swaks(t, "--server", addr, "--pipeline", "--from", "a@agency.example", "--to", "nobody@agency.example", "--body", "x")
