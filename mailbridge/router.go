@@ -37,6 +37,8 @@ type Match struct {
 	Route      *Route // the route that matched
 	Room       string // Route.Room with the capture filled in
 	Subaddress string // what followed '+' in the local part, if anything
+
+	postmaster bool // postmaster@ routed to its domain's first route: open to every sender
 }
 
 // Router finds the route for a recipient address. It is safe for concurrent use.
@@ -177,16 +179,18 @@ func (r *Router) Match(recipient string) (Match, error) {
 	if base == "postmaster" {
 		if i, ok := r.postmaster[domain]; ok {
 			c := &r.routes[i]
-			return Match{Recipient: recipient, Route: &c.route, Room: c.route.Room, Subaddress: sub}, nil
+			return Match{Recipient: recipient, Route: &c.route, Room: c.route.Room, Subaddress: sub, postmaster: true}, nil
 		}
 	}
 	return Match{}, fmt.Errorf("recipient %q: %w", recipient, ErrUnknownRecipient)
 }
 
 // Allows reports whether the match's route takes mail from the envelope sender. An empty
-// sender (a bounce, MAIL FROM:<>) passes only routes without an allow-list.
+// sender (a bounce, MAIL FROM:<>) passes only routes without an allow-list. postmaster@ mail
+// that goes to its domain's first route passes whatever that route's allow-list says, since
+// postmaster must reach someone.
 func (m Match) Allows(sender string) bool {
-	if m.Route == nil || len(m.Route.AllowSenders) == 0 {
+	if m.Route == nil || len(m.Route.AllowSenders) == 0 || m.postmaster {
 		return true
 	}
 	local, domain, ok := splitAddress(sender)

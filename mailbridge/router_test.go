@@ -98,6 +98,9 @@ func TestRouterAllowSenders(t *testing.T) {
 			t.Errorf("Allows(%q) = %v, want %v", sender, got, want)
 		}
 	}
+	if pm, err := r.Match("postmaster@agency.example"); err != nil || !pm.Allows("stranger@elsewhere.example") || !pm.Allows("") {
+		t.Errorf("postmaster@ through a route with an allow-list refused a sender: %v", err)
+	}
 	open, _ := NewRouter(Route{Address: "a@b.example", Room: "!r:hs.example"})
 	if m, _ := open.Match("a@b.example"); !m.Allows("") || !m.Allows("x@y.example") {
 		t.Error("a route without an allow-list refused a sender")
