@@ -12,8 +12,9 @@
 // 8BITMIME, SMTPUTF8 and ENHANCEDSTATUSCODES, and answers with exact codes: an address no
 // route accepts gets 550 5.1.1 at RCPT (other recipients of the same mail are not affected), a
 // sender not on a route's allow-list 550 5.7.1, a mail over Options.MaxMessageBytes 552 5.3.4,
-// too many recipients 452 4.5.3, an unreadable header 550 5.6.0, and a spool that cannot
-// commit 451 4.3.0, so the sender tries again. These replies are the package's error values
+// too many recipients 452 4.5.3, a line over Options.MaxLineLength 500 5.5.2, an unreadable
+// header 550 5.6.0, a connection over Options.MaxConnections 421 4.7.0, and a spool that
+// cannot commit 451 4.3.0, so the sender tries again. These replies are the package's error values
 // (ErrUnknownRecipient and the others), each an *smtp.SMTPError. postmaster@ is accepted for
 // every routed domain.
 //
@@ -42,8 +43,8 @@
 // safe names; one over the homeserver's upload limit is replaced by a notice.
 //
 // Not done yet (issue 10): no STARTTLS, implicit TLS or AUTH; no SPF, DKIM or DMARC, so an
-// allow-list checks an unauthenticated envelope sender; no limits on connections, header count
-// or per-sender rate; no group commit; no dead-letter state (a delivery that keeps failing is
+// allow-list checks an unauthenticated envelope sender; no limit on header count or
+// per-sender rate (MIME depth and part count are capped when converting, not refused at DATA); no group commit; no dead-letter state (a delivery that keeps failing is
 // retried for ever, at most every Options.MaxRetryDelay); no threads from In-Reply-To and
 // References; no inline cid: images, message/rfc822 or calendar rendering; no IMAP poller; no
 // detection of automated mail and bounces; no claiming of spool work by several instances on

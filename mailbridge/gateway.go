@@ -26,6 +26,7 @@ type Options struct {
 	Domain          string           // this server's name in the greeting; "" means the host name
 	MaxMessageBytes int64            // largest mail accepted, advertised as SIZE; 0 means 25 MiB
 	MaxRecipients   int              // recipients per mail; 0 means 50
+	MaxConnections  int              // SMTP connections at a time; more get 421 4.7.0; 0 means 100
 	MaxLineLength   int              // longest line of a mail, in bytes; 0 means 64 KiB (RFC 5321 says 1000; real mail is longer)
 	ReadTimeout     time.Duration    // per SMTP command; 0 means 5 minutes
 	WriteTimeout    time.Duration    // per SMTP reply; 0 means 1 minute
@@ -86,6 +87,9 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	}
 	if opts.MaxRecipients <= 0 {
 		opts.MaxRecipients = 50
+	}
+	if opts.MaxConnections <= 0 {
+		opts.MaxConnections = 100
 	}
 	if opts.MaxLineLength <= 0 {
 		opts.MaxLineLength = 64 << 10
@@ -148,7 +152,7 @@ func (g *Gateway) Serve(ctx context.Context, l net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { _ = g.Close() })
 	defer stop()
 	g.log.Info("receiving mail", "addr", l.Addr().String())
-	err := g.server.Serve(l)
+	err := g.server.Serve(&limitListener{Listener: l, max: int64(g.opts.MaxConnections)})
 	if g.isClosed() || errors.Is(err, smtp.ErrServerClosed) {
 		return ErrClosed
 	}

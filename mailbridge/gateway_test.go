@@ -1,6 +1,7 @@
 package mailbridge_test
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/textproto"
@@ -360,4 +361,41 @@ func TestMailSurvivesOutage(t *testing.T) {
 	if n := count(inbox, subjectLine("During the outage")); n != 1 {
 		t.Errorf("posted %d times, want once", n)
 	}
+}
+
+// TestConnectionLimit: a connection over MaxConnections is answered 421 4.7.0 (try later) and
+// closed; once a connection ends, a new one is served again.
+func TestConnectionLimit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a homeserver")
+	}
+	srv := matrixtest.NewServer(t)
+	bot := srv.NewClient(t, "mailbot")
+	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: "!r:" + srv.ServerName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, MaxConnections: 1})
+	first := dial(t, addr)
+	greeting := func() (int, string, error) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return 0, "", err
+		}
+		defer c.Close()
+		return textproto.NewConn(c).ReadResponse(0)
+	}
+	code, msg, _ := greeting()
+	if code != 421 || !strings.HasPrefix(msg, "4.7.0") {
+		t.Fatalf("connection over the limit greeted %d %q, want 421 4.7.0", code, msg)
+	}
+	if err := first.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	matrixtest.Eventually(t, func() error {
+		if code, msg, err := greeting(); code != 220 {
+			return fmt.Errorf("greeted %d %q (%v) after the first connection ended", code, msg, err)
+		}
+		return nil
+	})
 }
