@@ -35,6 +35,10 @@ type Mail struct {
 	Text        string       // plaintext body, always set when the mail has any text
 	HTML        string       // sanitized HTML body, "" when the mail has none
 	Attachments []Attachment // parts that are files rather than text
+	// Automated says why the mail looks sent by a program rather than a person (Auto-Submitted
+	// other than "no", Precedence bulk, list or junk, List-Id, a delivery status report), or
+	// "" when nothing says so. Nothing must answer such mail automatically (RFC 3834).
+	Automated string
 	// Problems says, in words a reader understands, what could not be read: an unknown
 	// charset, a broken MIME structure. The text shown is best effort then.
 	Problems []string
@@ -90,11 +94,30 @@ func (m *Mail) readHeader(h mail.Header) {
 		m.Subject = clean(h.Get("Subject"), false)
 		m.Problems = append(m.Problems, "the subject could not be fully decoded")
 	}
+	m.Automated = automated(h)
 	if from, err := h.AddressList("From"); err == nil && len(from) > 0 {
 		m.FromName, m.FromAddress = clean(from[0].Name, false), clean(from[0].Address, false)
 	} else if raw := clean(h.Get("From"), false); raw != "" {
 		m.FromName = raw
 	}
+}
+
+// automated returns why the header marks the mail as automated, or "".
+func automated(h mail.Header) string {
+	if v := strings.ToLower(strings.TrimSpace(h.Get("Auto-Submitted"))); v != "" && !strings.HasPrefix(v, "no") {
+		return "Auto-Submitted: " + clean(v, false)
+	}
+	switch v := strings.ToLower(strings.TrimSpace(h.Get("Precedence"))); v {
+	case "bulk", "list", "junk":
+		return "Precedence: " + v
+	}
+	if h.Get("List-Id") != "" {
+		return "List-Id"
+	}
+	if t, params, err := h.ContentType(); err == nil && t == "multipart/report" && strings.EqualFold(params["report-type"], "delivery-status") {
+		return "delivery status report"
+	}
+	return ""
 }
 
 // problem records err in words; the error text of go-message names the charset or encoding,
@@ -294,6 +317,9 @@ func (m *Mail) Message() matrix.Message {
 			names = append(names, fmt.Sprintf("%s (%d bytes)", n, a.Size))
 		}
 		notes = append(notes, "Attachments: "+strings.Join(names, ", "))
+	}
+	if m.Automated != "" {
+		notes = append(notes, "Note: sent automatically ("+m.Automated+")")
 	}
 	for _, p := range m.Problems {
 		notes = append(notes, "Note: "+p)

@@ -182,3 +182,43 @@ func TestSafeFileName(t *testing.T) {
 		}
 	}
 }
+
+func TestParseAutomated(t *testing.T) {
+	for _, tc := range []struct{ header, want string }{
+		{"", ""},
+		{"Auto-Submitted: no\r\n", ""},
+		{"Auto-Submitted: auto-replied\r\n", "Auto-Submitted: auto-replied"},
+		{"Auto-Submitted: Auto-Generated\r\n", "Auto-Submitted: auto-generated"},
+		{"Precedence: bulk\r\n", "Precedence: bulk"},
+		{"Precedence: LIST\r\n", "Precedence: list"},
+		{"Precedence: first-class\r\n", ""},
+		{"List-Id: <cases.agency.example>\r\n", "List-Id"},
+		{"Content-Type: multipart/report; report-type=delivery-status; boundary=x\r\n", "delivery status report"},
+	} {
+		m, err := Parse(strings.NewReader("From: a@b.example\r\nSubject: s\r\n" + tc.header + "\r\nbody\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Automated != tc.want {
+			t.Errorf("%q: Automated = %q, want %q", tc.header, m.Automated, tc.want)
+		}
+		if body := m.Message().Content.(*event.MessageEventContent).Body; (tc.want != "") != strings.Contains(body, "sent automatically") {
+			t.Errorf("%q: body %q", tc.header, body)
+		}
+	}
+}
+
+func TestHeaderSize(t *testing.T) {
+	for raw, want := range map[string]int{
+		"":                          0,
+		"\r\nbody":                  0,
+		"A: b\r\n\r\nbody":          5,
+		"A: b\n\nbody\r\n\r\n":      4,
+		"A: b\r\nC: d":              10,
+		"A: b\r\n\r\nX: \n\nsecond": 5,
+	} {
+		if got := headerSize([]byte(raw)); got != want {
+			t.Errorf("headerSize(%q) = %d, want %d", raw, got, want)
+		}
+	}
+}

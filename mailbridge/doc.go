@@ -11,12 +11,13 @@
 // Receiving. The SMTP server (github.com/emersion/go-smtp) advertises SIZE, PIPELINING,
 // 8BITMIME, SMTPUTF8 and ENHANCEDSTATUSCODES, and answers with exact codes: an address no
 // route accepts gets 550 5.1.1 at RCPT (other recipients of the same mail are not affected), a
-// sender not on a route's allow-list 550 5.7.1, a mail over Options.MaxMessageBytes 552 5.3.4,
-// too many recipients 452 4.5.3, a line over Options.MaxLineLength 500 5.5.2, an unreadable
-// header 550 5.6.0, a connection over Options.MaxConnections 421 4.7.0, and a spool that
-// cannot commit 451 4.3.0, so the sender tries again. These replies are the package's error values
+// sender not on a route's allow-list 550 5.7.1, too many recipients 452 4.5.3, a mail over
+// Options.MaxMessageBytes 552 5.3.4, a header over 256 KiB or Options.MaxHeaderFields 552
+// 5.3.4, a line over Options.MaxLineLength 500 5.5.2, an unreadable header 550 5.6.0, a
+// connection over Options.MaxConnections 421 4.7.0, and a spool that cannot commit 451 4.3.0,
+// so the sender tries again. These replies are the package's error values
 // (ErrUnknownRecipient and the others), each an *smtp.SMTPError. postmaster@ is accepted for
-// every routed domain.
+// every routed domain, from every sender.
 //
 // Routing. A Router maps a recipient to a room: static addresses, "+subaddress" forms of them,
 // and patterns with a capture ("case-{id}@cases.example.se" to "#case-{id}:server"), whose room
@@ -37,16 +38,17 @@
 // multipart/alternative and multipart/mixed, RFC 2047 encoded subjects and names. The message
 // starts with a compact header (sender name and address, subject) and always has a good
 // plaintext body; control characters, NUL and bidi overrides are removed. What could not be read
-// is said in the message rather than dropped silently.
+// is said in the message rather than dropped silently, and mail that says it was sent automatically is marked so.
 //
 // Attachments follow the mail as files (Client.SendFile; encrypted in encrypted rooms), under
 // safe names; one over the homeserver's upload limit is replaced by a notice.
 //
 // Not done yet (issue 10): no STARTTLS, implicit TLS or AUTH; no SPF, DKIM or DMARC, so an
-// allow-list checks an unauthenticated envelope sender; no limit on header count or
-// per-sender rate (MIME depth and part count are capped when converting, not refused at DATA); no group commit; no dead-letter state (a delivery that keeps failing is
-// retried for ever, at most every Options.MaxRetryDelay); no threads from In-Reply-To and
-// References; no inline cid: images, message/rfc822 or calendar rendering; no IMAP poller; no
-// detection of automated mail and bounces; no claiming of spool work by several instances on
+// allow-list checks an unauthenticated envelope sender; no per-sender rate limit; MIME depth
+// and part count are capped when converting, not refused at DATA; no group commit; no
+// dead-letter state (a delivery that keeps failing is retried for ever, at most every
+// Options.MaxRetryDelay); no threads from In-Reply-To and References; no inline cid: images,
+// message/rfc822 or calendar rendering; automated mail is marked (Mail.Automated) but bounces
+// are not parsed; no IMAP poller; no claiming of spool work by several instances on
 // PostgreSQL; no metrics.
 package mailbridge

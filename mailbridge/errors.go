@@ -21,6 +21,9 @@ var (
 	// ErrLineTooLong: a line of the mail is longer than Options.MaxLineLength (500 5.5.2). The
 	// connection cannot be used after it.
 	ErrLineTooLong = &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "Line too long"}
+	// ErrHeaderTooLarge: the header is over 256 KiB or has more than Options.MaxHeaderFields
+	// fields (552 5.3.4).
+	ErrHeaderTooLarge = &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "Message header too large"}
 	// ErrMalformed: the mail's header cannot be read (550 5.6.0).
 	ErrMalformed = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 6, 0}, Message: "Malformed message header"}
 	// ErrSpoolUnavailable: the mail could not be stored durably, so it was not accepted; the

@@ -26,6 +26,7 @@ type Options struct {
 	Domain          string           // this server's name in the greeting; "" means the host name
 	MaxMessageBytes int64            // largest mail accepted, advertised as SIZE; 0 means 25 MiB
 	MaxRecipients   int              // recipients per mail; 0 means 50
+	MaxHeaderFields int              // header fields per mail, more get 552 5.3.4; 0 means 1000
 	MaxConnections  int              // SMTP connections at a time; more get 421 4.7.0; 0 means 100
 	MaxLineLength   int              // longest line of a mail, in bytes; 0 means 64 KiB (RFC 5321 says 1000; real mail is longer)
 	ReadTimeout     time.Duration    // per SMTP command; 0 means 5 minutes
@@ -87,6 +88,9 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	}
 	if opts.MaxRecipients <= 0 {
 		opts.MaxRecipients = 50
+	}
+	if opts.MaxHeaderFields <= 0 {
+		opts.MaxHeaderFields = 1000
 	}
 	if opts.MaxConnections <= 0 {
 		opts.MaxConnections = 100

@@ -157,6 +157,11 @@ func TestSMTPReplies(t *testing.T) {
 	wantCode(t, "SIZE too large", c.Mail("a@agency.example", &smtp.MailOptions{Size: maxBytes + 1}), 552, smtp.EnhancedCode{5, 3, 4})
 	wantCode(t, "too large", send(c, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "big", "", strings.Repeat(strings.Repeat("x", 998)+"\r\n", maxBytes/1000+1))), 552, smtp.EnhancedCode{5, 3, 4})
 	wantCode(t, "after too large, the connection is in sync", c.Rcpt("cases@agency.example", nil), 502, smtp.EnhancedCode{5, 5, 1})
+	var fields strings.Builder
+	for i := range 1001 {
+		fmt.Fprintf(&fields, "X-Field-%d: x\r\n", i)
+	}
+	wantCode(t, "1001 header fields", send(c, "a@agency.example", []string{"cases@agency.example"}, fields.String()+mail("a@agency.example", "fields", "", "x")), 552, smtp.EnhancedCode{5, 3, 4})
 	wantCode(t, "malformed header", send(c, "a@agency.example", []string{"cases@agency.example"}, "this is no header\r\n\r\nbody\r\n"), 550, smtp.EnhancedCode{5, 6, 0})
 
 	// Too many recipients: the fourth is refused for now, the three before it stand.

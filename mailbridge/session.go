@@ -93,8 +93,19 @@ func (s *session) Data(r io.Reader) error {
 		}
 		return ErrSpoolUnavailable // the connection broke; the client sees nothing or tries again
 	}
-	if e, _ := message.ReadWithOptions(bytes.NewReader(raw), &message.ReadOptions{MaxHeaderBytes: maxHeaderBytes}); e == nil {
+	if headerSize(raw) > maxHeaderBytes {
+		return ErrHeaderTooLarge
+	}
+	e, _ := message.ReadWithOptions(bytes.NewReader(raw), &message.ReadOptions{MaxHeaderBytes: maxHeaderBytes})
+	if e == nil {
 		return ErrMalformed
+	}
+	fields := 0
+	for f := e.Header.Fields(); f.Next(); {
+		fields++
+	}
+	if fields > s.g.opts.MaxHeaderFields {
+		return ErrHeaderTooLarge
 	}
 	g := s.g
 	g.mu.Lock()
@@ -117,4 +128,20 @@ func (s *session) Data(r io.Reader) error {
 	g.log.Info("mail accepted", "remote", s.remote, "spool_id", id, "rooms", len(s.targets), "bytes", len(raw))
 	g.kick()
 	return nil
+}
+
+// headerSize is the length of the header block of a raw mail: up to the first empty line, or
+// all of it.
+func headerSize(raw []byte) int {
+	if bytes.HasPrefix(raw, []byte("\r\n")) || bytes.HasPrefix(raw, []byte("\n")) {
+		return 0
+	}
+	end := len(raw)
+	if i := bytes.Index(raw, []byte("\n\r\n")); i >= 0 {
+		end = i
+	}
+	if i := bytes.Index(raw, []byte("\n\n")); i >= 0 && i < end {
+		end = i
+	}
+	return end
 }
