@@ -80,6 +80,13 @@ func (g *Gateway) deliverOne(d delivery) {
 			return
 		}
 	}
+	if time.Since(d.receivedAt) >= g.opts.DeadLetterAfter {
+		g.log.Error("mail delivery failed for too long; dead-lettered until retried", "spool_id", d.spoolID, "target", d.target, "attempts", d.attempts+1, "err", err)
+		if err := g.spool.giveUp(g.ctx, d, err.Error()); err != nil && g.ctx.Err() == nil {
+			g.log.Error("dead-letter delivery", "spool_id", d.spoolID, "err", err)
+		}
+		return
+	}
 	wait := backoff.Delay(d.attempts+1, g.opts.MinRetryDelay, g.opts.MaxRetryDelay)
 	g.log.Warn("mail delivery failed; will retry", "spool_id", d.spoolID, "target", d.target, "attempt", d.attempts+1, "retry_in", wait, "err", err)
 	if err := g.spool.retryLater(g.ctx, d, time.Now().Add(wait), err.Error()); err != nil && g.ctx.Err() == nil {

@@ -31,7 +31,9 @@
 // (Client.Send) with an idempotency key made from the Message-ID (or, without one, the content)
 // and the room, so a mail sent twice is posted once; the spool marks it delivered only after
 // that. Failed deliveries, such as while the homeserver is down, are retried with backoff, also
-// by the next Gateway after a restart.
+// by the next Gateway after a restart. One that still fails Options.DeadLetterAfter after
+// receipt waits as dead in the spool: Gateway.Undelivered lists what is not posted yet, and
+// Gateway.Retry revives a dead mail.
 //
 // Conversion. Parse and Convert read MIME (github.com/emersion/go-message) in any charset:
 // text/plain, text/html (sanitized with matrix.SanitizeHTML; remote images are dropped),
@@ -45,10 +47,8 @@
 //
 // Not done yet (issue 10): no STARTTLS, implicit TLS or AUTH; no SPF, DKIM or DMARC, so an
 // allow-list checks an unauthenticated envelope sender; no per-sender rate limit; MIME depth
-// and part count are capped when converting, not refused at DATA; no group commit; no
-// dead-letter state (a delivery that keeps failing is retried for ever, at most every
-// Options.MaxRetryDelay); no threads from In-Reply-To and References; no inline cid: images,
-// message/rfc822 or calendar rendering; automated mail is marked (Mail.Automated) but bounces
-// are not parsed; no IMAP poller; no claiming of spool work by several instances on
-// PostgreSQL; no metrics.
+// and part count are capped when converting, not refused at DATA; no group commit; no threads
+// from In-Reply-To and References; no inline cid: images, message/rfc822 or calendar
+// rendering; automated mail is marked (Mail.Automated) but bounces are not parsed; no IMAP
+// poller; no claiming of spool work by several instances on PostgreSQL; no metrics.
 package mailbridge

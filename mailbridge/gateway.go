@@ -33,6 +33,7 @@ type Options struct {
 	WriteTimeout    time.Duration    // per SMTP reply; 0 means 1 minute
 	MinRetryDelay   time.Duration    // first wait after a failed delivery; 0 means 1 s
 	MaxRetryDelay   time.Duration    // longest wait between deliveries; 0 means 5 minutes
+	DeadLetterAfter time.Duration    // how long after receipt a failing delivery is given up (see Undelivered, Retry); 0 means 5 days
 	Logger          *slog.Logger     // nil means slog.Default(); message content is never logged
 }
 
@@ -109,6 +110,9 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	}
 	if opts.MaxRetryDelay <= 0 {
 		opts.MaxRetryDelay = 5 * time.Minute
+	}
+	if opts.DeadLetterAfter <= 0 {
+		opts.DeadLetterAfter = 5 * 24 * time.Hour
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()

@@ -1,6 +1,7 @@
 package mailbridge_test
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 	"maunium.net/go/mautrix/event"
@@ -400,6 +402,61 @@ func TestConnectionLimit(t *testing.T) {
 	matrixtest.Eventually(t, func() error {
 		if code, msg, err := greeting(); code != 220 {
 			return fmt.Errorf("greeted %d %q (%v) after the first connection ended", code, msg, err)
+		}
+		return nil
+	})
+}
+
+// TestUndeliverableMailIsDeadLettered: a mail whose room does not exist is retried until
+// DeadLetterAfter, then waits as dead in the spool, listed with why; after the admin fixes the
+// cause, Retry posts it.
+func TestUndeliverableMailIsDeadLettered(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a homeserver")
+	}
+	srv := matrixtest.NewServer(t)
+	bot := srv.NewClient(t, "mailbot")
+	officer := srv.NewClient(t, "officer")
+	alias := id.RoomAlias("#not-yet:" + srv.ServerName)
+	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(alias)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DeadLetterAfter: time.Millisecond})
+	if err := send(dial(t, addr), "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "Nowhere yet", "nowhere@agency.example", "x")); err != nil {
+		t.Fatal(err)
+	}
+	var dead mailbridge.SpooledMail
+	matrixtest.Eventually(t, func() error {
+		list, err := g.Undelivered(t.Context())
+		if err != nil {
+			return err
+		}
+		if len(list) != 1 || !list[0].Dead {
+			return fmt.Errorf("undelivered: %+v", list)
+		}
+		dead = list[0]
+		return nil
+	})
+	if dead.Room != string(alias) || dead.Recipient != "cases@agency.example" || dead.MailFrom != "a@agency.example" || dead.Attempts != 1 || dead.LastError == "" {
+		t.Errorf("dead letter %+v", dead)
+	}
+	if err := g.Retry(t.Context(), dead.ID+1); !errors.Is(err, mailbridge.ErrNotInSpool) {
+		t.Errorf("Retry of an unknown ID: %v", err)
+	}
+
+	room := roomWith(t, bot, officer, false)
+	if err := bot.SetAlias(t.Context(), alias, room); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Retry(t.Context(), dead.ID); err != nil {
+		t.Fatal(err)
+	}
+	inbox := matrixtest.NewRecorder(t, officer, room)
+	inbox.Wait(t, subjectLine("Nowhere yet"))
+	matrixtest.Eventually(t, func() error {
+		if list, err := g.Undelivered(t.Context()); err != nil || len(list) != 0 {
+			return fmt.Errorf("undelivered after retry: %+v, %v", list, err)
 		}
 		return nil
 	})

@@ -38,8 +38,12 @@ type delivery struct {
 	createSpec string
 	attempts   int
 	mailFrom   string
+	receivedAt time.Time
 	message    []byte
 }
+
+// stateDead is a delivery given up on (samtal_mail_delivery.state; 0 pending, 1 delivered).
+const stateDead = 2
 
 func openSpool(ctx context.Context, db *dbutil.Database) (*spool, error) {
 	child := db.Child(versionTable, upgrades, dbutil.NoopLogger)
@@ -78,7 +82,7 @@ func (s *spool) store(ctx context.Context, mailFrom string, message []byte, targ
 // due returns up to limit pending deliveries whose next attempt is at or before now, oldest
 // mail first.
 func (s *spool) due(ctx context.Context, now time.Time, limit int) ([]delivery, error) {
-	rows, err := s.db.Query(ctx, `SELECT d.spool_id, d.target, d.recipient, d.create_spec, d.attempts, m.mail_from, m.message
+	rows, err := s.db.Query(ctx, `SELECT d.spool_id, d.target, d.recipient, d.create_spec, d.attempts, m.mail_from, m.received_at, m.message
 		FROM samtal_mail_delivery d JOIN samtal_mail_spool m ON m.id = d.spool_id
 		WHERE d.state = 0 AND d.next_attempt <= $1 ORDER BY d.spool_id, d.target LIMIT $2`, now.UnixMilli(), limit)
 	if err != nil {
@@ -88,9 +92,11 @@ func (s *spool) due(ctx context.Context, now time.Time, limit int) ([]delivery, 
 	var out []delivery
 	for rows.Next() {
 		var d delivery
-		if err := rows.Scan(&d.spoolID, &d.target, &d.recipient, &d.createSpec, &d.attempts, &d.mailFrom, &d.message); err != nil {
+		var received int64
+		if err := rows.Scan(&d.spoolID, &d.target, &d.recipient, &d.createSpec, &d.attempts, &d.mailFrom, &received, &d.message); err != nil {
 			return nil, fmt.Errorf("mailbridge: read spool: %w", err)
 		}
+		d.receivedAt = time.UnixMilli(received)
 		out = append(out, d)
 	}
 	if err := rows.Err(); err != nil {
@@ -131,4 +137,49 @@ func (s *spool) retryLater(ctx context.Context, d delivery, next time.Time, reas
 		return fmt.Errorf("mailbridge: reschedule mail %d for %s: %w", d.spoolID, d.target, err)
 	}
 	return nil
+}
+
+// giveUp moves a delivery to the dead-letter state, where it waits for Gateway.Retry.
+func (s *spool) giveUp(ctx context.Context, d delivery, reason string) error {
+	_, err := s.db.Exec(ctx, `UPDATE samtal_mail_delivery SET state = 2, attempts = attempts + 1, last_error = $1 WHERE spool_id = $2 AND target = $3`,
+		reason, d.spoolID, d.target)
+	if err != nil {
+		return fmt.Errorf("mailbridge: give up mail %d for %s: %w", d.spoolID, d.target, err)
+	}
+	return nil
+}
+
+// undelivered lists the deliveries not done yet, pending and dead, oldest first.
+func (s *spool) undelivered(ctx context.Context) ([]SpooledMail, error) {
+	rows, err := s.db.Query(ctx, `SELECT d.spool_id, d.target, d.recipient, m.mail_from, m.received_at, d.attempts, d.last_error, d.state
+		FROM samtal_mail_delivery d JOIN samtal_mail_spool m ON m.id = d.spool_id
+		WHERE d.state <> 1 ORDER BY d.spool_id, d.target`)
+	if err != nil {
+		return nil, fmt.Errorf("mailbridge: read spool: %w", err)
+	}
+	defer rows.Close()
+	var out []SpooledMail
+	for rows.Next() {
+		var m SpooledMail
+		var received int64
+		var state int
+		if err := rows.Scan(&m.ID, &m.Room, &m.Recipient, &m.MailFrom, &received, &m.Attempts, &m.LastError, &state); err != nil {
+			return nil, fmt.Errorf("mailbridge: read spool: %w", err)
+		}
+		m.ReceivedAt, m.Dead = time.UnixMilli(received), state == stateDead
+		out = append(out, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("mailbridge: read spool: %w", err)
+	}
+	return out, nil
+}
+
+// revive makes the dead deliveries of a mail pending again, due now, and reports how many.
+func (s *spool) revive(ctx context.Context, spoolID int64) (int64, error) {
+	res, err := s.db.Exec(ctx, `UPDATE samtal_mail_delivery SET state = 0, next_attempt = 0 WHERE spool_id = $1 AND state = 2`, spoolID)
+	if err != nil {
+		return 0, fmt.Errorf("mailbridge: retry mail %d: %w", spoolID, err)
+	}
+	return res.RowsAffected()
 }

@@ -19,7 +19,7 @@ CREATE TABLE samtal_mail_delivery (
 	target       TEXT    NOT NULL, -- room ID or alias, as routed
 	recipient    TEXT    NOT NULL, -- the first recipient routed to target
 	create_spec  TEXT    NOT NULL DEFAULT '', -- JSON matrix.RoomSpec for EnsureRoom, or ''
-	state        INTEGER NOT NULL DEFAULT 0, -- 0 pending, 1 delivered (stored in the outbox)
+	state        INTEGER NOT NULL DEFAULT 0, -- 0 pending, 1 delivered (stored in the outbox), 2 dead (gave up; Retry revives)
 	attempts     INTEGER NOT NULL DEFAULT 0,
 	next_attempt BIGINT  NOT NULL DEFAULT 0,
 	last_error   TEXT    NOT NULL DEFAULT '',
