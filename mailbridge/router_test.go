@@ -129,7 +129,7 @@ func TestNewRouterRefusesBadRoutes(t *testing.T) {
 
 func TestNewNeedsClientAndRouter(t *testing.T) {
 	r, _ := NewRouter(Route{Address: "a@b.example", Room: "!r:hs.example"})
-	for name, opts := range map[string]Options{"no client": {Router: r}, "no router": {}} {
+	for name, opts := range map[string]Options{"no client": {Router: r}, "neither": {}} {
 		if _, err := New(t.Context(), opts); !errors.Is(err, ErrMissingOption) {
 			t.Errorf("%s: New = %v, want ErrMissingOption", name, err)
 		}
