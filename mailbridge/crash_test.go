@@ -1,0 +1,196 @@
+package mailbridge_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/mailbridge"
+	"github.com/samtalhq/samtal/matrix"
+	"github.com/samtalhq/samtal/matrix/matrixtest"
+)
+
+// The crash helper is this test binary run as a gateway process of its own, so that the
+// crash test can kill it with SIGKILL.
+const crashHelperEnv = "SAMTAL_MAILBRIDGE_CRASH_HELPER"
+
+// TestCrashHelper is not a test: run by TestGatewayKilled, it serves the gateway until killed.
+func TestCrashHelper(t *testing.T) {
+	if os.Getenv(crashHelperEnv) != "1" {
+		t.Skip("run by TestGatewayKilled")
+	}
+	ctx := context.Background()
+	db, err := matrix.OpenDatabase(ctx, os.Getenv("CRASH_DB"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	c, err := matrix.New(ctx, matrix.Options{
+		HomeserverURL: os.Getenv("CRASH_HS"),
+		Login:         matrix.Password("mailbot", os.Getenv("CRASH_PASSWORD")),
+		DB:            db,
+		Logger:        quiet,
+		Outbox:        matrix.OutboxOptions{MinRetryDelay: 20 * time.Millisecond, MaxRetryDelay: 200 * time.Millisecond, ResumeDelay: 200 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: os.Getenv("CRASH_ROOM")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := mailbridge.New(ctx, mailbridge.Options{Client: c, Router: router, Logger: quiet,
+		MinRetryDelay: 50 * time.Millisecond, MaxRetryDelay: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrFile := os.Getenv("CRASH_ADDR")
+	if err := os.WriteFile(addrFile+".tmp", []byte(l.Addr().String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(addrFile+".tmp", addrFile); err != nil {
+		t.Fatal(err)
+	}
+	_ = g.Serve(ctx, l)
+}
+
+// TestGatewayKilled: the gateway process is killed with SIGKILL at random points while mail
+// arrives, and started again: every mail that got a 250 is in its room exactly once.
+func TestGatewayKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills and restarts a gateway process several times")
+	}
+	srv := matrixtest.NewServer(t)
+	_, password := srv.RegisterUser(t, "mailbot")
+	setup := srv.NewClient(t, "mailbot")
+	officer := srv.NewClient(t, "officer")
+	room, err := setup.CreateRoom(t.Context(), matrix.RoomSpec{Invite: []id.UserID{officer.UserID()}, Encrypted: new(bool)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := officer.Join(t.Context(), string(room)); err != nil {
+		t.Fatal(err)
+	}
+	inbox := matrixtest.NewRecorder(t, officer, room)
+	dir := t.TempDir()
+	env := append(os.Environ(), crashHelperEnv+"=1", "CRASH_DB="+filepath.Join(dir, "gateway.db"),
+		"CRASH_HS="+srv.URL, "CRASH_PASSWORD="+password, "CRASH_ROOM="+string(room))
+
+	var accepted []string
+	start := func(round int) (*exec.Cmd, string) {
+		t.Helper()
+		addrFile := filepath.Join(dir, fmt.Sprintf("addr-%d", round))
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.count=1")
+		cmd.Env = append(env, "CRASH_ADDR="+addrFile)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) // no process outlives a failed test
+		var addr []byte
+		matrixtest.Eventually(t, func() error {
+			addr, err = os.ReadFile(addrFile)
+			return err
+		})
+		return cmd, string(addr)
+	}
+	const rounds = 5
+	for round := range rounds {
+		cmd, addr := start(round)
+		// Mail goes in on two connections until the process dies.
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for conn := range 2 {
+			wg.Go(func() {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				sc := newClient(c)
+				if sc == nil {
+					return
+				}
+				defer sc.Close()
+				for i := 0; ; i++ {
+					subject := fmt.Sprintf("Crash %d-%d-%d", round, conn, i)
+					if err := send(sc, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", subject, subject+"@agency.example", "x")); err != nil {
+						return
+					}
+					mu.Lock()
+					accepted = append(accepted, subject)
+					mu.Unlock()
+				}
+			})
+		}
+		// Kill after a random number of accepted mails, while more are in flight.
+		want := len(accepted) + 1 + rand.IntN(8)
+		matrixtest.Eventually(t, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(accepted) < want {
+				return fmt.Errorf("%d of %d mails accepted", len(accepted), want)
+			}
+			return nil
+		})
+		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = cmd.Wait()
+		wg.Wait()
+	}
+	_, addr := start(rounds)
+	if err := send(dial(t, addr), "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "Marker", "marker@agency.example", "last")); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range accepted {
+		inbox.Wait(t, subjectLine(s))
+	}
+	inbox.Wait(t, subjectLine("Marker"))
+	for _, s := range accepted {
+		if n := count(inbox, subjectLine(s)); n != 1 {
+			t.Errorf("%s posted %d times, want once", s, n)
+		}
+	}
+	doubled := 0
+	seen := map[string]bool{}
+	for _, e := range inbox.Events() {
+		if line := e.Text(); strings.Contains(line, "Subject: Crash ") {
+			if seen[line] {
+				doubled++
+			}
+			seen[line] = true
+		}
+	}
+	if doubled > 0 {
+		t.Errorf("%d mails posted twice", doubled)
+	}
+	t.Logf("%d mails accepted over %d kills", len(accepted), rounds)
+}
+
+// newClient says EHLO on c, or closes it and returns nil; for goroutines, which must not
+// call t.Fatal.
+func newClient(c net.Conn) *smtp.Client {
+	sc := smtp.NewClient(c)
+	if err := sc.Hello("client.test"); err != nil {
+		sc.Close()
+		return nil
+	}
+	return sc
+}
