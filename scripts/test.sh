@@ -8,11 +8,13 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: a C compiler to build Dendrite (its SQLite driver is cgo), a
 # PostgreSQL server that tests start on their own (internal/pgtest), and Node.js with npm for the
-# matrix-js-sdk interop test (e2ee/testdata/jspeer; Node 18 or later).
+# matrix-js-sdk interop test (e2ee/testdata/jspeer; Node 18 or later), and swaks.
 need=()
 command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+# swaks: a real SMTP client for the mail gateway's tests (mailbridge).
+command -v swaks >/dev/null 2>&1 || need+=(swaks)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing Debian packages: ${need[*]}" >&2
