@@ -30,7 +30,7 @@ func TestResumedSendWaitsForEncryption(t *testing.T) {
 	c.Close()
 	// Stored by a run that had encryption.
 	content, _ := json.Marshal(Text("case 4711: confidential").Content)
-	if _, err := c.db.Exec(t.Context(), `INSERT INTO samtal_outbox (session, room_id, event_type, content, created_at) VALUES ($1, $2, $3, $4, $5)`,
+	if _, err := c.db.Exec(t.Context(), `INSERT INTO samtal_outbox (session, room_id, event_type, content, encrypting, created_at) VALUES ($1, $2, $3, $4, 1, $5)`,
 		c.name, resp.RoomID, event.EventMessage.Type, string(content), time.Now().UnixMilli()); err != nil {
 		t.Fatal(err)
 	}
