@@ -199,6 +199,12 @@ func newOutbox(ctx context.Context, c *Client, opts OutboxOptions) (*outbox, err
 	if o.instance, err = o.loadInstance(ctx); err != nil {
 		return nil, err
 	}
+	if o.db.Dialect == dbutil.SQLite {
+		// One process owns a SQLite database: leases left in it are a dead run's.
+		if _, err := o.db.Exec(ctx, `DELETE FROM samtal_outbox_lease WHERE session = $1`, c.name); err != nil {
+			return nil, fmt.Errorf("matrix: outbox: %w", err)
+		}
+	}
 	o.ctx, o.cancel = context.WithCancel(context.Background())
 	go o.commitMarks()
 	// Resume what a previous run left. Each lane first checks the room for items that were
@@ -285,6 +291,10 @@ func (o *outbox) close() {
 	o.wg.Wait()
 	close(o.marks)
 	<-o.committed
+	// What the lanes sent is recorded: other processes may take the rooms at once.
+	if _, err := o.db.Exec(context.Background(), `DELETE FROM samtal_outbox_lease WHERE session = $1 AND holder = $2`, o.c.name, o.holder); err != nil {
+		o.c.log.Warn("outbox: release rooms", "err", err)
+	}
 }
 
 // withTxnKey adds the transaction ID to a JSON object.
