@@ -95,6 +95,10 @@ type Pending struct {
 // Wait returns the event ID once the homeserver has accepted the event, or the item's
 // *SendError if it failed for good. Accepted is all it means: the event is in the room, and
 // nothing is known about its delivery to other servers or to the members' devices.
+//
+// When the homeserver refuses the session's token, Wait returns an error matching
+// ErrUnknownToken (not a *SendError): the item stays pending, and a client logged in again as
+// the same user sends it.
 func (p *Pending) Wait(ctx context.Context) (id.EventID, error) {
 	return p.ob.wait(ctx, p.ID)
 }
@@ -139,6 +143,8 @@ type outbox struct {
 	waiters   map[int64][]chan result
 	results   map[int64]result // sent, not yet committed as sent
 	held      bool             // the token was refused: lanes wait for a new login
+	heldErr   error            // why, for waiters
+	heldCh    chan struct{}    // closed when held is set
 	marks     chan mark
 	committed chan struct{} // closed when commitMarks has written the last mark
 }
@@ -194,6 +200,7 @@ func newOutbox(ctx context.Context, c *Client, opts OutboxOptions) (*outbox, err
 		results:   map[int64]result{},
 		marks:     make(chan mark, 1024),
 		committed: make(chan struct{}),
+		heldCh:    make(chan struct{}),
 	}
 	var err error
 	if o.instance, err = o.loadInstance(ctx); err != nil {

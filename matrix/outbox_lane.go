@@ -433,7 +433,10 @@ func (o *outbox) recordAttempt(rowID int64, attempts int) {
 func (o *outbox) hold(cause error) {
 	o.mu.Lock()
 	first := !o.held
-	o.held = true
+	if first {
+		o.held, o.heldErr = true, fmt.Errorf("matrix: outbox: the item stays pending until a new login: %w", cause)
+		close(o.heldCh)
+	}
 	o.mu.Unlock()
 	if first {
 		o.c.log.Error("outbox: the homeserver refused the session; sends wait for a new login", "err", cause)

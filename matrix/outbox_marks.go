@@ -259,6 +259,11 @@ func (o *outbox) wait(ctx context.Context, rowID int64) (id.EventID, error) {
 			return "", ctx.Err()
 		case <-o.ctx.Done():
 			return "", ErrClosed
+		case <-o.heldCh:
+			o.mu.Lock()
+			err := o.heldErr
+			o.mu.Unlock()
+			return "", err
 		case <-tick.C:
 		}
 	}
