@@ -54,6 +54,7 @@ func (o *outbox) wake(room id.RoomID, recover bool) {
 func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 	defer o.wg.Done()
 	var after int64
+	var failedBefore int64 // the last item that failed here
 	var leased time.Time // when the lease was last claimed or renewed; zero: not held
 	renewEvery := o.opts.LeaseDuration / 3
 	for {
@@ -121,7 +122,17 @@ func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 			if time.Since(leased) > renewEvery {
 				break // renew before going on
 			}
-			if !o.deliver(r) {
+			if (r.kind == kindOverflow || r.kind == kindOverflowEnc) && failedBefore == r.id-1 {
+				// The full text of a message that failed does not go out without it.
+				o.fail(r, fmt.Errorf("%w: the message this is the full text of failed", ErrInvalidContent), r.attempts)
+				after = r.id
+				continue
+			}
+			ok, failed := o.deliverOne(r)
+			if failed {
+				failedBefore = r.id
+			}
+			if !ok {
 				if o.isHeld() {
 					o.endLane(room)
 				}
@@ -236,9 +247,16 @@ func (o *outbox) pending(room id.RoomID, after int64) ([]row, error) {
 	return out, rows.Err()
 }
 
-// deliver sends one item, retrying what may pass, and records the outcome. It returns false
-// when the outbox is closing or the session's token was refused (the item stays pending).
-func (o *outbox) deliver(r row) bool {
+// deliverOne is deliver, telling also whether the item failed for good.
+func (o *outbox) deliverOne(r row) (ok, failed bool) {
+	ok = o.deliver(r, &failed)
+	return ok, failed
+}
+
+// deliver sends one item, retrying what may pass, and records the outcome (failed is set when
+// it failed for good). It returns false when the outbox is closing or the session's token was
+// refused (the item stays pending).
+func (o *outbox) deliver(r row, failed *bool) bool {
 	txn := o.txnID(r.id)
 	unknown := false // whether an earlier try may have reached the server
 	attempt := r.attempts
@@ -278,6 +296,7 @@ func (o *outbox) deliver(r row) bool {
 		o.recordAttempt(r.id, attempt)
 		if o.final(r, kind, attempt) {
 			o.fail(r, err, attempt)
+			*failed = true
 			return true
 		}
 		// A refusal, a rate limit or a send that waits for encryption never reached the

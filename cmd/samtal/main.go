@@ -9,6 +9,7 @@
 //	samtal room     create, ensure, join rooms and invite to them
 //	samtal tail     print the messages arriving in rooms
 //	samtal e2ee     encryption: status, cross-signing bootstrap, recovery, verification
+//	samtal outbox   list the outbox, retry or drop items that failed
 //
 // The account: the first command logs in with SAMTAL_USER and SAMTAL_PASSWORD (or
 // SAMTAL_ACCESS_TOKEN) from the environment, on the homeserver named by --homeserver or
@@ -89,6 +90,7 @@ func commands() []command {
 		{"room", "create, ensure or join rooms, and invite people to them", runRoom},
 		{"tail", "print the messages arriving in rooms until interrupted", runTail},
 		{"e2ee", "end-to-end encryption: status, bootstrap, recover, verify", runE2EE},
+		{"outbox", "list the outbox, retry or drop items that failed", runOutbox},
 	}
 }
 
