@@ -55,7 +55,7 @@ func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 	defer o.wg.Done()
 	var after int64
 	var failedBefore int64 // the last item that failed here
-	var leased time.Time // when the lease was last claimed or renewed; zero: not held
+	var leased time.Time   // when the lease was last claimed or renewed; zero: not held
 	renewEvery := o.opts.LeaseDuration / 3
 	for {
 		if o.isHeld() {
