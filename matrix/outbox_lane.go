@@ -54,7 +54,7 @@ func (o *outbox) wake(room id.RoomID, recover bool) {
 func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 	defer o.wg.Done()
 	var after int64
-	var failedBefore int64 // the last item that failed here
+	prevFailed := false // whether the item before this one failed for good
 	var leased time.Time   // when the lease was last claimed or renewed; zero: not held
 	renewEvery := o.opts.LeaseDuration / 3
 	for {
@@ -74,6 +74,12 @@ func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 			continue
 		}
 		if len(rows) == 0 {
+			// Released while this lane is still the room's, so that a lane started after it
+			// never loses its lease to this one's release.
+			if !leased.IsZero() {
+				o.release(room)
+				leased = time.Time{}
+			}
 			o.mu.Lock()
 			select {
 			case <-kick: // something arrived since our query
@@ -83,9 +89,6 @@ func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 			}
 			delete(o.lanes, room)
 			o.mu.Unlock()
-			if !leased.IsZero() {
-				o.release(room)
-			}
 			return
 		}
 		if time.Since(leased) > renewEvery {
@@ -122,16 +125,14 @@ func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 			if time.Since(leased) > renewEvery {
 				break // renew before going on
 			}
-			if (r.kind == kindOverflow || r.kind == kindOverflowEnc) && failedBefore == r.id-1 {
+			if (r.kind == kindOverflow || r.kind == kindOverflowEnc) && prevFailed {
 				// The full text of a message that failed does not go out without it.
 				o.fail(r, fmt.Errorf("%w: the message this is the full text of failed", ErrInvalidContent), r.attempts)
 				after = r.id
 				continue
 			}
-			ok, failed := o.deliverOne(r)
-			if failed {
-				failedBefore = r.id
-			}
+			ok, failed := o.deliver(r)
+			prevFailed = failed
 			if !ok {
 				if o.isHeld() {
 					o.endLane(room)
@@ -247,16 +248,10 @@ func (o *outbox) pending(room id.RoomID, after int64) ([]row, error) {
 	return out, rows.Err()
 }
 
-// deliverOne is deliver, telling also whether the item failed for good.
-func (o *outbox) deliverOne(r row) (ok, failed bool) {
-	ok = o.deliver(r, &failed)
-	return ok, failed
-}
-
-// deliver sends one item, retrying what may pass, and records the outcome (failed is set when
-// it failed for good). It returns false when the outbox is closing or the session's token was
-// refused (the item stays pending).
-func (o *outbox) deliver(r row, failed *bool) bool {
+// deliver sends one item, retrying what may pass, and records the outcome; failed tells
+// whether it failed for good. ok is false when the outbox is closing or the session's token
+// was refused (the item stays pending).
+func (o *outbox) deliver(r row) (ok, failed bool) {
 	txn := o.txnID(r.id)
 	unknown := false // whether an earlier try may have reached the server
 	attempt := r.attempts
@@ -264,40 +259,39 @@ func (o *outbox) deliver(r row, failed *bool) bool {
 		if unknown {
 			if found, err := o.findSent(r.room, []row{r}); err == nil && found[r.id] != "" {
 				o.succeed(r, found[r.id], attempt)
-				return true
+				return true, false
 			}
 		}
 		select {
 		case o.sem <- struct{}{}:
 		case <-o.ctx.Done():
-			return false
+			return false, false
 		}
 		evt, encrypted, err := o.attempt(&r, txn)
 		<-o.sem
 		if err == nil {
 			r.encrypted = encrypted
 			o.succeed(r, evt, attempt+1)
-			return true
+			return true, false
 		}
 		if errors.Is(err, errNotNeeded) {
 			o.skip(r)
-			return true
+			return true, false
 		}
 		if o.ctx.Err() != nil {
-			return false
+			return false, false
 		}
 		err = wrapErr(err)
 		kind := classify(err)
 		if kind == failToken {
 			o.hold(err)
-			return false
+			return false, false
 		}
 		attempt++
 		o.recordAttempt(r.id, attempt)
 		if o.final(r, kind, attempt) {
 			o.fail(r, err, attempt)
-			*failed = true
-			return true
+			return true, true
 		}
 		// A refusal, a rate limit or a send that waits for encryption never reached the
 		// room; anything else (no answer, a broken connection) may have, so check the room
@@ -309,7 +303,7 @@ func (o *outbox) deliver(r row, failed *bool) bool {
 		}
 		o.c.log.Warn("outbox: send failed, retrying", "room", r.room, "id", r.id, "attempt", attempt, "retry_in", delay, "err", err)
 		if !o.sleep(delay) {
-			return false
+			return false, false
 		}
 	}
 }
