@@ -54,8 +54,8 @@ func (o *outbox) wake(room id.RoomID, recover bool) {
 func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 	defer o.wg.Done()
 	var after int64
-	prevFailed := false // whether the item before this one failed for good
-	var leased time.Time   // when the lease was last claimed or renewed; zero: not held
+	prevFailed := false  // whether the item before this one failed for good
+	var leased time.Time // when the lease was last claimed or renewed; zero: not held
 	renewEvery := o.opts.LeaseDuration / 3
 	for {
 		if o.isHeld() {
