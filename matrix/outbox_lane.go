@@ -257,9 +257,31 @@ func (o *outbox) deliver(r row) (ok, failed bool) {
 	attempt := r.attempts
 	for {
 		if unknown {
-			if found, err := o.findSent(r.room, []row{r}); err == nil && found[r.id] != "" {
+			found, err := o.findSent(r.room, []row{r})
+			if err == nil && found[r.id] != "" {
 				o.succeed(r, found[r.id], attempt)
 				return true, false
+			}
+			if err != nil {
+				// Whether the earlier try arrived cannot be told yet. Sending again now
+				// would double it when it did: the server forgets transaction IDs when it
+				// restarts. Look again later; only a refusal to read the room goes on.
+				err = wrapErr(err)
+				switch classify(err) {
+				case failToken:
+					o.hold(err)
+					return false, false
+				case failUnreachable, failTemporary, failLocal, failCancelled:
+					if o.ctx.Err() != nil {
+						return false, false
+					}
+					delay := max(o.backoff(attempt+1, err), o.opts.ResumeDelay)
+					o.c.log.Warn("outbox: cannot check the room for an earlier try; waiting", "room", r.room, "id", r.id, "retry_in", delay, "err", err)
+					if !o.sleep(delay) {
+						return false, false
+					}
+					continue
+				}
 			}
 		}
 		select {
