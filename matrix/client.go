@@ -236,16 +236,12 @@ func (c *Client) checkSession(opts Options, sess *Session) {
 	}
 }
 
-// sessionFailed records why the session cannot be used and tells the caller.
-func (c *Client) sessionFailed(err error) {
+// recordErr records why the session cannot be used, unless something was recorded before.
+func (c *Client) recordErr(err error) {
 	c.errMu.Lock()
-	first := c.err == nil
-	if first {
+	defer c.errMu.Unlock()
+	if c.err == nil {
 		c.err = err
-	}
-	c.errMu.Unlock()
-	if first && c.onError != nil {
-		c.onError(err)
 	}
 }
 

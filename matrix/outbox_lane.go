@@ -466,16 +466,20 @@ func (o *outbox) recordAttempt(rowID int64, attempts int) {
 // hold stops the outbox until a new login: the homeserver refused the session's token. The
 // items stay pending; a client logged in again (New with Options.Login) sends them.
 func (o *outbox) hold(cause error) {
+	err := fmt.Errorf("matrix: session %q: %w", o.c.name, cause)
 	o.mu.Lock()
-	first := !o.held
-	if first {
-		o.held, o.heldErr = true, fmt.Errorf("matrix: outbox: the item stays pending until a new login: %w", cause)
-		close(o.heldCh)
+	if o.held {
+		o.mu.Unlock()
+		return
 	}
+	o.held, o.heldErr = true, fmt.Errorf("matrix: outbox: the item stays pending until a new login: %w", cause)
+	// Recorded before waiters hear of it, so that Client.Err says so once Wait has returned.
+	o.c.recordErr(err)
+	close(o.heldCh)
 	o.mu.Unlock()
-	if first {
-		o.c.log.Error("outbox: the homeserver refused the session; sends wait for a new login", "err", cause)
-		o.c.sessionFailed(fmt.Errorf("matrix: session %q: %w", o.c.name, cause))
+	o.c.log.Error("outbox: the homeserver refused the session; sends wait for a new login", "err", cause)
+	if o.c.onError != nil {
+		o.c.onError(err)
 	}
 }
 

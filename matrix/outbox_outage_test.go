@@ -317,7 +317,7 @@ func TestRevokedTokenKeepsItemsPending(t *testing.T) {
 			t.Fatalf("%q after the new login: %v", w, err)
 		}
 	}
-	assertExactlyOnceInOrder(t, room, roomBodies(t, bob, room, c.UserID()), want)
+	assertExactlyOnceInOrder(t, room, waitBodies(t, bob, room, c.UserID(), len(want)), want)
 }
 
 // TestIdempotencyKeyBoundToRoomAndContent: a key comes back with another room, or with other
