@@ -2,6 +2,7 @@ package matrix_test
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -115,6 +116,40 @@ func BenchmarkSendFarAway(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkSendStored measures how long Send takes to return, which is when the item is
+// durable (stored with a full fsync): in one room, with the lane sending the items before it
+// at the same time, and with the homeserver stopped (Send asks it nothing). It reports the
+// median and the 99th percentile.
+//
+//	go test -tags goolm -run '^$' -bench 'BenchmarkSendStored' -benchtime 1000x -count 6 ./matrix/
+func BenchmarkSendStored(b *testing.B) {
+	srv := matrixtest.NewServer(b)
+	ob := newClient(b, srv, "outbox")
+	room := benchRoom(b, ob.Mautrix())
+	for _, down := range []bool{false, true} {
+		name := "server=up"
+		if down {
+			name = "server=down"
+			if err := srv.Stop(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(name, func(b *testing.B) {
+			took := make([]time.Duration, 0, b.N)
+			for i := range b.N {
+				start := time.Now()
+				if _, err := ob.Send(b.Context(), room, matrix.Text(body(i)), matrix.SendOptions{}); err != nil {
+					b.Fatal(err)
+				}
+				took = append(took, time.Since(start))
+			}
+			slices.Sort(took)
+			b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(took[len(took)*99/100].Microseconds())/1000, "p99-ms")
+		})
+	}
 }
 
 var eventMessage = matrix.Text("").Type

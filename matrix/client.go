@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.mau.fi/util/dbutil"
+
+	"github.com/samtalhq/samtal/internal/backoff"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 )
@@ -27,6 +29,10 @@ type Options struct {
 	Logger        *slog.Logger     // nil means slog.Default()
 	HTTPClient    *http.Client     // nil means a client with a 2-minute request timeout
 	Outbox        OutboxOptions    // how sends are queued and retried
+	// OnError is called when the client finds its session unusable while it runs: the
+	// homeserver refused the stored token (ErrUnknownToken). Sends stay pending until a new
+	// login of the same user (New with Login) sends them. Client.Err returns the same error.
+	OnError func(error)
 }
 
 // Client is a Matrix account on one device, with a durable outbox and a restart-safe syncer.
@@ -39,7 +45,12 @@ type Client struct {
 	name    string
 	session Session
 
-	outbox *outbox
+	outbox  *outbox
+	onError func(error)
+	errMu   sync.Mutex
+	err     error // what made the session unusable, if anything
+	stop    chan struct{}
+	bg      sync.WaitGroup // the session check of a client started offline
 
 	encMu    sync.Mutex
 	enc      Encryption
@@ -54,8 +65,14 @@ type Client struct {
 var ErrNoDatabase = errors.New("matrix: Options.DB is required (see OpenDatabase)")
 
 // New returns a client for the account in opts: the session stored under opts.SessionName if
-// there is one and the homeserver still accepts it, else a new login with opts.Login, which is
-// then stored. Pending sends from a previous run resume.
+// there is one, else a new login with opts.Login, which is then stored. Pending sends from a
+// previous run resume.
+//
+// A stored session is checked with the homeserver. When the homeserver cannot be reached, New
+// still succeeds (the client starts offline: Send stores, and items go out when the server is
+// back) and the session is checked in the background; a token found revoked then is reported
+// by Err and Options.OnError. When the homeserver answers that the token was revoked, New logs
+// in again with opts.Login, as the same user.
 func New(ctx context.Context, opts Options) (*Client, error) {
 	if opts.DB == nil {
 		return nil, ErrNoDatabase
@@ -76,23 +93,36 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{db: db, name: opts.SessionName, log: opts.Logger.With("session", opts.SessionName)}
+	c := &Client{db: db, name: opts.SessionName, log: opts.Logger.With("session", opts.SessionName),
+		onError: opts.OnError, stop: make(chan struct{})}
 	sessions := sessionStore{db}
 
 	sess, err := sessions.load(ctx, opts.SessionName)
 	if err != nil {
 		return nil, err
 	}
+	var revoked *Session
 	if sess != nil {
-		if err := c.useSession(ctx, opts, sess); err == nil {
+		err := c.useSession(ctx, opts, sess)
+		switch {
+		case err == nil:
 			return c.start(ctx, opts)
-		} else if !errors.Is(err, ErrUnknownToken) || opts.Login == nil {
+		case errors.Is(err, ErrUnreachable):
+			c.log.Warn("homeserver unreachable; starting offline with the stored session", "user", sess.UserID, "err", err)
+			cl, err := c.start(ctx, opts)
+			if err == nil {
+				c.bg.Add(1)
+				go c.checkSession(opts, sess)
+			}
+			return cl, err
+		case !errors.Is(err, ErrUnknownToken) || opts.Login == nil:
 			return nil, err
 		}
 		c.log.Warn("stored session was revoked; logging in again", "user", sess.UserID, "device", sess.DeviceID)
 		if opts.HomeserverURL == "" {
 			opts.HomeserverURL = sess.HomeserverURL // the same server, a new device
 		}
+		revoked = sess
 	}
 	if opts.Login == nil {
 		return nil, fmt.Errorf("%w: no stored session %q and Options.Login is nil", ErrLogin, opts.SessionName)
@@ -109,6 +139,11 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	if revoked != nil && sess.UserID != revoked.UserID {
+		// The pending sends of the revoked session are that user's: another account must
+		// not send them, nor take over its session name.
+		return nil, fmt.Errorf("%w: session %q is %s, the new login is %s", ErrLogin, opts.SessionName, revoked.UserID, sess.UserID)
+	}
 	if sess.HomeserverURL == "" {
 		sess.HomeserverURL = base
 	}
@@ -122,8 +157,13 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	return c.start(ctx, opts)
 }
 
+// sessionCheckTimeout bounds how long New waits for the homeserver to confirm a stored session
+// before it starts offline.
+const sessionCheckTimeout = 10 * time.Second
+
 // useSession builds the mautrix clients for sess and checks with the homeserver that its token
-// is still good.
+// is still good. When the homeserver cannot be reached it returns an error matching
+// ErrUnreachable, with the clients built.
 func (c *Client) useSession(ctx context.Context, opts Options, sess *Session) error {
 	mx, err := c.newMautrix(opts, sess.HomeserverURL, sess.UserID, sess.AccessToken)
 	if err != nil {
@@ -139,17 +179,80 @@ func (c *Client) useSession(ctx context.Context, opts Options, sess *Session) er
 	}
 	send.DeviceID = sess.DeviceID
 	send.IgnoreRateLimit = true
+	send.DefaultHTTPRetries = 0
 	// Asked without mautrix's retries: a homeserver that is down is reported at once, not
 	// after a minute of backoff.
-	resp, err := send.Whoami(ctx)
+	checkCtx, cancel := context.WithTimeout(ctx, sessionCheckTimeout)
+	defer cancel()
+	resp, err := send.Whoami(checkCtx)
 	if err != nil {
-		return fmt.Errorf("matrix: check session of %s: %w", sess.UserID, wrapErr(err))
+		err = wrapErr(err)
+		if ctx.Err() == nil && (errors.Is(err, ErrUnreachable) || errors.Is(err, context.DeadlineExceeded)) {
+			c.mx, c.send, c.session = mx, send, *sess
+			if !errors.Is(err, ErrUnreachable) {
+				err = &unreachableError{err}
+			}
+		}
+		return fmt.Errorf("matrix: check session of %s: %w", sess.UserID, err)
 	}
 	if resp.UserID != sess.UserID {
 		return fmt.Errorf("matrix: stored session is for %s but the homeserver says %s", sess.UserID, resp.UserID)
 	}
 	c.mx, c.send, c.session = mx, send, *sess
 	return nil
+}
+
+// checkSession asks the homeserver, until it answers, whether the stored session of a client
+// that started offline is still good. A refused token holds the outbox and is reported.
+func (c *Client) checkSession(opts Options, sess *Session) {
+	defer c.bg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for attempt := 1; ; attempt++ {
+		resp, err := c.send.Whoami(ctx)
+		err = wrapErr(err)
+		switch {
+		case err == nil && resp.UserID == sess.UserID:
+			c.log.Info("homeserver reachable; stored session is good", "user", sess.UserID)
+			return
+		case err == nil:
+			c.outbox.hold(fmt.Errorf("%w: stored session is for %s but the homeserver says %s", ErrUnknownToken, sess.UserID, resp.UserID))
+			return
+		case errors.Is(err, ErrUnknownToken):
+			c.outbox.hold(err)
+			return
+		case ctx.Err() != nil:
+			return
+		}
+		if !backoff.Sleep(ctx, backoff.Delay(attempt, opts.Outbox.MinRetryDelay+250*time.Millisecond, 15*time.Second)) {
+			return
+		}
+	}
+}
+
+// recordErr records why the session cannot be used, unless something was recorded before.
+func (c *Client) recordErr(err error) {
+	c.errMu.Lock()
+	defer c.errMu.Unlock()
+	if c.err == nil {
+		c.err = err
+	}
+}
+
+// Err returns what made the client's session unusable while it ran, or nil: an error matching
+// ErrUnknownToken when the homeserver refused the stored token. Sends stay pending meanwhile;
+// close the client and call New with Options.Login to log in again and send them.
+func (c *Client) Err() error {
+	c.errMu.Lock()
+	defer c.errMu.Unlock()
+	return c.err
 }
 
 func (c *Client) newMautrix(opts Options, base string, user id.UserID, token string) (*mautrix.Client, error) {
@@ -223,6 +326,10 @@ func (c *Client) Logger() *slog.Logger { return c.log }
 // and resume with the next New. It does not close the database.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
+		if c.stop != nil {
+			close(c.stop)
+		}
+		c.bg.Wait()
 		if c.outbox != nil {
 			c.outbox.close()
 		}

@@ -56,8 +56,8 @@ func TestRevokedSession(t *testing.T) {
 	if c2.DeviceID() == oldDevice {
 		t.Fatal("still on the revoked device")
 	}
-	// A client whose token is revoked while it runs gets ErrUnknownToken, from Send or from its
-	// outcome, and nothing is sent.
+	// A client whose token is revoked while it runs gets ErrUnknownToken from Wait (the item
+	// stays pending for a new login) and from Err, and nothing is sent.
 	if _, err := c2.Mautrix().Logout(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -67,6 +67,9 @@ func TestRevokedSession(t *testing.T) {
 	}
 	if !errors.Is(err, matrix.ErrUnknownToken) {
 		t.Fatalf("send with revoked token: %v, want ErrUnknownToken", err)
+	}
+	if !errors.Is(c2.Err(), matrix.ErrUnknownToken) {
+		t.Fatalf("Err() = %v, want ErrUnknownToken", c2.Err())
 	}
 }
 

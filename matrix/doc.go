@@ -9,14 +9,21 @@
 //	eventID, err := p.Wait(ctx)
 //
 // Send stores the message before it goes out, with a transaction ID that makes a retry
-// harmless; after a crash the outbox checks the room before sending again. Items for one room
-// go in order, rooms in parallel; rate limits and server errors back off. The Syncer hands
+// harmless, and asks the homeserver nothing: it works while the server is down, and New
+// starts offline with a stored session. After a crash the outbox checks the room before
+// sending again. Items for one room go in order, rooms in parallel; rate limits, server errors
+// and outages back off. A failure stays typed when waited on later or after a restart.
+//
+// One process owns a SQLite database. Processes that share a session on PostgreSQL share the
+// rooms: a room's lane is leased by one of them at a time, and taken over when its holder
+// dies (OutboxOptions.LeaseDuration). The Syncer hands
 // events to handlers and commits its position only after they return, so a crash repeats a
 // batch rather than skipping it.
 //
 // Errors are typed: *HTTPError carries the Matrix errcode, and errors.Is works with
-// ErrRateLimited, ErrForbidden, ErrNotFound, ErrUnknownToken, ErrTooLarge and the input errors
-// ErrInvalidRoom, ErrInvalidUserID and ErrInvalidContent.
+// ErrRateLimited, ErrForbidden, ErrNotFound, ErrUnknownToken, ErrTooLarge, ErrUnreachable,
+// ErrIdempotencyConflict and the input errors ErrInvalidRoom, ErrInvalidUserID and
+// ErrInvalidContent.
 //
 // The package wraps maunium.net/go/mautrix, which stays reachable through Client.Mautrix for
 // what it does not wrap. It does no end-to-end encryption itself: it refuses to send into an

@@ -68,9 +68,9 @@ const plaintextRecheck = 30 * time.Second
 
 // RoomEncrypted reports whether room has m.room.encryption state. Only a definite answer is
 // remembered: "encrypted" for good (encryption cannot be turned off), "not encrypted" for 30 s
-// (someone may turn it on; the Syncer notices at once). A room the client cannot read (not
-// joined yet) reports false without remembering it, so the first send after joining asks again;
-// the send to a room it is not in fails with the server's reason.
+// (someone may turn it on; the Syncer notices at once). An answer that is not definite is an
+// error, never "not encrypted": a room the client cannot read (not joined yet) gives the
+// server's refusal (ErrForbidden), a homeserver that cannot be reached ErrUnreachable.
 func (c *Client) RoomEncrypted(ctx context.Context, room id.RoomID) (bool, error) {
 	if err := ValidateRoomID(room); err != nil {
 		return false, err
@@ -90,8 +90,6 @@ func (c *Client) RoomEncrypted(ctx context.Context, room id.RoomID) (bool, error
 	case err == nil, errors.Is(err, ErrNotFound):
 		c.setEncrypted(room, time.Now())
 		return false, nil
-	case errors.Is(err, ErrForbidden):
-		return false, nil // not a member: unknown, not remembered
 	}
 	return false, fmt.Errorf("matrix: is %s encrypted: %w", room, err)
 }
@@ -126,14 +124,11 @@ func (c *Client) knownEncrypted(room id.RoomID) bool {
 // event, so that sends stop relying on an older "not encrypted" answer.
 func (c *Client) markEncrypted(room id.RoomID) { c.setEncrypted(room, time.Time{}) }
 
-// checkCanSend refuses an encrypted room when the client cannot encrypt.
-func (c *Client) checkCanSend(ctx context.Context, room id.RoomID) (encrypted bool, err error) {
-	encrypted, err = c.RoomEncrypted(ctx, room)
-	if err != nil {
-		return false, err
+// checkCanSend refuses a room already known to be encrypted when the client cannot encrypt.
+// It asks nothing: what is not known yet is decided when the item is sent.
+func (c *Client) checkCanSend(room id.RoomID) error {
+	if c.knownEncrypted(room) && !c.Encrypting() {
+		return fmt.Errorf("%w: %s", ErrEncryptionRequired, room)
 	}
-	if encrypted && !c.Encrypting() {
-		return true, fmt.Errorf("%w: %s", ErrEncryptionRequired, room)
-	}
-	return encrypted, nil
+	return nil
 }

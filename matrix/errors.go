@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
+	"syscall"
 	"time"
 
 	"maunium.net/go/mautrix"
@@ -22,7 +25,36 @@ var (
 	ErrTooLarge     = errors.New("matrix: too large")                // M_TOO_LARGE / HTTP 413
 	ErrInvalidRoom  = errors.New("matrix: invalid room ID or alias") // rejected before any request is made
 	ErrClosed       = errors.New("matrix: client closed")
+	// ErrUnreachable is matched by errors that mean the homeserver could not be reached: a
+	// refused or broken connection, a timeout, a name that does not resolve. The request may
+	// or may not have arrived. The outbox keeps retrying such sends.
+	ErrUnreachable = errors.New("matrix: homeserver unreachable")
+	// ErrIdempotencyConflict is returned by Send and SendFile when an idempotency key comes
+	// back with another room or other content than the send that first used it.
+	ErrIdempotencyConflict = errors.New("matrix: idempotency key was used for another send")
 )
+
+// unreachableError is a transport failure: it matches ErrUnreachable and unwraps to the
+// cause (a *url.Error, say).
+type unreachableError struct{ err error }
+
+func (e *unreachableError) Error() string {
+	return "matrix: homeserver unreachable: " + e.err.Error()
+}
+func (e *unreachableError) Unwrap() error { return e.err }
+
+// Is makes errors.Is(err, ErrUnreachable) work.
+func (e *unreachableError) Is(target error) bool { return target == ErrUnreachable }
+
+// transportError reports whether err is a failure to reach the homeserver (no HTTP answer).
+func transportError(err error) bool {
+	var ue *url.Error
+	var ne net.Error
+	var oe *net.OpError
+	return errors.As(err, &ue) || errors.As(err, &ne) || errors.As(err, &oe) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNRESET)
+}
 
 // HTTPError is a homeserver's refusal of a request: the HTTP status and the Matrix errcode.
 type HTTPError struct {
@@ -65,14 +97,21 @@ func (e *HTTPError) Temporary() bool {
 	return e.Is(ErrRateLimited) || e.Status >= 500
 }
 
-// wrapErr turns mautrix's errors into ours: an *HTTPError where the server answered, the
-// context's error where it ended, the error unchanged otherwise.
+// wrapErr turns mautrix's errors into ours: an *HTTPError where the server answered, an error
+// matching ErrUnreachable where it could not be reached, the error unchanged otherwise (the
+// context's error where it ended).
 func wrapErr(err error) error {
 	if err == nil {
 		return nil
 	}
 	var mx mautrix.HTTPError
 	if !errors.As(err, &mx) || mx.Response == nil {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) && !isTimeout(err) {
+			return err
+		}
+		if !errors.Is(err, ErrUnreachable) && transportError(err) {
+			return &unreachableError{err}
+		}
 		return err
 	}
 	he := &HTTPError{Status: mx.Response.StatusCode, Message: mx.Message}
@@ -110,25 +149,20 @@ func parseRetryAfter(v string) time.Duration {
 	return 0
 }
 
-// retryable reports whether a failed send should be tried again: rate limits, 5xx, and network
-// errors. A cancelled context is not retryable; 4xx other than 429 are not.
+// isTimeout reports whether err is a request timeout of the HTTP client (not the caller's
+// context ending).
+func isTimeout(err error) bool {
+	var ue *url.Error
+	return errors.As(err, &ue) && ue.Timeout()
+}
+
+// retryable reports whether a failed send should be tried again: rate limits, 5xx, and failures
+// to reach the server. A cancelled context is not retryable, nor are 4xx other than 429 and
+// content that is invalid.
 func retryable(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrInvalidContent) {
-		return false
-	}
-	var he *HTTPError
-	if errors.As(err, &he) {
-		return he.Temporary()
-	}
-	var mx mautrix.HTTPError
-	if errors.As(err, &mx) && mx.Response != nil {
-		return mx.Response.StatusCode >= 500 || mx.Response.StatusCode == http.StatusTooManyRequests
-	}
-	var ne net.Error
-	if errors.As(err, &ne) {
+	switch classify(err) {
+	case failTemporary, failUnreachable:
 		return true
 	}
-	// Connection refused, reset, EOF mid-response: the request may or may not have arrived,
-	// which the transaction ID makes safe to repeat.
-	return true
+	return false
 }

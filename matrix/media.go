@@ -2,17 +2,16 @@ package matrix
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"maunium.net/go/mautrix/crypto/attachment"
 	"maunium.net/go/mautrix/event"
-	"maunium.net/go/mautrix/id"
 )
 
 // Attachment is a file to send into a room.
@@ -28,40 +27,8 @@ type Attachment struct {
 // DefaultMaxDownload bounds Download when the caller passes no limit.
 const DefaultMaxDownload = 100 << 20
 
-// SendFile uploads the attachment and queues the file message, like Send. In an end-to-end
-// encrypted room the file is encrypted before upload (the key travels in the encrypted event),
-// and the client must have encryption (ErrEncryptionRequired otherwise). A file larger than the
-// homeserver's upload limit is refused with ErrTooLarge before anything is uploaded.
-//
-// With an idempotency key that was used before, nothing is uploaded again.
-func (c *Client) SendFile(ctx context.Context, room id.RoomID, att Attachment, opts SendOptions) (*Pending, error) {
-	if err := ValidateRoomID(room); err != nil {
-		return nil, err
-	}
-	if strings.TrimSpace(att.Name) == "" || strings.ContainsAny(att.Name, "/\\\x00") {
-		return nil, fmt.Errorf("%w: attachment needs a plain file name, got %q", ErrInvalidContent, att.Name)
-	}
-	if err := validKey(opts.IdempotencyKey); err != nil {
-		return nil, err
-	}
-	if opts.IdempotencyKey != "" {
-		if p, err := c.outbox.byKey(ctx, opts.IdempotencyKey); p != nil || err != nil {
-			return p, err
-		}
-	}
-	encrypted, err := c.checkCanSend(ctx, room)
-	if err != nil {
-		return nil, err
-	}
-	msg, err := c.upload(ctx, att, encrypted)
-	if err != nil {
-		return nil, err
-	}
-	return c.Send(ctx, room, msg, opts)
-}
-
 // upload puts data on the media repository, encrypted when asked, and returns the message that
-// refers to it.
+// refers to it. It makes each request once: the outbox, which calls it, has its own retries.
 func (c *Client) upload(ctx context.Context, att Attachment, encrypt bool) (Message, error) {
 	size := int64(len(att.Data))
 	if limit := c.uploadLimit(ctx); limit > 0 && size > limit {
@@ -81,13 +48,13 @@ func (c *Client) upload(ctx context.Context, att Attachment, encrypt bool) (Mess
 		copy(cipher, att.Data)
 		ef.EncryptInPlace(cipher)
 		// The media repository sees only ciphertext: no name, no type.
-		up, err := c.mx.UploadBytes(ctx, cipher, "application/octet-stream")
+		up, err := c.send.UploadBytes(ctx, cipher, "application/octet-stream")
 		if err != nil {
 			return Message{}, fmt.Errorf("matrix: upload %s: %w", att.Name, wrapErr(err))
 		}
 		msg = EncryptedFile(att.Kind, &event.EncryptedFileInfo{EncryptedFile: keysOnly(ef), URL: up.ContentURI.CUString()}, att.Name, mimeType, size)
 	} else {
-		up, err := c.mx.UploadBytesWithName(ctx, att.Data, mimeType, att.Name)
+		up, err := c.send.UploadBytesWithName(ctx, att.Data, mimeType, att.Name)
 		if err != nil {
 			return Message{}, fmt.Errorf("matrix: upload %s: %w", att.Name, wrapErr(err))
 		}
@@ -99,16 +66,22 @@ func (c *Client) upload(ctx context.Context, att Attachment, encrypt bool) (Mess
 	return msg, nil
 }
 
-// uploadLimit asks the homeserver once for its upload limit (0: none said).
+// uploadLimit asks the homeserver for its upload limit (0: none said) until it answers once.
 func (c *Client) uploadLimit(ctx context.Context) int64 {
-	c.mediaOnce.Do(func() {
-		cfg, err := c.mx.GetMediaConfig(ctx)
-		if err == nil && cfg != nil {
-			c.mediaLimit = cfg.UploadSize
-		}
-		// A server that does not answer the config endpoint gets no client-side limit; the
-		// upload itself then fails with M_TOO_LARGE if it is too large.
-	})
+	c.mediaMu.Lock()
+	defer c.mediaMu.Unlock()
+	if c.mediaKnown {
+		return c.mediaLimit
+	}
+	cfg, err := c.send.GetMediaConfig(ctx)
+	if err == nil && cfg != nil {
+		c.mediaLimit, c.mediaKnown = cfg.UploadSize, true
+	} else if he := (*HTTPError)(nil); errors.As(wrapErr(err), &he) {
+		// A server that refuses the config endpoint gets no client-side limit; the upload
+		// itself then fails with M_TOO_LARGE if it is too large. One that cannot be reached
+		// is asked again next time.
+		c.mediaKnown = true
+	}
 	return c.mediaLimit
 }
 
@@ -160,6 +133,7 @@ func keysOnly(ef *attachment.EncryptedFile) attachment.EncryptedFile {
 
 // mediaState is the part of Client that caches the media configuration.
 type mediaState struct {
-	mediaOnce  sync.Once
+	mediaMu    sync.Mutex
+	mediaKnown bool
 	mediaLimit int64
 }

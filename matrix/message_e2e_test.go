@@ -2,6 +2,7 @@ package matrix_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -159,8 +160,10 @@ func TestMediaLimitsAndEncryptedRooms(t *testing.T) {
 	room := sharedRoom(t, alice, bob)
 	ctx := t.Context()
 
-	_, err := alice.SendFile(ctx, room, matrix.Attachment{Name: "big.bin", Data: make([]byte, 4096)}, matrix.SendOptions{})
-	if !errors.Is(err, matrix.ErrTooLarge) {
+	// Refused when the item is sent (Send stores first), before anything is uploaded.
+	if _, err := sendAndWait(ctx, func() (*matrix.Pending, error) {
+		return alice.SendFile(ctx, room, matrix.Attachment{Name: "big.bin", Data: make([]byte, 4096)}, matrix.SendOptions{})
+	}); !errors.Is(err, matrix.ErrTooLarge) {
 		t.Errorf("file over the server's limit: %v, want ErrTooLarge", err)
 	}
 	for _, name := range []string{"", "../etc/passwd", "a\x00b"} {
@@ -174,7 +177,10 @@ func TestMediaLimitsAndEncryptedRooms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := alice.Send(ctx, enc.RoomID, matrix.Text("secret"), matrix.SendOptions{}); !errors.Is(err, matrix.ErrEncryptionRequired) {
+	// Found out when the item is sent; once known, Send refuses at once.
+	if _, err := sendAndWait(ctx, func() (*matrix.Pending, error) {
+		return alice.Send(ctx, enc.RoomID, matrix.Text("secret"), matrix.SendOptions{})
+	}); !errors.Is(err, matrix.ErrEncryptionRequired) {
 		t.Errorf("send into encrypted room: %v, want ErrEncryptionRequired", err)
 	}
 	if _, err := alice.SendFile(ctx, enc.RoomID, matrix.Attachment{Name: "a.txt", Data: []byte("x")}, matrix.SendOptions{}); !errors.Is(err, matrix.ErrEncryptionRequired) {
@@ -195,4 +201,13 @@ func TestMediaLimitsAndEncryptedRooms(t *testing.T) {
 	if _, err := alice.Download(ctx, &event.MessageEventContent{URL: "https://example.com/x"}, 0); !errors.Is(err, matrix.ErrInvalidContent) {
 		t.Errorf("download of a non-mxc URL: %v, want ErrInvalidContent", err)
 	}
+}
+
+// sendAndWait runs a send and waits for its outcome: the error of either.
+func sendAndWait(ctx context.Context, send func() (*matrix.Pending, error)) (id.EventID, error) {
+	p, err := send()
+	if err != nil {
+		return "", err
+	}
+	return p.Wait(ctx)
 }

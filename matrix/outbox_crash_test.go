@@ -18,6 +18,7 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/samtalhq/samtal/internal/pgtest"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
@@ -51,7 +52,7 @@ func outboxChild() error {
 		Login:         matrix.Password(os.Getenv("CHILD_USER"), os.Getenv("CHILD_PASSWORD")),
 		DB:            db,
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Outbox:        matrix.OutboxOptions{MaxRetryDelay: time.Second},
+		Outbox:        matrix.OutboxOptions{MaxRetryDelay: time.Second, LeaseDuration: childLease()},
 	})
 	if err != nil {
 		return err
@@ -75,6 +76,12 @@ func outboxChild() error {
 		}
 	}
 	return nil
+}
+
+// childLease is the lease of the child's outbox, from CHILD_LEASE (0: the default).
+func childLease() time.Duration {
+	d, _ := time.ParseDuration(os.Getenv("CHILD_LEASE"))
+	return d
 }
 
 func notification(i int) string { return fmt.Sprintf("notification %04d", i) }
@@ -161,6 +168,92 @@ func TestOutboxCrash(t *testing.T) {
 	}
 	t.Logf("sender killed %d times", killedCount)
 
+	var want []string
+	for i := range perRoom {
+		want = append(want, notification(i))
+	}
+	for _, r := range ids {
+		assertExactlyOnceInOrder(t, id.RoomID(r), roomBodies(t, reader, id.RoomID(r), bot.UserID), want)
+	}
+}
+
+// TestOutboxTwoProcesses: two processes share one session on PostgreSQL and send the same
+// 1000 notifications over 10 rooms (each stores what the other has not); one is killed with
+// SIGKILL part way. The rooms are shared through leases, and the survivor takes over the dead
+// one's rooms when its leases run out: each notification arrives exactly once, in order.
+// Before, both processes worked the same pending rows.
+func TestOutboxTwoProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: two sending processes on PostgreSQL, one killed (about 30 s)")
+	}
+	const rooms, perRoom = 10, 100
+	srv := matrixtest.NewServer(t)
+	_, password := srv.RegisterUser(t, "casebot")
+	bot := srv.Client(t, "casebot")
+	reader := srv.Client(t, "reader")
+	var ids []string
+	for range rooms {
+		resp, err := bot.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{reader.UserID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reader.JoinRoomByID(t.Context(), resp.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, string(resp.RoomID))
+	}
+	dsn := pgtest.New(t)
+	// One session: logged in once, then used by both processes.
+	db, err := matrix.OpenDatabase(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := newClientWith(t, matrix.Options{HomeserverURL: srv.URL, Login: matrix.Password("casebot", password), DB: db})
+	first.Close()
+	db.Close()
+
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func() (*exec.Cmd, chan error, *strings.Builder) {
+		cmd := exec.Command(exe, "-test.run=^$")
+		cmd.Env = append(os.Environ(),
+			envOutboxChild+"=1",
+			"CHILD_DB="+dsn,
+			"CHILD_URL="+srv.URL,
+			"CHILD_USER=casebot",
+			"CHILD_PASSWORD="+password,
+			"CHILD_N="+strconv.Itoa(perRoom),
+			"CHILD_ROOMS="+strings.Join(ids, ","),
+			"CHILD_LEASE=2s",
+		)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		return cmd, done, &stderr
+	}
+	_, survivorDone, survivorErr := start()
+	victim, victimDone, _ := start()
+	select {
+	case <-victimDone:
+		t.Fatal("the process to kill finished before it was killed; the test proved nothing")
+	case <-time.After(time.Duration(1500+rand.IntN(2000)) * time.Millisecond):
+		_ = victim.Process.Signal(syscall.SIGKILL)
+		<-victimDone
+	}
+	select {
+	case err := <-survivorDone:
+		if err != nil {
+			t.Fatalf("the surviving process failed: %v\n%s", err, survivorErr.String())
+		}
+	case <-time.After(5 * time.Minute):
+		t.Fatal("the surviving process did not finish in 5 minutes")
+	}
 	var want []string
 	for i := range perRoom {
 		want = append(want, notification(i))

@@ -28,7 +28,7 @@ func TestResumedSendWaitsForEncryption(t *testing.T) {
 	c.Close()
 	// Stored by a run that had encryption.
 	content, _ := json.Marshal(Text("case 4711: confidential").Content)
-	if _, err := c.db.Exec(t.Context(), `INSERT INTO samtal_outbox (session, room_id, event_type, content, created_at) VALUES ($1, $2, $3, $4, $5)`,
+	if _, err := c.db.Exec(t.Context(), `INSERT INTO samtal_outbox (session, room_id, event_type, content, encrypting, created_at) VALUES ($1, $2, $3, $4, 1, $5)`,
 		c.name, resp.RoomID, event.EventMessage.Type, string(content), time.Now().UnixMilli()); err != nil {
 		t.Fatal(err)
 	}
@@ -94,5 +94,66 @@ func TestPlaintextUploadNotSentIntoEncryptedRoom(t *testing.T) {
 	}
 	if retryable(fmt.Errorf("%w: x", ErrInvalidContent)) {
 		t.Fatal("invalid content would be retried forever")
+	}
+}
+
+// failingEncryption injects a fault: encryption that always fails with an error the outbox
+// does not know.
+type failingEncryption struct{ Encryption }
+
+func (failingEncryption) Encrypt(context.Context, id.RoomID, event.Type, any) (*event.EncryptedEventContent, error) {
+	return nil, errors.New("crypto store is broken")
+}
+
+// TestLocalErrorsAreBounded: an error the outbox does not recognise fails the item after a
+// bounded number of attempts, which are written to the database. Before, it was retried
+// forever and attempts stayed 0.
+func TestLocalErrorsAreBounded(t *testing.T) {
+	srv := newTestServer(t)
+	c := newTestAccount(t, srv, "alice").open(OutboxOptions{MinRetryDelay: 10 * time.Millisecond, MaxRetryDelay: 50 * time.Millisecond, ResumeDelay: 10 * time.Millisecond})
+	resp, err := c.mx.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Preset: "private_chat",
+		InitialState: []*event.Event{{Type: event.StateEncryption, Content: event.Content{Parsed: &event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.UseEncryption(failingEncryption{})
+	p, err := c.Send(t.Context(), resp.RoomID, Text("case 4711"), SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	var se *SendError
+	if _, err := p.Wait(ctx); !errors.As(err, &se) {
+		t.Fatalf("Wait: %v, want a *SendError after %d attempts", err, maxLocalAttempts)
+	}
+	var state, attempts int
+	if err := c.db.QueryRow(t.Context(), `SELECT state, attempts FROM samtal_outbox WHERE id = $1`, p.ID).Scan(&state, &attempts); err != nil {
+		t.Fatal(err)
+	}
+	if state != stateFailed || attempts != maxLocalAttempts {
+		t.Fatalf("state %d after %d attempts, want failed after %d", state, attempts, maxLocalAttempts)
+	}
+}
+
+// TestClassify: what the outbox retries, holds, or gives up on.
+func TestClassify(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want failKind
+	}{
+		{&HTTPError{Status: 403, ErrCode: "M_FORBIDDEN"}, failRefused},
+		{&HTTPError{Status: 429, ErrCode: "M_LIMIT_EXCEEDED"}, failTemporary},
+		{&HTTPError{Status: 502}, failTemporary},
+		{&HTTPError{Status: 401, ErrCode: "M_UNKNOWN_TOKEN"}, failToken},
+		{&unreachableError{errors.New("connection refused")}, failUnreachable},
+		{fmt.Errorf("x: %w", ErrEncryptionRequired), failNoEncryption},
+		{fmt.Errorf("x: %w", ErrInvalidContent), failInvalid},
+		{fmt.Errorf("x: %w", ErrTooLarge), failInvalid},
+		{errors.New("something local"), failLocal},
+	} {
+		if got := classify(tc.err); got != tc.want {
+			t.Errorf("classify(%v) = %d, want %d", tc.err, got, tc.want)
+		}
 	}
 }

@@ -28,7 +28,7 @@ func (o *outbox) reconcile(room id.RoomID, rows []row) ([]row, bool) {
 			for _, r := range rows {
 				if evt, ok := found[r.id]; ok {
 					o.c.log.Info("outbox: item was already in the room", "room", room, "id", r.id, "event", evt)
-					o.succeed(r, evt)
+					o.succeed(r, evt, r.attempts)
 				} else {
 					rest = append(rest, r)
 				}

@@ -9,6 +9,7 @@
 //	samtal room     create, ensure, join rooms and invite to them
 //	samtal tail     print the messages arriving in rooms
 //	samtal e2ee     encryption: status, cross-signing bootstrap, recovery, verification
+//	samtal outbox   list the outbox, retry or drop items that failed
 //	samtal version  print samtal's version
 //
 // Flags may come anywhere on the line, before or after the arguments; after "--" everything
@@ -101,6 +102,7 @@ func commands() []command {
 		{"room", "create, ensure or join rooms, and invite people to them", runRoom},
 		{"tail", "print the messages arriving in rooms until interrupted", runTail},
 		{"e2ee", "end-to-end encryption: status, bootstrap, recover, verify", runE2EE},
+		{"outbox", "list the outbox, retry or drop items that failed", runOutbox},
 		{"version", "print samtal's version", runVersion},
 	}
 }

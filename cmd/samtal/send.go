@@ -150,6 +150,10 @@ func (req sendRequest) send(ctx context.Context, e *env, acct *account) (sendRes
 	if req.wait {
 		r.EventID, err = p.Wait(ctx)
 	}
+	if errors.Is(err, matrix.ErrEncryptionRequired) {
+		// Found out when the outbox sent it, the usual case: Send asks the server nothing.
+		err = fmt.Errorf("%w; run without --no-e2ee (and with a pickle key, --pickle-key) to encrypt", err)
+	}
 	return r, err
 }
 
