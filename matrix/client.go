@@ -57,6 +57,7 @@ type Client struct {
 	encRooms encryptionCache
 	mediaState
 	syncing syncState // whether a Syncer runs and is current (sync.go)
+	gates   roomGates // encrypted sends and removals, per room (rotation.go)
 
 	closeOnce sync.Once
 }

@@ -388,6 +388,11 @@ func (o *outbox) attempt(r *row, txn string) (evt id.EventID, encrypted bool, er
 	typ := event.Type{Type: r.evtType, Class: event.MessageEventType}
 	var body any = withTxnKey(content, txn)
 	if encrypted {
+		// From encryption until the server has the event, no removal from the room (which
+		// would make this key one a removed member holds) comes in between.
+		g := o.c.gates.of(r.room)
+		g.RLock()
+		defer g.RUnlock()
 		ciphertext, err := enc.Encrypt(o.ctx, r.room, typ, body)
 		if err != nil {
 			return "", true, fmt.Errorf("matrix: encrypt for %s: %w", r.room, err)

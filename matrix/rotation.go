@@ -2,6 +2,7 @@ package matrix
 
 import (
 	"context"
+	"sync"
 
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -19,10 +20,38 @@ type Rotator interface {
 	Removal(ctx context.Context, room id.RoomID, user id.UserID, after event.Membership, remove func(context.Context) error) error
 }
 
-// removal runs remove through the client's encryption when it rotates room keys, else as it is.
+// removal runs remove through the client's encryption when it rotates room keys, else as it
+// is. It holds the room's gate alone: an encrypted send that is under way (encrypted with the
+// key the removed member holds, its request not yet answered) finishes first, so that no
+// message encrypted before the removal lands after it.
 func (c *Client) removal(ctx context.Context, room id.RoomID, user id.UserID, after event.Membership, remove func(context.Context) error) error {
-	if r, ok := c.encryption().(Rotator); ok {
-		return r.Removal(ctx, room, user, after, remove)
+	r, ok := c.encryption().(Rotator)
+	if !ok {
+		return remove(ctx)
 	}
-	return remove(ctx)
+	g := c.gates.of(room)
+	g.Lock()
+	defer g.Unlock()
+	return r.Removal(ctx, room, user, after, remove)
+}
+
+// roomGates keep encrypted sends into a room apart from removals from it: a send holds its
+// room's gate shared from encryption until the homeserver answered, a removal holds it alone.
+type roomGates struct {
+	mu    sync.Mutex
+	rooms map[id.RoomID]*sync.RWMutex
+}
+
+func (g *roomGates) of(room id.RoomID) *sync.RWMutex {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.rooms == nil {
+		g.rooms = map[id.RoomID]*sync.RWMutex{}
+	}
+	l := g.rooms[room]
+	if l == nil {
+		l = &sync.RWMutex{}
+		g.rooms[room] = l
+	}
+	return l
 }
