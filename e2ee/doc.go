@@ -1,7 +1,7 @@
 // Package e2ee adds end-to-end encryption to a matrix.Client, on mautrix's pure-Go Olm and
 // Megolm (build with -tags goolm).
 //
-//	key, _ := e2ee.LoadOrCreatePickleKey("/etc/case-bot/pickle.key")
+//	key, _ := e2ee.LoadOrCreatePickleKey("pickle.key") // 0600, beside the database; never a constant
 //	m, err := e2ee.Enable(ctx, client, e2ee.Options{PickleKey: key})
 //
 // After Enable, Client.Send and SendFile encrypt in encrypted rooms (files are encrypted
