@@ -75,9 +75,9 @@ func (m *Machine) noteMissing(ctx context.Context, evt *event.Event, content *ev
 	if !due {
 		return
 	}
-	sender := content.DeviceID
-	if sender == "" {
-		sender = "*" // newer clients leave the device out of the event
+	sender := id.DeviceID("*") // the sender's devices, unless we know which one made the key
+	if dev, err := m.mach.CryptoStore.FindDeviceByKey(ctx, evt.Sender, content.SenderKey); err == nil && dev != nil {
+		sender = dev.DeviceID
 	}
 	to := map[id.UserID][]id.DeviceID{evt.Sender: {sender}}
 	if evt.Sender != m.c.UserID() {
