@@ -3,7 +3,6 @@ package e2ee_test
 import (
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -145,18 +144,7 @@ func TestRestartNoUTDWithJSSDK(t *testing.T) {
 		t.Fatalf("the bot never read %d of js-sdk's %d messages: %q", len(missing), messages, missing)
 	}
 	bot.stop(syscall.SIGTERM)
-	db, err := matrix.OpenDatabase(ctx, filepath.Join(bot.dir, "bot.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var utd int
-	if err := db.QueryRow(ctx, `SELECT count(*) FROM samtal_utd`).Scan(&utd); err != nil {
-		t.Fatal(err)
-	}
-	if utd != 0 {
-		t.Errorf("%d events are still undecryptable", utd)
-	}
+	bot.checkNoneUndecryptable()
 	total := bot.stats()
 	t.Logf("%d runs (%d killed) while js-sdk sent %d messages; %d undecryptable on arrival, %d decrypted late, %d refused",
 		restarts+1, killed, messages, total.Undecryptable, total.LateDecrypted, total.Rejected)

@@ -267,18 +267,7 @@ func TestRestartNoUTD(t *testing.T) {
 	}
 	bot.stop(syscall.SIGTERM)
 
-	db, err := matrix.OpenDatabase(ctx, filepath.Join(bot.dir, "bot.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var utd int
-	if err := db.QueryRow(ctx, `SELECT count(*) FROM samtal_utd`).Scan(&utd); err != nil {
-		t.Fatal(err)
-	}
-	if utd != 0 {
-		t.Errorf("%d events are still undecryptable", utd)
-	}
+	bot.checkNoneUndecryptable()
 	total := bot.stats()
 	if total.Rejected != 0 {
 		t.Errorf("the bot refused %d events for good", total.Rejected)
@@ -423,6 +412,24 @@ func (b *botProcess) seen() map[string]bool {
 		seen[parts[3]] = true
 	}
 	return seen
+}
+
+// checkNoneUndecryptable fails the test if the stopped bot's database still holds events
+// waiting for their keys.
+func (b *botProcess) checkNoneUndecryptable() {
+	b.t.Helper()
+	db, err := matrix.OpenDatabase(b.t.Context(), filepath.Join(b.dir, "bot.db"))
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	defer db.Close()
+	var utd int
+	if err := db.QueryRow(b.t.Context(), `SELECT count(*) FROM samtal_utd`).Scan(&utd); err != nil {
+		b.t.Fatal(err)
+	}
+	if utd != 0 {
+		b.t.Errorf("%d events are still undecryptable", utd)
+	}
 }
 
 func (b *botProcess) statsPath(run int) string {
