@@ -239,22 +239,7 @@ func TestRestartNoUTD(t *testing.T) {
 			asked = append(asked, body)
 		}
 	}
-	var missing []string
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		seen := bot.seen()
-		missing = missing[:0]
-		for _, body := range sent {
-			if !seen[body] {
-				missing = append(missing, body)
-			}
-		}
-		if len(missing) == 0 || time.Now().After(deadline) {
-			break
-		}
-	}
-	if len(missing) > 0 {
-		t.Fatalf("the bot never read %d of alice's %d messages: %q", len(missing), len(sent), missing)
-	}
+	bot.waitSeen(t, "alice", sent)
 	for _, body := range asked {
 		if answer := alice.got.wait(t, confirmPrefix+body); !answer.Mautrix.WasEncrypted {
 			t.Errorf("the bot's answer %s came unencrypted", answer.ID)
@@ -412,6 +397,25 @@ func (b *botProcess) seen() map[string]bool {
 		seen[parts[3]] = true
 	}
 	return seen
+}
+
+// waitSeen waits until the bot has read every one of bodies, failing the test with the list of
+// those it never read.
+func (b *botProcess) waitSeen(t testing.TB, from string, bodies []string) {
+	t.Helper()
+	matrixtest.Eventually(t, func() error {
+		seen := b.seen()
+		var missing []string
+		for _, body := range bodies {
+			if !seen[body] {
+				missing = append(missing, body)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("the bot never read %d of %s's %d messages: %q", len(missing), from, len(bodies), missing)
+		}
+		return nil
+	})
 }
 
 // checkNoneUndecryptable fails the test if the stopped bot's database still holds events
