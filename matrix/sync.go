@@ -22,7 +22,7 @@ import (
 // to OnInvite handlers but not accepted.
 type SyncOptions struct {
 	Timeout       time.Duration   // long-poll timeout of one sync request, below the HTTP client's; 0 means 30 s
-	ReplayHistory bool            // on the very first sync (no stored token) also deliver the messages already in rooms; by default only invites are
+	ReplayHistory bool            // on the very first sync (no stored token) also deliver the messages already in rooms (see Syncer); by default only invites are
 	IncludeOwn    bool            // deliver events this account sent (from any device); by default they are skipped
 	AutoJoin      *AutoJoinPolicy // which invites to accept before OnInvite handlers run; nil accepts none
 	MinBackoff    time.Duration   // first wait after a failed sync; 0 means 1 s
@@ -73,7 +73,10 @@ type SyncStats struct {
 // unprocessable event cannot stop a bot for good.
 //
 // A room's events from before this account joined it are history and not delivered, with one
-// exception: ReplayHistory on the very first sync. When the server leaves out part of a room's
+// exception: ReplayHistory on the very first sync. The rooms it replays are those the account
+// had joined when the Syncer started, also one whose join the server's sync stream shows only
+// in a later batch (a homeserver answers /sync from a stream that can lag behind a join that
+// has returned); that memory is not kept across a restart of the Syncer. When the server leaves out part of a room's
 // timeline because too much happened since the last sync, the Syncer fetches the missing
 // events (up to 1000 per room and batch) so that none is skipped.
 //
@@ -86,6 +89,10 @@ type Syncer struct {
 	handlers []handler
 
 	running atomic.Bool
+
+	// replay holds, during a first sync with ReplayHistory, the rooms the account had joined
+	// when it started that no batch has shown yet; only Run's goroutine uses it.
+	replay map[id.RoomID]bool
 
 	batches, events, handlerErrors, syncErrors atomic.Uint64
 	undecryptable, lateDecrypted, rejected     atomic.Uint64
@@ -166,11 +173,15 @@ func (s *Syncer) Run(ctx context.Context) error {
 			// point a later gap is filled back to.
 			filter = syncFilter(1)
 		}
-		resp, err := s.c.mx.SyncRequest(ctx, int(timeout.Milliseconds()), since, filter, false, "")
+		var resp *mautrix.RespSync
+		err := s.startReplay(ctx, since)
 		if err == nil {
-			err = s.process(ctx, resp, since)
-		} else {
-			err = fmt.Errorf("matrix: sync: %w", wrapErr(err))
+			resp, err = s.c.mx.SyncRequest(ctx, int(timeout.Milliseconds()), since, filter, false, "")
+			if err == nil {
+				err = s.process(ctx, resp, since)
+			} else {
+				err = fmt.Errorf("matrix: sync: %w", wrapErr(err))
+			}
 		}
 		if ctx.Err() != nil {
 			return nil
@@ -193,8 +204,33 @@ func (s *Syncer) Run(ctx context.Context) error {
 			log.Info("sync: recovered", "after_failures", failures)
 			failures = 0
 		}
+		for room := range s.replay {
+			_, joined := resp.Rooms.Join[room]
+			_, left := resp.Rooms.Leave[room]
+			if joined || left {
+				delete(s.replay, room)
+			}
+		}
 		since = resp.NextBatch
 	}
+}
+
+// startReplay notes, before the first sync with ReplayHistory, the rooms the account has
+// joined, from the server's room state (which, unlike its sync stream, has every join that
+// returned).
+func (s *Syncer) startReplay(ctx context.Context, since string) error {
+	if since != "" || !s.opts.ReplayHistory || s.replay != nil {
+		return nil
+	}
+	resp, err := s.c.mx.JoinedRooms(ctx)
+	if err != nil {
+		return fmt.Errorf("matrix: sync: joined rooms: %w", wrapErr(err))
+	}
+	s.replay = make(map[id.RoomID]bool, len(resp.JoinedRooms))
+	for _, room := range resp.JoinedRooms {
+		s.replay[room] = true
+	}
+	return nil
 }
 
 // syncCurrentMargin is how much longer than its long-poll timeout a running Syncer may go
@@ -398,11 +434,11 @@ func (s *Syncer) collect(ctx context.Context, resp *mautrix.RespSync, since stri
 }
 
 // timeline returns the events of a room's timeline to deliver: none on a first sync unless
-// history is replayed; from this account's join on in a room just joined; and with the events
+// history is replayed (also for a room joined before the first sync that shows only later); from this account's join on in a room just joined; and with the events
 // the server left out of a limited timeline fetched and put in front.
 func (s *Syncer) timeline(ctx context.Context, room id.RoomID, tl mautrix.SyncTimeline, since string) ([]*event.Event, error) {
 	evts := tl.Events
-	if since == "" {
+	if since == "" || s.replay[room] {
 		if !s.opts.ReplayHistory {
 			return nil, nil
 		}

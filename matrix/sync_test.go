@@ -2,8 +2,13 @@ package matrix_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -515,4 +520,76 @@ func (r *syncRecorder) waitFor(t *testing.T, want string) []string {
 	t.Helper()
 	syncWait(t, want, func() bool { return slices.Contains(r.snapshot(), want) })
 	return r.snapshot()
+}
+
+// TestSyncReplayHistoryJoinShownLate: with ReplayHistory, a room the account joined before
+// the Syncer started is replayed also when the server's first sync answer does not show the
+// join yet (Dendrite answers /sync from a stream that can lag behind a join that returned, seen
+// under load in examples/notify-case). The lag is injected: a proxy answers the Syncer's first
+// /sync with what the real server answered just before the join; everything else is the real
+// server's. Before, the join seen in the second batch made everything before it history.
+func TestSyncReplayHistoryJoinShownLate(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	_, password := srv.RegisterUser(t, "bot")
+	alice := srv.Client(t, "alice")
+	ctx := t.Context()
+
+	var stale atomic.Pointer[[]byte] // the first /sync answer to give, if set
+	target, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b := stale.Load(); b != nil && r.URL.Path == "/_matrix/client/v3/sync" && r.URL.Query().Get("since") == "" {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(*b)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(proxy.Close)
+
+	bot := newClientWith(t, matrix.Options{HomeserverURL: proxy.URL, Login: matrix.Password("bot", password), DB: testDB(t)})
+	resp, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bot.UserID()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := resp.RoomID
+	mustSend(t, alice, room, "old 1")
+	mustSend(t, alice, room, "old 2")
+	matrixtest.WaitMessage(t, alice, room, "old 2")
+	matrixtest.Eventually(t, func() error { // the server's answer from before the join: bot invited
+		before, err := bot.Mautrix().SyncRequest(ctx, 0, "", "", false, "")
+		if err != nil {
+			return err
+		}
+		if _, ok := before.Rooms.Invite[room]; !ok {
+			return fmt.Errorf("the invite is not in the bot's sync yet")
+		}
+		b, err := json.Marshal(before)
+		if err != nil {
+			return err
+		}
+		stale.Store(&b)
+		return nil
+	})
+	if _, err := bot.Mautrix().JoinRoomByID(ctx, room); err != nil {
+		t.Fatal(err)
+	}
+
+	var got syncRecorder
+	s := bot.NewSyncer(matrix.SyncOptions{ReplayHistory: true, Timeout: time.Second})
+	s.OnMessage(func(ctx context.Context, e *matrix.Event) error {
+		if e.RoomID == room {
+			got.add(e.Text())
+		}
+		return nil
+	})
+	startSyncer(t, s)
+	syncWait(t, "the first sync", func() bool { return s.Stats().Batches >= 1 })
+	mustSend(t, alice, room, "new")
+	if g, want := got.waitFor(t, "new"), []string{"old 1", "old 2", "new"}; !slices.Equal(g, want) {
+		t.Errorf("delivered %q, want %q", g, want)
+	}
 }

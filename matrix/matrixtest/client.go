@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -50,8 +51,8 @@ func OnEncrypted(fn func(m *e2ee.Machine) error) ClientOption {
 	}
 }
 
-// WithLogger gives the client a logger. By default clients log nothing, or into the test's
-// log when the test runs with -v.
+// WithLogger gives the client a logger. By default clients log into the test's output, which
+// is shown when the test fails or runs with -v.
 func WithLogger(l *slog.Logger) ClientOption {
 	return func(c *clientConfig) { c.logger = l }
 }
@@ -74,7 +75,7 @@ func (s *Server) NewClient(tb testing.TB, localpart string, opts ...ClientOption
 		o(&cfg)
 	}
 	if cfg.logger == nil {
-		cfg.logger = testLogger(tb)
+		cfg.logger = testLogger(tb).With("client", localpart)
 	}
 	password := s.password(tb, localpart)
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
@@ -130,17 +131,29 @@ func (s *Server) password(tb testing.TB, localpart string) string {
 	return password
 }
 
-// testLogger discards logs, or writes them into the test's log with -v.
+// testLogger writes into the test's output, shown when the test fails or with -v, until the
+// test's cleanup (registered first, so it runs after the client's Close): a late line of a
+// stopping client is dropped, not written after the test ended.
 func testLogger(tb testing.TB) *slog.Logger {
-	if !testing.Verbose() {
-		return slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	return slog.New(slog.NewTextHandler(testWriter{tb}, nil))
+	w := &testWriter{out: tb.Output()}
+	tb.Cleanup(func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.out = nil
+	})
+	return slog.New(slog.NewTextHandler(w, nil))
 }
 
-type testWriter struct{ tb testing.TB }
+type testWriter struct {
+	mu  sync.Mutex
+	out io.Writer // nil once the test ended
+}
 
-func (w testWriter) Write(p []byte) (int, error) {
-	w.tb.Log(string(p))
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.out != nil {
+		_, _ = w.out.Write(p)
+	}
 	return len(p), nil
 }
