@@ -36,15 +36,21 @@ type checkEnv struct {
 
 func newCheckEnv(t *testing.T, servers ...*matrixtest.Server) *checkEnv {
 	t.Helper()
-	env := &checkEnv{roots: x509.NewCertPool(), routes: map[string]string{}}
+	return &checkEnv{roots: newCheckEnvRoots(t, servers...), routes: map[string]string{}}
+}
+
+// newCheckEnvRoots trusts the servers' self-signed certificates.
+func newCheckEnvRoots(t testing.TB, servers ...*matrixtest.Server) *x509.CertPool {
+	t.Helper()
+	roots := x509.NewCertPool()
 	for _, s := range servers {
 		pemBytes, err := os.ReadFile(s.TLSCertFile())
 		if err != nil {
 			t.Fatal(err)
 		}
-		env.roots.AppendCertsFromPEM(pemBytes)
+		roots.AppendCertsFromPEM(pemBytes)
 	}
-	return env
+	return roots
 }
 
 func (e *checkEnv) dial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -69,6 +75,11 @@ func (e *checkEnv) options() federation.CheckOptions {
 // certificate for names, trusted by env, and answers with handler. It returns its address.
 func (e *checkEnv) faultServer(t *testing.T, names []string, handler http.Handler) string {
 	t.Helper()
+	return e.faultServerTB(t, names, handler)
+}
+
+func (e *checkEnv) faultServerTB(t testing.TB, names []string, handler http.Handler) string {
+	t.Helper()
 	srv := httptest.NewUnstartedServer(handler)
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t, e.roots, names...)}}
 	srv.StartTLS()
@@ -76,7 +87,7 @@ func (e *checkEnv) faultServer(t *testing.T, names []string, handler http.Handle
 	return srv.Listener.Addr().String()
 }
 
-func selfSigned(t *testing.T, pool *x509.CertPool, names ...string) tls.Certificate {
+func selfSigned(t testing.TB, pool *x509.CertPool, names ...string) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -98,7 +109,7 @@ func selfSigned(t *testing.T, pool *x509.CertPool, names ...string) tls.Certific
 
 // keyServer answers /_matrix/key/v2/server for name, signed by sigKey while publishing
 // pubKey (the same key for an honest server), and /_matrix/federation/v1/version.
-func keyServer(t *testing.T, name string, pubKey ed25519.PublicKey, sigKey ed25519.PrivateKey) http.Handler {
+func keyServer(t testing.TB, name string, pubKey ed25519.PublicKey, sigKey ed25519.PrivateKey) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/_matrix/federation/v1/version":
@@ -197,6 +208,11 @@ func TestCheck(t *testing.T) {
 
 // closedPort returns an address where nothing listens.
 func closedPort(t *testing.T) string {
+	t.Helper()
+	return closedPortTB(t)
+}
+
+func closedPortTB(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
