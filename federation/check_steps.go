@@ -215,8 +215,7 @@ func (c *checker) checkKeys(ctx context.Context) StepResult {
 	_ = json.Unmarshal(raw, &obj)
 	delete(obj, "signatures")
 	delete(obj, "unsigned")
-	unsigned, _ := json.Marshal(obj)
-	canonical, err := canonicaljson.CanonicalJSON(unsigned)
+	canonical, err := canonicaljson.Marshal(obj)
 	if err != nil {
 		return fail(ErrBadKeys, "the key object is not canonical JSON: %v", err)
 	}

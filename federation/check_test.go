@@ -121,8 +121,7 @@ func keyServer(t testing.TB, name string, pubKey ed25519.PublicKey, sigKey ed255
 				"verify_keys":     map[string]any{"ed25519:k1": map[string]string{"key": base64.RawStdEncoding.EncodeToString(pubKey)}},
 				"old_verify_keys": map[string]any{},
 			}
-			b, _ := json.Marshal(obj)
-			canonical, err := canonicaljson.CanonicalJSON(b)
+			canonical, err := canonicaljson.Marshal(obj)
 			if err != nil {
 				t.Error(err)
 			}

@@ -20,9 +20,6 @@ import (
 // with the same key passes for one.
 const mediaType = "samtal-federation+json"
 
-// algorithms are the JWS algorithms a list may be signed with.
-var algorithms = []jose.SignatureAlgorithm{jose.EdDSA, jose.ES256}
-
 // Sign checks doc and signs it with key (an ed25519.PrivateKey or a P-256 *ecdsa.PrivateKey),
 // returning the JWS in compact serialization: what the coordinating body publishes.
 func Sign(doc Document, key crypto.Signer) ([]byte, error) {
