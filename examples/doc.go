@@ -7,6 +7,9 @@
 //     (Syncer, AutoJoinPolicy, Commands).
 //   - e2ee-bot: echo-bot in end-to-end encrypted rooms, with cross-signing, recovery and a
 //     trust policy (e2ee.Enable, Bootstrap, Recover, AcceptFrom).
+//   - federation-list: the agencies' federation list signed with a key in a file, published,
+//     loaded, and a case room only members' servers may take part in (federation.Sign,
+//     Watcher, matrix.Options.CaseRoomACL).
 //
 // readme_test.go runs the Go code of the repository's README.md.
 //

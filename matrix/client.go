@@ -33,6 +33,13 @@ type Options struct {
 	// homeserver refused the stored token (ErrUnknownToken). Sends stay pending until a new
 	// login of the same user (New with Login) sends them. Client.Err returns the same error.
 	OnError func(error)
+
+	// Federation (issue 13):
+
+	// CaseRoomACL, when set, gives the server ACL of every CaseRoom created without
+	// RoomSpec.ServerACL, such as the agencies' federation list (federation.Watcher). When it
+	// fails, so does the creation.
+	CaseRoomACL ServerACLSource
 }
 
 // Client is a Matrix account on one device, with a durable outbox and a restart-safe syncer.
@@ -60,6 +67,8 @@ type Client struct {
 	gates   roomGates // encrypted sends and removals, per room (rotation.go)
 
 	closeOnce sync.Once
+
+	aclSource ServerACLSource // Options.CaseRoomACL
 }
 
 // ErrNoDatabase is returned by New when Options.DB is nil.
@@ -96,6 +105,7 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	}
 	c := &Client{db: db, name: opts.SessionName, log: opts.Logger.With("session", opts.SessionName),
 		onError: opts.OnError, stop: make(chan struct{})}
+	c.aclSource = opts.CaseRoomACL
 	sessions := sessionStore{db}
 
 	sess, err := sessions.load(ctx, opts.SessionName)

@@ -76,6 +76,12 @@ type RoomSpec struct {
 	PowerLevels map[id.UserID]PowerLevel // levels other than the preset's; the creator stays PowerAdmin unless listed
 	Space       id.RoomID                // optional space the room is added to (see AddToSpace)
 	CaseID      string                   // the case a CaseRoom is about, required there; stored as StateCase
+
+	// Federation (issue 13):
+
+	// ServerACL, when set, is the room's m.room.server_acl from its creation. A CaseRoom
+	// without one gets Options.CaseRoomACL's, when the client has one.
+	ServerACL *ServerACL `json:",omitempty"`
 }
 
 // Limits on a RoomSpec's text: a room's state travels to every member's client with each
@@ -231,6 +237,16 @@ func (c *Client) createRequest(spec RoomSpec, space bool) (*mautrix.ReqCreateRoo
 	if encrypted {
 		req.InitialState = append(req.InitialState, stateEvent(event.StateEncryption, "",
 			&event.EncryptionEventContent{Algorithm: id.AlgorithmMegolmV1}))
+	}
+	acl, err := c.caseRoomACL(spec)
+	if err != nil {
+		return nil, err
+	}
+	if acl != nil {
+		if err := c.checkACL(acl); err != nil {
+			return nil, err
+		}
+		req.InitialState = append(req.InitialState, stateEvent(event.StateServerACL, "", acl.content()))
 	}
 	if spec.CaseID != "" {
 		req.InitialState = append(req.InitialState, stateEvent(StateCase, "", map[string]string{"case_id": spec.CaseID}))

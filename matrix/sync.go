@@ -30,10 +30,14 @@ type SyncOptions struct {
 }
 
 // AutoJoinPolicy says whose invites a Syncer accepts: an invite is accepted if the inviter is
-// listed in Users or has an account on one of Servers. An empty policy accepts nothing.
+// listed in Users, has an account on one of Servers, or on a server AllowServer approves. An
+// empty policy accepts nothing.
 type AutoJoinPolicy struct {
 	Users   []id.UserID
 	Servers []string // server names, such as "agency.example"
+	// AllowServer, when set, is asked about the inviter's server name (with its port, if it
+	// has one), such as federation.Watcher.HasServer to accept invites from members only.
+	AllowServer func(server string) bool
 }
 
 // Allows reports whether an invite from inviter is to be accepted.
@@ -45,7 +49,13 @@ func (p *AutoJoinPolicy) Allows(inviter id.UserID) bool {
 		return true
 	}
 	server := inviter.Homeserver()
-	return server != "" && slices.ContainsFunc(p.Servers, func(s string) bool { return strings.EqualFold(s, server) })
+	if server == "" {
+		return false
+	}
+	if slices.ContainsFunc(p.Servers, func(s string) bool { return strings.EqualFold(s, server) }) {
+		return true
+	}
+	return p.AllowServer != nil && p.AllowServer(server)
 }
 
 // SyncStats are a Syncer's counters since it was made, for metrics and health checks.

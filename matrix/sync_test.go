@@ -255,6 +255,8 @@ func TestAutoJoinPolicy(t *testing.T) {
 		{"server with port", &matrix.AutoJoinPolicy{Servers: []string{"agency.example"}}, "@bob:agency.example:8448", false},
 		{"suffix is not the server", &matrix.AutoJoinPolicy{Servers: []string{"agency.example"}}, "@eve:evil-agency.example", false},
 		{"malformed inviter", &matrix.AutoJoinPolicy{Servers: []string{""}}, "alice", false},
+		{"server approved", &matrix.AutoJoinPolicy{AllowServer: func(s string) bool { return s == "member.example:8448" }}, "@bob:member.example:8448", true},
+		{"server not approved", &matrix.AutoJoinPolicy{AllowServer: func(s string) bool { return s == "member.example" }}, "@eve:other.example", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := tc.policy.Allows(tc.inviter); got != tc.want {

@@ -50,10 +50,10 @@ func writeSigningKey(dir string) error {
 	return os.WriteFile(path, pem.EncodeToMemory(block), 0o600)
 }
 
-// writeTLS writes a self-signed certificate for localhost and 127.0.0.1, for the federation
-// listener. Servers in a test federation skip TLS validation, so trust does not matter; the
-// listener just has to speak TLS.
-func writeTLS(dir string) error {
+// writeTLS writes a self-signed certificate for localhost, 127.0.0.1 and host (if not ""),
+// for the federation listener. Servers in a test federation skip TLS validation, so trust
+// does not matter to them; a checker can trust the certificate file.
+func writeTLS(dir, host string) error {
 	if _, err := os.Stat(filepath.Join(dir, tlsCertFile)); err == nil {
 		return nil
 	}
@@ -68,7 +68,7 @@ func writeTLS(dir string) error {
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: "localhost"},
-		DNSNames:     []string{"localhost"},
+		DNSNames:     dnsNames(host),
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(10 * 365 * 24 * time.Hour),
@@ -87,6 +87,13 @@ func writeTLS(dir string) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, tlsCertFile), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+}
+
+func dnsNames(host string) []string {
+	if host == "" || host == "localhost" {
+		return []string{"localhost"}
+	}
+	return []string{"localhost", host}
 }
 
 // configData is what the Dendrite configuration template is filled with.

@@ -49,6 +49,10 @@ type Options struct {
 	AppServices []string                         // paths of appservice registration files to load
 	MaxUpload   int64                            // largest media upload in bytes; 0 means 100 MiB
 	Logf        func(format string, args ...any) // progress messages ("building dendrite..."); nil is silent
+
+	// Federation with distinct host names (issue 13):
+	HostName string   // with Federation, the host part of the server name (HostName:HTTPS_PORT); "" means localhost
+	Env      []string // extra environment of the Dendrite process, such as HTTPS_PROXY for its federation requests
 }
 
 // Homeserver is a running (or stopped) Dendrite process.
@@ -144,7 +148,11 @@ func (h *Homeserver) choosePorts() error {
 			return err
 		}
 		h.httpsPort = p
-		h.serverName = "localhost:" + strconv.Itoa(p)
+		host := h.opts.HostName
+		if host == "" {
+			host = "localhost"
+		}
+		h.serverName = host + ":" + strconv.Itoa(p)
 	}
 	return nil
 }
@@ -160,6 +168,18 @@ func (h *Homeserver) ServerName() string { return h.serverName }
 // Dir is the data directory.
 func (h *Homeserver) Dir() string { return h.opts.Dir }
 
+// FederationAddr is the loopback address of the federation (HTTPS) listener, "" without
+// Federation.
+func (h *Homeserver) FederationAddr() string {
+	if !h.opts.Federation {
+		return ""
+	}
+	return net.JoinHostPort(h.host, strconv.Itoa(h.httpsPort))
+}
+
+// TLSCertFile is the path of the federation listener's self-signed certificate (PEM).
+func (h *Homeserver) TLSCertFile() string { return filepath.Join(h.opts.Dir, tlsCertFile) }
+
 // Start starts a stopped homeserver again on the same ports, with the same data.
 func (h *Homeserver) Start(ctx context.Context) error {
 	h.mu.Lock()
@@ -173,7 +193,7 @@ func (h *Homeserver) Start(ctx context.Context) error {
 	args := []string{"--config", filepath.Join(h.opts.Dir, configFile),
 		"--http-bind-address", net.JoinHostPort(h.host, strconv.Itoa(h.httpPort))}
 	if h.opts.Federation {
-		if err := writeTLS(h.opts.Dir); err != nil {
+		if err := writeTLS(h.opts.Dir, h.opts.HostName); err != nil {
 			return fmt.Errorf("homeserver: TLS certificate: %w", err)
 		}
 		args = append(args,
@@ -230,6 +250,9 @@ func (h *Homeserver) startOnce(ctx context.Context, args []string) error {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = sysProcAttr()
+	if len(h.opts.Env) > 0 {
+		cmd.Env = append(os.Environ(), h.opts.Env...)
+	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("homeserver: start %s: %w", h.binary, err)

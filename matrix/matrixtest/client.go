@@ -25,6 +25,7 @@ type clientConfig struct {
 	onEncrypted func(*e2ee.Machine) error
 	logger      *slog.Logger
 	outbox      matrix.OutboxOptions
+	caseACL     matrix.ServerACLSource
 }
 
 // Encrypted turns on end-to-end encryption with a random pickle key, so that the client sends
@@ -62,6 +63,12 @@ func WithOutbox(opts matrix.OutboxOptions) ClientOption {
 	return func(c *clientConfig) { c.outbox = opts }
 }
 
+// WithCaseRoomACL gives the client a source of server ACLs for its case rooms
+// (matrix.Options.CaseRoomACL), such as a federation.Watcher.
+func WithCaseRoomACL(src matrix.ServerACLSource) ClientOption {
+	return func(c *clientConfig) { c.caseACL = src }
+}
+
 // NewClient returns a samtal client logged in as localpart by password, on a new device with a
 // database of its own in tb.TempDir(), closed when the test ends. The user is registered
 // first if this Server has not registered it yet.
@@ -93,6 +100,7 @@ func (s *Server) NewClient(tb testing.TB, localpart string, opts ...ClientOption
 		DeviceName:    "matrixtest",
 		Logger:        cfg.logger,
 		Outbox:        cfg.outbox,
+		CaseRoomACL:   cfg.caseACL,
 	})
 	if err != nil {
 		tb.Fatalf("matrixtest: client for %s: %v", localpart, err)

@@ -45,8 +45,9 @@ type Server struct {
 type Option func(*config)
 
 type config struct {
-	opts    homeserver.Options
-	appRegs []*appservice.Registration
+	opts          homeserver.Options
+	appRegs       []*appservice.Registration
+	distinctHosts bool // NewFederation: a.localhost, b.localhost, ... (DistinctHosts)
 }
 
 // WithRateLimit turns on Dendrite's rate limiter: a burst of threshold requests, then cooloff
@@ -215,6 +216,14 @@ func (s *Server) Running() bool { return s.hs.Running() }
 
 // Log returns the last n lines of the server's log.
 func (s *Server) Log(n int) string { return s.hs.Log(n) }
+
+// FederationAddr is the loopback address of a federating server's HTTPS listener, such as
+// 127.0.0.1:41234; "" for a server of NewServer.
+func (s *Server) FederationAddr() string { return s.hs.FederationAddr() }
+
+// TLSCertFile is the path of a federating server's self-signed certificate (PEM), valid for
+// its host name, for a test that checks the server with TLS validation.
+func (s *Server) TLSCertFile() string { return s.hs.TLSCertFile() }
 
 func randomHex(n int) string {
 	b := make([]byte, n)

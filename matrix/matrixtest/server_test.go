@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -238,4 +239,32 @@ func TestEventually(t *testing.T) {
 	if tries != 3 {
 		t.Errorf("cond ran %d times", tries)
 	}
+}
+
+// TestFederationDistinctHosts: servers with host names of their own federate through the
+// test's proxy, as TestFederation's do.
+func TestFederationDistinctHosts(t *testing.T) {
+	servers := matrixtest.NewFederation(t, 2, matrixtest.DistinctHosts())
+	a, b := servers[0], servers[1]
+	if !strings.HasPrefix(a.ServerName, "a.localhost:") || !strings.HasPrefix(b.ServerName, "b.localhost:") {
+		t.Fatalf("server names %s, %s", a.ServerName, b.ServerName)
+	}
+	if addr, ok := matrixtest.LoopbackAddr(b.ServerName); !ok || addr != b.FederationAddr() {
+		t.Errorf("LoopbackAddr(%s) = %s, %v; the listener is %s", b.ServerName, addr, ok, b.FederationAddr())
+	}
+	if _, ok := matrixtest.LoopbackAddr("matrix.example.org:8448"); ok {
+		t.Error("LoopbackAddr maps a name that is not .localhost")
+	}
+	alice := a.Client(t, "alice")
+	bob := b.Client(t, "bob")
+	ctx := t.Context()
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+	if err != nil {
+		t.Fatalf("create room: %v", err)
+	}
+	matrixtest.Eventually(t, func() error { _, err := bob.JoinRoomByID(ctx, room.RoomID); return err })
+	if _, err := bob.SendText(ctx, room.RoomID, "from b.localhost"); err != nil {
+		t.Fatal(err)
+	}
+	matrixtest.WaitMessage(t, alice, room.RoomID, "from b.localhost")
 }
