@@ -1,6 +1,7 @@
 package mailbridge
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -72,8 +73,9 @@ func tokenFailure(err error) string {
 
 // xoauth2Client is the XOAUTH2 SASL mechanism (Google's and Microsoft's documentation): one
 // initial response of "user=", the user, "\x01auth=Bearer ", the token and "\x01\x01". A
-// server that refuses the token sends a JSON error as a challenge and expects an empty
-// response before it answers NO.
+// server that refuses the token sends a JSON error as a challenge (and would take an empty
+// response before it answers NO; the IMAP client cannot send one, so the exchange ends here
+// and the connection is dropped).
 type xoauth2Client struct {
 	user, token string
 }
@@ -82,6 +84,10 @@ func (x *xoauth2Client) Start() (string, []byte, error) {
 	return mechXOAuth2, []byte("user=" + x.user + "\x01auth=Bearer " + x.token + "\x01\x01"), nil
 }
 
-func (x *xoauth2Client) Next([]byte) ([]byte, error) {
-	return []byte{}, nil
+func (x *xoauth2Client) Next(challenge []byte) ([]byte, error) {
+	var refusal struct {
+		Status string `json:"status"`
+	}
+	_ = json.Unmarshal(challenge, &refusal)
+	return nil, &sasl.OAuthBearerError{Status: refusal.Status}
 }
