@@ -90,7 +90,11 @@ func (g *Gateway) NewPoller(opts IMAPOptions) (*Poller, error) {
 		return nil, fmt.Errorf("%w: a Password or a TokenSource is required", ErrInvalidIMAPOptions)
 	}
 	switch strings.ToLower(opts.Security) {
-	case "", "tls", "starttls", "none":
+	case "", "tls", "starttls":
+	case "none":
+		if host, _, _ := net.SplitHostPort(opts.Addr); !isLoopback(host) {
+			return nil, fmt.Errorf("%w: Security none sends the credential in plain text; it is only for a server on loopback, not %s", ErrInvalidIMAPOptions, host)
+		}
 	default:
 		return nil, fmt.Errorf("%w: Security %q must be tls, starttls or none", ErrInvalidIMAPOptions, opts.Security)
 	}
@@ -386,6 +390,12 @@ func (p *Poller) afterSpool(c *imapclient.Client, mb *IMAPMailbox, uids imap.UID
 		}
 	}
 	if mb.MoveTo != "" {
+		caps := c.Caps()
+		if !caps.Has(imap.CapMove) && !caps.Has(imap.CapUIDPlus) && !caps.Has(imap.CapIMAP4rev2) {
+			// The fallback would be COPY and a plain EXPUNGE, which also removes mail that a
+			// person marked \Deleted: not ours to do.
+			return fmt.Errorf("move spooled mail to %s: the server has neither MOVE nor UIDPLUS, so it cannot move without expunging other mail", mb.MoveTo)
+		}
 		if _, err := c.Move(uids, mb.MoveTo).Wait(); err != nil {
 			return fmt.Errorf("move spooled mail to %s: %w", mb.MoveTo, err)
 		}
@@ -471,4 +481,13 @@ func (p *Poller) dial(ctx context.Context, newMail chan<- struct{}) (*imapclient
 		return nil, fmt.Errorf("IMAP greeting: %w", err)
 	}
 	return c, nil
+}
+
+// isLoopback reports whether host is localhost or a loopback address.
+func isLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
