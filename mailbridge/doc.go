@@ -45,10 +45,47 @@
 // Attachments follow the mail as files (Client.SendFile; encrypted in encrypted rooms), under
 // safe names; one over the homeserver's upload limit is replaced by a notice.
 //
+// IMAP (the poller's part). For mailboxes that exist already, a Poller takes mail from IMAP
+// into the same spool, so conversion, the idempotency key and delivery are the SMTP path's:
+//
+//	p, _ := gw.NewPoller(mailbridge.IMAPOptions{Addr: "imap.agency.example:993", Username: "cases", Password: pw,
+//		Mailboxes: []mailbridge.IMAPMailbox{{Name: "INBOX", Address: "cases@agency.example", Flag: `\Seen`}}})
+//	err := p.Run(ctx) // until ctx ends or the Gateway is closed
+//
+// IMAPOptions is plain data for a config file, but for a TLS config and the
+// oauth2.TokenSource. A mailbox with an Address routes all its mail as mail to that address
+// (its route's room, template and allow-list); without one, by the recipients in the header
+// (Delivered-To, X-Original-To, To, Cc), once per room. A route's allow-list is checked
+// against the Return-Path (else From), which is not authenticated. Mail no route takes, or
+// over Options.MaxMessageBytes, is left in the mailbox untouched and logged by UID.
+//
+// Each mailbox has a connection of its own and a checkpoint (UIDVALIDITY and the last UID
+// done) in the table samtal_mail_imap_checkpoint, written in the transaction that spools the
+// mail: a poller stopped or killed at any point goes on after the last mail spooled, so it
+// misses nothing and spools nothing twice. When the server's UIDVALIDITY changes (the mailbox
+// was recreated or restored), the poller reads the whole mailbox again; mail already posted
+// is not posted again, since its idempotency key comes from the Message-ID (or the content)
+// and the room. On the first start the mail already in the mailbox is taken too, unless
+// IMAPMailbox.SkipExisting. Mail is read with BODY.PEEK[] (no \Seen), and once spooled it
+// can get a flag or keyword (IMAPMailbox.Flag) or be moved (MoveTo); nothing is deleted. That
+// happens after the spool commit, not after the room has the mail, and per batch: a crash in
+// between leaves a spooled mail unflagged.
+//
+// The poller waits with IDLE, ended and issued again every IMAPOptions.IdleRestart (25
+// minutes; RFC 2177 asks for under 29), and asks a server without IDLE every PollInterval. A
+// lost connection is made again with backoff. Login is LOGIN with the password, or XOAUTH2
+// or OAUTHBEARER with an access token from IMAPOptions.TokenSource (Microsoft 365 and Google
+// take only these), taken anew for each connection. A refused login is an error wrapping
+// ErrIMAPLogin, logged and retried with backoff; no password or token is ever in a log or an
+// error. On PostgreSQL one poller at a time takes a mailbox: it holds an advisory lock
+// (pg_try_advisory_lock) on a connection of its own while connected, and another instance's
+// poller waits and takes over when it is freed.
+//
 // Not done yet (issue 10): no STARTTLS, implicit TLS or AUTH; no SPF, DKIM or DMARC, so an
 // allow-list checks an unauthenticated envelope sender; no per-sender rate limit; MIME depth
 // and part count are capped when converting, not refused at DATA; no group commit; no threads
 // from In-Reply-To and References; no inline cid: images, message/rfc822 or calendar
-// rendering; automated mail is marked (Mail.Automated) but bounces are not parsed; no IMAP
-// poller; no claiming of spool work by several instances on PostgreSQL; no metrics.
+// rendering; automated mail is marked (Mail.Automated) but bounces are not parsed; no claiming
+// of spool work by several instances on PostgreSQL; no metrics; an IMAP mail is flagged or
+// moved once spooled, not once posted.
 package mailbridge

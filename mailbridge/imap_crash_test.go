@@ -1,0 +1,179 @@
+package mailbridge_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/mailbridge"
+	"github.com/samtalhq/samtal/matrix"
+	"github.com/samtalhq/samtal/matrix/matrixtest"
+)
+
+// The IMAP crash helper is this test binary run as a gateway with an IMAP poller of its own,
+// so that TestIMAPPollerKilled can kill it with SIGKILL.
+const imapHelperEnv = "SAMTAL_MAILBRIDGE_IMAP_HELPER"
+
+// TestIMAPHelper is not a test: run by TestIMAPPollerKilled, it polls until killed.
+func TestIMAPHelper(t *testing.T) {
+	if os.Getenv(imapHelperEnv) != "1" {
+		t.Skip("run by TestIMAPPollerKilled")
+	}
+	ctx := context.Background()
+	db, err := matrix.OpenDatabase(ctx, os.Getenv("IMAP_DB"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	c, err := matrix.New(ctx, matrix.Options{
+		HomeserverURL: os.Getenv("IMAP_HS"),
+		Login:         matrix.Password("mailbot", os.Getenv("IMAP_PASSWORD")),
+		DB:            db,
+		Logger:        quiet,
+		Outbox:        matrix.OutboxOptions{MinRetryDelay: 20 * time.Millisecond, MaxRetryDelay: 200 * time.Millisecond, ResumeDelay: 200 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: os.Getenv("IMAP_ROOM")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := mailbridge.New(ctx, mailbridge.Options{Client: c, Router: router, Logger: quiet,
+		MinRetryDelay: 50 * time.Millisecond, MaxRetryDelay: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := g.NewPoller(mailbridge.IMAPOptions{
+		Addr: os.Getenv("IMAP_ADDR"), Security: "none", Username: os.Getenv("IMAP_USER"), Password: os.Getenv("IMAP_IMAP_PASSWORD"),
+		Mailboxes:         []mailbridge.IMAPMailbox{{Address: "cases@agency.example", Flag: "samtal-posted"}},
+		BatchSize:         4,
+		MinReconnectDelay: 50 * time.Millisecond, MaxReconnectDelay: 500 * time.Millisecond, Logger: quiet,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = p.Run(ctx)
+}
+
+// TestIMAPPollerKilled: the gateway process is killed with SIGKILL at random points while its
+// poller takes a mailbox's mail in batches, and started again: every mail is in the room
+// exactly once.
+func TestIMAPPollerKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills and restarts a gateway process several times")
+	}
+	srv := matrixtest.NewServer(t)
+	_, password := srv.RegisterUser(t, "mailbot")
+	setup := srv.NewClient(t, "mailbot")
+	officer := srv.NewClient(t, "officer")
+	room, err := setup.CreateRoom(t.Context(), matrix.RoomSpec{Invite: []id.UserID{officer.UserID()}, Encrypted: new(bool)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := officer.Join(t.Context(), string(room)); err != nil {
+		t.Fatal(err)
+	}
+	inbox := matrixtest.NewRecorder(t, officer, room)
+	d := startDovecot(t, dovecotOptions{})
+	c := d.client(t)
+	dir := t.TempDir()
+	env := append(os.Environ(), imapHelperEnv+"=1", "IMAP_DB="+filepath.Join(dir, "gateway.db"),
+		"IMAP_HS="+srv.URL, "IMAP_PASSWORD="+password, "IMAP_ROOM="+string(room),
+		"IMAP_ADDR="+d.Addr, "IMAP_USER="+d.User, "IMAP_IMAP_PASSWORD="+d.Password)
+	start := func() *exec.Cmd {
+		t.Helper()
+		cmd := exec.Command(os.Args[0], "-test.run=^TestIMAPHelper$", "-test.count=1")
+		cmd.Env = env
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) // no process outlives a failed test
+		return cmd
+	}
+
+	var all []string
+	const rounds, perRound = 6, 10
+	for round := range rounds {
+		for i := range perRound {
+			subj := fmt.Sprintf("Killed %d-%d", round, i)
+			appendMail(t, c, "INBOX", imapMail(subj))
+			all = append(all, subj)
+		}
+		cmd := start()
+		if round%2 == 0 {
+			// Kill as soon as the poller has finished a batch of this round (it flags a batch
+			// when it is spooled): it is then in the middle of the next one.
+			want := round*perRound + 4
+			matrixtest.Eventually(t, func() error {
+				if n := flagged(t, c, "samtal-posted"); n < want {
+					return fmt.Errorf("%d of %d mails flagged", n, want)
+				}
+				return nil
+			})
+		} else {
+			// Kill once a random number of this round's mails is in the room: the delivery
+			// worker is then somewhere in the spool.
+			want := round*perRound + 1 + rand.IntN(perRound-2)
+			matrixtest.Eventually(t, func() error {
+				if n := countPrefix(inbox, "Killed "); n < want {
+					return fmt.Errorf("%d of %d mails posted", n, want)
+				}
+				return nil
+			})
+		}
+		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = cmd.Wait()
+	}
+	start()
+	for _, s := range all {
+		inbox.Wait(t, subjectLine(s))
+	}
+	for _, s := range all {
+		if n := count(inbox, subjectLine(s)); n != 1 {
+			t.Errorf("%s posted %d times, want once", s, n)
+		}
+	}
+	t.Logf("%d mails over %d kills", len(all), rounds)
+}
+
+// countPrefix counts the posted mails whose subject starts with prefix, each subject once.
+func countPrefix(r *matrixtest.Recorder, prefix string) int {
+	seen := map[string]bool{}
+	for _, e := range r.Events() {
+		for _, line := range strings.Split(e.Text(), "\n") {
+			if strings.HasPrefix(line, "Subject: "+prefix) {
+				seen[line] = true
+			}
+		}
+	}
+	return len(seen)
+}
+
+// flagged counts the messages in INBOX that have the keyword.
+func flagged(t *testing.T, c *imapclient.Client, keyword string) int {
+	t.Helper()
+	if _, err := c.Select("INBOX", &imap.SelectOptions{ReadOnly: true}).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := c.UIDSearch(&imap.SearchCriteria{Flag: []imap.Flag{imap.Flag(keyword)}}, nil).Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(data.AllUIDs())
+}
