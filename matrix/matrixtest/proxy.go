@@ -43,6 +43,7 @@ func (p *hostsProxy) Close() {
 	for c := range p.conns {
 		c.Close()
 	}
+	p.conns = nil // track refuses from now on
 	p.mu.Unlock()
 	p.wg.Wait()
 }
