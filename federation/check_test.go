@@ -80,14 +80,20 @@ func (e *checkEnv) faultServer(t *testing.T, names []string, handler http.Handle
 
 func (e *checkEnv) faultServerTB(t testing.TB, names []string, handler http.Handler) string {
 	t.Helper()
+	return e.faultServerUntil(t, time.Now().Add(90*24*time.Hour), names, handler)
+}
+
+// faultServerUntil is faultServer with a certificate valid until notAfter.
+func (e *checkEnv) faultServerUntil(t testing.TB, notAfter time.Time, names []string, handler http.Handler) string {
+	t.Helper()
 	srv := httptest.NewUnstartedServer(handler)
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t, e.roots, names...)}}
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t, e.roots, notAfter, names...)}}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	return srv.Listener.Addr().String()
 }
 
-func selfSigned(t testing.TB, pool *x509.CertPool, names ...string) tls.Certificate {
+func selfSigned(t testing.TB, pool *x509.CertPool, notAfter time.Time, names ...string) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -95,7 +101,7 @@ func selfSigned(t testing.TB, pool *x509.CertPool, names ...string) tls.Certific
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: names[0]},
-		DNSNames: names, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(90 * 24 * time.Hour),
+		DNSNames: names, NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter,
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -148,19 +154,20 @@ func TestCheck(t *testing.T) {
 	env.routes["wrongcert.localhost:8448"] = env.faultServer(t, []string{"other.example"}, keyServer(t, "wrongcert.localhost:8448", pub, priv))
 	env.routes["badkeys.localhost:8448"] = env.faultServer(t, []string{"badkeys.localhost"}, keyServer(t, "badkeys.localhost:8448", pub, otherPriv))
 	env.routes["goodkeys.localhost:8448"] = env.faultServer(t, []string{"goodkeys.localhost"}, keyServer(t, "goodkeys.localhost:8448", pub, priv))
+	env.routes["expiring.localhost:8448"] = env.faultServerUntil(t, time.Now().Add(48*time.Hour), []string{"expiring.localhost"}, keyServer(t, "expiring.localhost:8448", pub, priv))
 	env.routes["nowk.localhost:443"] = env.faultServer(t, []string{"nowk.localhost"}, http.NotFoundHandler())
 	env.routes["nowk.localhost:8448"] = closedPort(t)
 	env.routes["silent.localhost:8448"] = silentListener(t)
 
 	opts := env.options()
 	opts.Client = a.NewClient(t, "checker")
-	servers := []string{a.ServerName, b.ServerName, "wrongcert.localhost:8448", "badkeys.localhost:8448", "goodkeys.localhost:8448", "nowk.localhost", "silent.localhost:8448"}
+	servers := []string{a.ServerName, b.ServerName, "wrongcert.localhost:8448", "badkeys.localhost:8448", "goodkeys.localhost:8448", "nowk.localhost", "expiring.localhost:8448", "silent.localhost:8448"}
 	ctx := context.Background()
 	silentOpts := opts
 	silentOpts.Timeout = 2 * time.Second
 
-	reports := federation.Check(ctx, servers[:6], opts)
-	reports = append(reports, federation.Check(ctx, servers[6:], silentOpts)...)
+	reports := federation.Check(ctx, servers[:7], opts)
+	reports = append(reports, federation.Check(ctx, servers[7:], silentOpts)...)
 	for _, r := range reports {
 		for _, s := range r.Steps {
 			t.Logf("%s %s %s: %s", r.Server, s.Step, s.Status, s.Detail)
@@ -185,7 +192,8 @@ func TestCheck(t *testing.T) {
 		{reports[2], federation.StepTLS, federation.ErrWrongCert, "is for other.example, not wrongcert.localhost"},
 		{reports[3], federation.StepKeys, federation.ErrKeySignature, "no signature of badkeys.localhost:8448"},
 		{reports[5], federation.StepDiscovery, federation.ErrUnreachable, "no /.well-known/matrix/server (HTTP 404), no SRV record, port 8448"},
-		{reports[6], federation.StepTLS, federation.ErrUnreachable, "no answer within the timeout"},
+		{reports[6], federation.StepTLS, federation.ErrCertExpiring, "the certificate of expiring.localhost:8448 expires at"},
+		{reports[7], federation.StepTLS, federation.ErrUnreachable, "no answer within the timeout"},
 	} {
 		failed := tc.report.Failed()
 		// The first failure is the fault; the fault servers are no homeservers, so the profile

@@ -19,6 +19,9 @@
 // is answered "no". An expired list stays in use until a newer one comes (it allows only
 // members), with an ERROR line on each refresh.
 //
+// The list must name the agency's own server: an ACL that shuts out one's own server is
+// refused (matrix.ErrInvalidContent), so without it no case room is created.
+//
 // What reads the list:
 //   - Case rooms: matrix.Options{CaseRoomACL: w} gives every new CaseRoom an
 //     m.room.server_acl allowing the members' servers only, IP literals refused; a
@@ -27,6 +30,14 @@
 //   - The identity directory: w.Member(emailDomain) gives the agency's server and its
 //     localpart rule (Member.UserID maps an address); w.MemberByServer(name) the reverse.
 //   - The mail gateway: w.HasDomain(domain) for "senders from member domains only".
+//
+// Check (and `samtal federation check`) tells whether each member server is ready to
+// federate: discovery, TLS certificate, signed server keys, federation version, client
+// .well-known, and a profile query over federation from our own server.
+//
+// What Dendrite 0.13.8 enforces, as TestMembersOnly shows on three real servers: a server
+// the ACL refuses cannot join (make_join answers 403 "Forbidden by server ACLs"), and the
+// events it sends in a transaction are dropped.
 //
 // What it does not do: server ACLs are enforced by the homeservers, not by samtal, and only
 // as well as they do it. Server ACLs match hosts without port, so two servers on one host
