@@ -38,6 +38,10 @@ func startGateway(t *testing.T, opts mailbridge.Options) (*mailbridge.Gateway, s
 		}
 	}
 	opts.Domain = "mx.test"
+	if opts.Resolver == nil {
+		// Never the machine's resolver: an empty zone of the test's own (dns_test.go).
+		opts.Resolver = mailbridge.DNSServer(startDNS(t).addr)
+	}
 	g, err := mailbridge.New(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)
