@@ -90,7 +90,9 @@ func (z *dnsZone) serve(w dns.ResponseWriter, req *dns.Msg) {
 	addrs, hasA := z.a[name]
 	fail := z.servfail[name]
 	z.mu.Unlock()
-	hdr := func(t uint16) dns.RR_Header { return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: 60} }
+	hdr := func(t uint16) dns.RR_Header {
+		return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: 60}
+	}
 	switch {
 	case fail:
 		m.Rcode = dns.RcodeServerFailure

@@ -98,7 +98,7 @@ type verdict struct {
 	helo       string // valid HELO domain, or ""
 	dkim       []authres.DKIMResult
 	dmarc      authres.ResultValue
-	fromDomain string      // of the From header, "" when it has none or several
+	fromDomain string       // of the From header, "" when it has none or several
 	policy     dmarc.Policy // what the From domain asks for
 	user       string
 	overridden bool // accepted by local policy although DMARC did not pass

@@ -279,4 +279,3 @@ func headerSize(raw []byte) int {
 	}
 	return end
 }
-
