@@ -178,3 +178,13 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// lastSpooledRaw returns the mail spooled last in db (the gateway's Options.DB), as stored.
+func lastSpooledRaw(t *testing.T, db *dbutil.Database) string {
+	t.Helper()
+	var raw []byte
+	if err := db.QueryRow(t.Context(), `SELECT message FROM samtal_mail_spool ORDER BY id DESC LIMIT 1`).Scan(&raw); err != nil {
+		t.Fatal(err)
+	}
+	return string(raw)
+}
