@@ -29,7 +29,8 @@ type AuthResults struct {
 func (a AuthResults) Verified() bool { return a.DMARC == "pass" || a.Submitter != "" }
 
 // overrideReason marks a DMARC result overridden by local policy (RFC 7489's "local_policy").
-const overrideReason = "local policy"
+// Reasons are single tokens: authres.Parse does not read quoted strings with spaces.
+const overrideReason = "local-policy"
 
 // untrustedAuthResults is the name untrusted Authentication-Results fields are renamed to,
 // so that no sender can forge the gateway's.
@@ -58,7 +59,7 @@ func ReadAuthResults(h message.Header, authservID string) (AuthResults, bool) {
 				dkimSeen = true
 			case *authres.DMARCResult:
 				a.DMARC, a.From = string(r.Value), r.From
-				a.Overridden = strings.Contains(r.Reason, overrideReason)
+				a.Overridden = r.Reason == overrideReason
 			case *authres.AuthResult:
 				if r.Value == authres.ResultPass {
 					a.Submitter = r.Auth
@@ -86,16 +87,37 @@ func (g *Gateway) authResultsField(v verdict) string {
 		results = append(results, &v.dkim[i])
 	}
 	d := &authres.DMARCResult{Value: v.dmarc, From: v.fromDomain}
-	if v.policy != "" {
-		d.Reason = "p=" + token(string(v.policy))
-	}
-	if v.overridden {
-		d.Reason = strings.TrimPrefix(d.Reason+"; "+overrideReason, "; ")
+	switch {
+	case v.overridden:
+		d.Reason = overrideReason
+	case v.policy != "":
+		d.Reason = "policy-" + token(string(v.policy)) // what the domain asks for
 	}
 	results = append(results, d)
 	value := authres.Format(token(g.opts.Domain), results)
-	value = strings.ReplaceAll(value, " ;", ";")
-	return "Authentication-Results: " + strings.ReplaceAll(value, "; ", ";\r\n\t") + "\r\n"
+	return "Authentication-Results: " + foldResults(value) + "\r\n"
+}
+
+// foldResults puts each result of an Authentication-Results value on a line of its own,
+// folding at the semicolons outside quoted strings.
+func foldResults(value string) string {
+	var b strings.Builder
+	quoted := false
+	for i := 0; i < len(value); i++ {
+		c := value[i]
+		switch {
+		case c == '"' && (i == 0 || value[i-1] != '\\'):
+			quoted = !quoted
+		case !quoted && c == ' ' && i+1 < len(value) && value[i+1] == ';':
+			continue // authres.Format leaves a space before the next ';'
+		case !quoted && c == ';' && i+1 < len(value) && value[i+1] == ' ':
+			b.WriteString(";\r\n\t")
+			i++
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // stamp returns the mail as it is spooled: Return-Path (the envelope sender, RFC 5321 4.4)

@@ -127,7 +127,7 @@ func (g *Gateway) authenticate(ctx context.Context, env envelope, raw []byte, h 
 	}
 	switch {
 	case env.trusted:
-		v.spf, v.spfReason = upstreamSPF(h), "from trusted relay"
+		v.spf, v.spfReason = upstreamSPF(h), "trusted-relay"
 	case !validDomain(v.spfDomain) || !env.ip.IsValid():
 		v.spf = authres.ResultNone
 	default:
