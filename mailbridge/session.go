@@ -114,17 +114,11 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	return nil
 }
 
-// match routes a recipient: the Router, with postmaster@ of every routed domain (and
-// "postmaster" without a domain, RFC 5321 4.5.1) sent to Options.PostmasterRoom when set, and
-// a domain that is not routed at all refused as relaying.
+// match routes a recipient: the Router, with postmaster@ of every routed domain sent to
+// Options.PostmasterRoom when set, and a domain that is not routed at all refused as
+// relaying. (A bare "RCPT TO:<Postmaster>", which RFC 5321 4.5.1 also asks for, is refused by
+// go-smtp's parser with 501 before it gets here.)
 func (g *Gateway) match(to string) (Match, error) {
-	if strings.EqualFold(to, "postmaster") {
-		if len(g.router.routes) == 0 {
-			return Match{}, ErrUnknownRecipient
-		}
-		_, domain, _ := strings.Cut(strings.ToLower(g.router.routes[0].route.Address), "@")
-		to = "postmaster@" + domain
-	}
 	m, err := g.router.Match(to)
 	if err != nil {
 		if _, domain, ok := splitAddress(to); !ok || !g.routesDomain(domain) {
