@@ -233,7 +233,9 @@ func TestSMTPHardening(t *testing.T) {
 			t.Errorf("smuggler %d: the hidden mail is not text of the first: %q", i, got.Text())
 		}
 	}
-	if n := count(inbox, func(e *matrix.Event) bool { return subjectLine("Smuggled")(e) && !strings.Contains(e.Text(), "Subject: Smuggler") }); n != 0 {
+	if n := count(inbox, func(e *matrix.Event) bool {
+		return subjectLine("Smuggled")(e) && !strings.Contains(e.Text(), "Subject: Smuggler")
+	}); n != 0 {
 		t.Errorf("a smuggled mail was posted %d times", n)
 	}
 	inbox.Wait(t, in(room, "Reuse 9"))
