@@ -71,6 +71,17 @@ func ReadAuthResults(h message.Header, authservID string) (AuthResults, bool) {
 	return AuthResults{}, false
 }
 
+// results is v as ReadAuthResults reads it back from the field.
+func (v verdict) results() AuthResults {
+	a := AuthResults{SPF: string(v.spf), DKIM: "none", DMARC: string(v.dmarc), From: v.fromDomain, Submitter: token(v.user), Overridden: v.overridden}
+	for i, d := range v.dkim {
+		if i == 0 || d.Value == authres.ResultPass {
+			a.DKIM = string(d.Value)
+		}
+	}
+	return a
+}
+
 // authResultsField is the Authentication-Results field the gateway writes for v, folded, with
 // its line end. Every value in it is a checked domain name or token, so a mail cannot put a
 // line break or a field of its own into it.

@@ -62,6 +62,13 @@ func (z *dnsZone) ServFail(name string) {
 	z.servfail[dns.Fqdn(strings.ToLower(name))] = true
 }
 
+// Heal undoes ServFail.
+func (z *dnsZone) Heal(name string) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	delete(z.servfail, dns.Fqdn(strings.ToLower(name)))
+}
+
 // Asked returns every name looked up so far.
 func (z *dnsZone) Asked() []string {
 	z.mu.Lock()

@@ -48,11 +48,13 @@ type Options struct {
 	MaxHeaderBytes  int            // size of the header block; more get 552 5.3.4; 0 (and the most) is 256 KiB
 	MaxMIMEDepth    int            // multipart nesting; deeper gets 552 5.3.4; 0 means 50
 	MaxMIMEParts    int            // MIME parts in one mail; more get 552 5.3.4; 0 means 1000
-	SenderRate      int            // mails a minute from one envelope sender (the client's IP for <>); more get 450 4.7.1; 0 means 120, <0 no limit
+	SenderRate      int            // mails a minute from one sender (AUTH user, else envelope sender, else client IP); more get 450 4.7.1; 0 means no limit
 	Resolver        Resolver       // every DNS lookup of SPF, DKIM and DMARC goes here; nil means the system's resolver (see DNSServer)
 	TrustedRelays   []netip.Prefix // clients whose Authentication-Results are kept and whose SPF verdict is taken; from others they are renamed
 	PostmasterRoom  string         // room (ID or alias) for postmaster@ of every routed domain without a postmaster route; "" means the domain's first route
 	AuthTimeout     time.Duration  // for the SPF, DKIM and DMARC checks of one mail; 0 means 30 s
+	OnReply         func(command string, code int) // for metrics: each answer of the gateway's to MAIL, RCPT and DATA ("MAIL", 250); go-smtp's own protocol errors are not seen
+	OnSenderAuth    func(AuthResults)              // for metrics: the verdict on every mail checked, accepted or refused
 }
 
 // Gateway receives mail over SMTP, spools it durably, and posts it into rooms.

@@ -228,20 +228,21 @@ func orgDomain(domain string) string {
 // upstreamSPF is the SPF result in the top-most Authentication-Results field, as a trusted
 // relay wrote it, or none.
 func upstreamSPF(h message.Header) authres.ResultValue {
-	for _, v := range h.Values("Authentication-Results") {
-		_, results, err := authres.Parse(v)
-		if err != nil {
-			return authres.ResultNone
-		}
-		for _, r := range results {
-			if s, ok := r.(*authres.SPFResult); ok {
-				switch s.Value {
-				case authres.ResultPass, authres.ResultFail, authres.ResultSoftFail, authres.ResultNeutral, authres.ResultTempError, authres.ResultPermError:
-					return s.Value
-				}
+	top := h.Get("Authentication-Results")
+	if top == "" {
+		return authres.ResultNone
+	}
+	_, results, err := authres.Parse(top)
+	if err != nil {
+		return authres.ResultNone
+	}
+	for _, r := range results {
+		if s, ok := r.(*authres.SPFResult); ok {
+			switch s.Value {
+			case authres.ResultPass, authres.ResultFail, authres.ResultSoftFail, authres.ResultNeutral, authres.ResultTempError, authres.ResultPermError:
+				return s.Value
 			}
 		}
-		return authres.ResultNone
 	}
 	return authres.ResultNone
 }

@@ -5,8 +5,11 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/emersion/go-msgauth/dkim"
@@ -66,7 +69,20 @@ func TestSenderAuthentication(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := openDB(t, "spool.db")
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: db, Resolver: mailbridge.DNSServer(zone.addr)})
+	var mu sync.Mutex
+	var replies []string
+	var dmarcResults []string
+	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: db, Resolver: mailbridge.DNSServer(zone.addr),
+		OnReply: func(command string, code int) {
+			mu.Lock()
+			defer mu.Unlock()
+			replies = append(replies, fmt.Sprintf("%s %d", command, code))
+		},
+		OnSenderAuth: func(a mailbridge.AuthResults) {
+			mu.Lock()
+			defer mu.Unlock()
+			dmarcResults = append(dmarcResults, a.DMARC)
+		}})
 	inbox := matrixtest.NewRecorder(t, officer, room)
 	c := dial(t, addr)
 
@@ -139,6 +155,35 @@ func TestSenderAuthentication(t *testing.T) {
 	if ar = verdict("DNS failure", "x@flaky.example", "marked@agency.example", flaky); ar.DMARC != "temperror" {
 		t.Errorf("DNS failure: %+v", ar)
 	}
+
+	// The same mail without a Message-ID, once while DNS fails and once after: other
+	// Authentication-Results, the same mail, posted once.
+	zone.ServFail("_dmarc.again.example")
+	again := mail("x@again.example", "Again", "", "same content")
+	if ar = verdict("first try", "x@again.example", "marked@agency.example", again); ar.DMARC != "temperror" {
+		t.Errorf("first try: %+v", ar)
+	}
+	zone.Heal("_dmarc.again.example")
+	if ar = verdict("second try", "x@again.example", "marked@agency.example", again); ar.DMARC != "none" {
+		t.Errorf("second try: %+v", ar)
+	}
+	if err := send(c, "anna@agency.example", []string{"marked@agency.example"}, mail("anna@agency.example", "Marker", "marker@agency.example", "x")); err != nil {
+		t.Fatal(err)
+	}
+	inbox.Wait(t, subjectLine("Marker"))
+	if n := count(inbox, subjectLine("Again")); n != 1 {
+		t.Errorf("the same mail with other Authentication-Results posted %d times, want once", n)
+	}
+
+	// What metrics see: the refusals by code, the DMARC results.
+	mu.Lock()
+	if !slices.Contains(replies, "DATA 550") || !slices.Contains(replies, "DATA 451") || !slices.Contains(replies, "RCPT 250") {
+		t.Errorf("OnReply saw %v", replies)
+	}
+	if !slices.Contains(dmarcResults, "fail") || !slices.Contains(dmarcResults, "pass") || !slices.Contains(dmarcResults, "temperror") {
+		t.Errorf("OnSenderAuth saw %v", dmarcResults)
+	}
+	mu.Unlock()
 
 	// Nothing from the content was looked up, and nothing that is not SPF, DKIM or DMARC.
 	for _, name := range zone.Asked() {

@@ -50,7 +50,20 @@ func (s *session) Reset() {
 
 func (s *session) Logout() error { return nil }
 
-func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+// replied tells Options.OnReply how a command was answered.
+func (s *session) replied(command string, err error) {
+	if s.g.opts.OnReply == nil {
+		return
+	}
+	code := 250
+	if se := reply(err); se != nil {
+		code = se.Code
+	}
+	s.g.opts.OnReply(command, code)
+}
+
+func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
+	defer func() { s.replied("MAIL", err) }()
 	s.Reset()
 	if opts != nil && opts.Size > s.g.opts.MaxMessageBytes {
 		return ErrMessageTooLarge
@@ -79,7 +92,8 @@ func (s *session) rateKey(from string) string {
 // policies: an authenticated user, with Options.TrustSubmitters.
 func (s *session) trustedSubmitter() bool { return s.user != "" && s.g.opts.TrustSubmitters }
 
-func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) (err error) {
+	defer func() { s.replied("RCPT", err) }()
 	if !s.hasFrom {
 		return errNoTransaction
 	}
@@ -150,7 +164,8 @@ func reasonOf(err error) string {
 // Data reads the mail, checks its header and structure and its sender, and spools it with
 // the result on top. It answers only with *smtp.SMTPError values: a plain error would become
 // a permanent 554.
-func (s *session) Data(r io.Reader) error {
+func (s *session) Data(r io.Reader) (err error) {
+	defer func() { s.replied("DATA", err) }()
 	if !s.hasFrom || len(s.targets) == 0 {
 		return errNoTransaction
 	}
@@ -186,7 +201,11 @@ func (s *session) Data(r io.Reader) error {
 
 	env := envelope{ip: s.ip, helo: s.conn.Hostname(), from: s.from, user: s.user, trusted: g.trustedRelay(s.ip)}
 	v := g.authenticate(g.ctx, env, raw, e.Header)
-	if err := s.applyPolicy(&v); err != nil {
+	err = s.applyPolicy(&v)
+	if g.opts.OnSenderAuth != nil {
+		g.opts.OnSenderAuth(v.results())
+	}
+	if err != nil {
 		g.log.Info("mail refused", "remote", s.remote, "reason", "sender authentication", "dmarc", v.dmarc, "from_domain", v.fromDomain)
 		return err
 	}

@@ -48,9 +48,6 @@ func (o *Options) hardeningDefaults() error {
 	if o.MaxMIMEParts <= 0 {
 		o.MaxMIMEParts = 1000
 	}
-	if o.SenderRate == 0 {
-		o.SenderRate = 120
-	}
 	if o.Resolver == nil {
 		o.Resolver = net.DefaultResolver
 	}
