@@ -53,8 +53,9 @@ type Options struct {
 	TrustedRelays   []netip.Prefix // clients whose Authentication-Results are kept and whose SPF verdict is taken; from others they are renamed
 	PostmasterRoom  string         // room (ID or alias) for postmaster@ of every routed domain without a postmaster route; "" means the domain's first route
 	AuthTimeout     time.Duration  // for the SPF, DKIM and DMARC checks of one mail; 0 means 30 s
-	OnReply         func(command string, code int) // for metrics: each answer of the gateway's to MAIL, RCPT and DATA ("MAIL", 250); go-smtp's own protocol errors are not seen
-	OnSenderAuth    func(AuthResults)              // for metrics: the verdict on every mail checked, accepted or refused
+	// For metrics (issue 10, smtp part); called on the connection's goroutine, so keep them short.
+	OnReply      ReplyFunc      // each answer of the gateway's to MAIL, RCPT and DATA; go-smtp's own protocol errors are not seen
+	OnSenderAuth SenderAuthFunc // the verdict on every mail checked, accepted or refused
 }
 
 // Gateway receives mail over SMTP, spools it durably, and posts it into rooms.

@@ -50,6 +50,13 @@ func (s *session) Reset() {
 
 func (s *session) Logout() error { return nil }
 
+// ReplyFunc is told how the gateway answered an SMTP command: "MAIL", "RCPT" or "DATA", and
+// the reply code (250, 550, ...).
+type ReplyFunc func(command string, code int)
+
+// SenderAuthFunc is told the sender-authentication verdict on a mail.
+type SenderAuthFunc func(AuthResults)
+
 // replied tells Options.OnReply how a command was answered.
 func (s *session) replied(command string, err error) {
 	if s.g.opts.OnReply == nil {
