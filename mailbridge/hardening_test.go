@@ -125,7 +125,8 @@ func TestSMTPHardening(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// MIME: 1000 levels deep and 2000 parts are refused; 30 parts are fine.
+	// MIME: 1000 levels deep, mail attached in mail 60 deep and 2000 parts are refused; 30
+	// parts are fine.
 	nested := "From: a@agency.example\r\nSubject: deep\r\n"
 	var tail strings.Builder
 	for i := range 1000 {
@@ -134,6 +135,11 @@ func TestSMTPHardening(t *testing.T) {
 	}
 	nested += "Content-Type: text/plain\r\n\r\ninnermost" + tail.String()
 	wantCode(t, "1000 levels deep", send(c, "deep@agency.example", []string{"other@agency.example"}, nested), 552, smtp.EnhancedCode{5, 3, 4})
+	attached := "From: a@agency.example\r\nSubject: innermost\r\n\r\nx\r\n"
+	for range 60 {
+		attached = "From: a@agency.example\r\nSubject: wrapper\r\nContent-Type: message/rfc822\r\n\r\n" + attached
+	}
+	wantCode(t, "mail attached in mail 60 deep", send(c, "deep2@agency.example", []string{"other@agency.example"}, attached), 552, smtp.EnhancedCode{5, 3, 4})
 	parts := func(n int) string {
 		var b strings.Builder
 		b.WriteString("From: a@agency.example\r\nSubject: " + fmt.Sprint(n) + " parts\r\nContent-Type: multipart/mixed; boundary=\"p\"\r\n\r\n")

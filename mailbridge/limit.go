@@ -140,6 +140,17 @@ func checkMIME(raw []byte, maxDepth, maxParts int) error {
 }
 
 func walkMIME(e *message.Entity, depth, maxDepth, maxParts int, parts *int) error {
+	if t, _, _ := e.Header.ContentType(); t == "message/rfc822" || t == "message/global" {
+		// An attached mail counts as a level, and its parts as parts.
+		if depth+1 > maxDepth {
+			return ErrMIMETooComplex
+		}
+		inner, err := message.ReadWithOptions(e.Body, &message.ReadOptions{MaxHeaderBytes: maxHeaderBytes})
+		if inner == nil || err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
+			return nil
+		}
+		return walkMIME(inner, depth+1, maxDepth, maxParts, parts)
+	}
 	mr := e.MultipartReader()
 	if mr == nil {
 		return nil

@@ -18,6 +18,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/emersion/go-msgauth/dmarc"
 	"github.com/emersion/go-smtp"
+	"golang.org/x/net/idna"
 	"golang.org/x/net/publicsuffix"
 )
 
@@ -171,6 +172,9 @@ func (g *Gateway) dmarc(h message.Header, v verdict, lookups *boundedTXT) (authr
 		return authres.ResultPermError, "", ""
 	}
 	_, from, _ := strings.Cut(strings.ToLower(list[0].Address), "@")
+	if ascii, err := idna.Lookup.ToASCII(from); err == nil {
+		from = ascii // an internationalized domain is looked up as its A-labels
+	}
 	if !validDomain(from) {
 		return authres.ResultPermError, "", ""
 	}
