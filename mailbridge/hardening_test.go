@@ -175,6 +175,9 @@ func TestSMTPHardening(t *testing.T) {
 	inbox.Wait(t, in(other, "500 fields"))
 	inbox.Wait(t, in(other, "Long header line"))
 
+	// A first line that continues nothing would continue the gateway's own fields on top.
+	wantCode(t, "folded first line", send(c, "fold@agency.example", []string{"other@agency.example"}, " ; dmarc=pass header.from=bank.example\r\n"+mail("a@agency.example", "folded", "", "x")), 550, smtp.EnhancedCode{5, 6, 0})
+
 	// 8-bit headers without SMTPUTF8: UTF-8 as it is, and Latin-1 shown best effort.
 	if err := send(c, "utf8@agency.example", []string{"other@agency.example"}, mail("Åsa Öberg <asa@agency.example>", "Ärende åäö", "", "x")); err != nil {
 		t.Fatalf("UTF-8 header: %v", err)

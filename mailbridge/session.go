@@ -192,8 +192,8 @@ func (s *session) Data(r io.Reader) (err error) {
 		return ErrHeaderTooLarge
 	}
 	e, _ := message.ReadWithOptions(bytes.NewReader(raw), &message.ReadOptions{MaxHeaderBytes: maxHeaderBytes})
-	if e == nil {
-		return ErrMalformed
+	if e == nil || startsFolded(raw) {
+		return ErrMalformed // a first line that continues nothing would continue the fields stamp adds
 	}
 	fields := 0
 	for f := e.Header.Fields(); f.Next(); {
@@ -272,6 +272,12 @@ func (s *session) applyPolicy(v *verdict) error {
 	}
 	v.overridden = accept && (v.dmarc == "fail" || v.dmarc == "temperror" || v.dmarc == "permerror")
 	return nil
+}
+
+// startsFolded reports whether a mail's first line starts with white space: a continuation
+// of no field (RFC 5322 2.2.3), which on top of another field would become part of it.
+func startsFolded(raw []byte) bool {
+	return len(raw) > 0 && (raw[0] == ' ' || raw[0] == '\t')
 }
 
 // trustedRelay reports whether ip is one of Options.TrustedRelays.
