@@ -221,6 +221,15 @@ func TestSMTPHardening(t *testing.T) {
 		"MAIL FROM:<pipe2@agency.example>\r\nRCPT TO:<other@agency.example>\r\nDATA\r\nFrom: a@agency.example\r\nSubject: Pipelined 2\r\n\r\ny\r\n.\r\nQUIT\r\n")
 	r.expect("pipelined batch", 250, 550, 250, 354, 250, 250, 250, 250, 250, 250, 250, 354, 250, 221)
 
+	// SMTPUTF8 and 8BITMIME as MAIL parameters: a UTF-8 envelope sender and an 8-bit body.
+	u := dialRaw(t, addr)
+	u.write("EHLO client.test\r\nMAIL FROM:<åsa@agency.example> SMTPUTF8 BODY=8BITMIME\r\nRCPT TO:<other@agency.example>\r\nDATA\r\n" +
+		"From: Åsa <åsa@agency.example>\r\nSubject: UTF-8 envelope\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nhej då\r\n.\r\nQUIT\r\n")
+	u.expect("SMTPUTF8 mail", 250, 250, 250, 354, 250, 221)
+	if got := inbox.Wait(t, in(other, "UTF-8 envelope")); !strings.Contains(got.Text(), "hej då") || !strings.Contains(got.Text(), "åsa@agency.example") {
+		t.Errorf("SMTPUTF8 mail arrived as %q", got.Text())
+	}
+
 	// Many mails on one go-smtp connection, every other one after RSET: each in its room once.
 	for i := range 10 {
 		to, from := "other@agency.example", fmt.Sprintf("reuse%d@agency.example", i) // one sender each: SenderRate is 3
