@@ -124,6 +124,18 @@ func TestTLSAndAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	serverTLS, clientTLS := testCert(t)
+
+	// Options that cannot work are refused by New.
+	if _, err := mailbridge.New(t.Context(), mailbridge.Options{Client: bot, Router: router, TLSAddr: "127.0.0.1:0"}); !errors.Is(err, mailbridge.ErrMissingOption) {
+		t.Errorf("TLSAddr without TLSConfig: %v", err)
+	}
+	bogus, err := mailbridge.NewRouter(mailbridge.Route{Address: "x@agency.example", Room: string(room), SenderPolicy: "bounce"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mailbridge.New(t.Context(), mailbridge.Options{Client: bot, Router: bogus}); !errors.Is(err, mailbridge.ErrInvalidRoute) {
+		t.Errorf("unknown SenderPolicy: %v", err)
+	}
 	db := openDB(t, "spool.db")
 	g, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: db,
 		TLSConfig: serverTLS, Authenticate: checkPassword, TrustSubmitters: true})
