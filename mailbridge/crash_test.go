@@ -54,6 +54,7 @@ func TestCrashHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	g, err := mailbridge.New(ctx, mailbridge.Options{Client: c, Router: router, Logger: quiet,
+		Resolver:      mailbridge.DNSServer(startDNS(t).addr), // never the machine's resolver
 		MinRetryDelay: 50 * time.Millisecond, MaxRetryDelay: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -111,7 +111,7 @@ func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
 	} else {
 		msg = m.Message()
 	}
-	key := idempotencyKey(m.MessageID, d.message, room)
+	key := idempotencyKey(m.MessageID, unstamped(d.message), room) // the same mail, whatever its Authentication-Results
 	p, err := g.client.Send(ctx, room, msg, matrix.SendOptions{IdempotencyKey: key})
 	if err != nil {
 		return 0, fmt.Errorf("post mail %d into %s: %w", d.spoolID, room, err)

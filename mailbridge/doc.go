@@ -19,6 +19,88 @@
 // (ErrUnknownRecipient and the others), each an *smtp.SMTPError. postmaster@ is accepted for
 // every routed domain, from every sender.
 //
+// Transport security and submission (issue 10). With Options.TLSConfig the gateway offers
+// STARTTLS on Addr, and ServeTLS (or Options.TLSAddr) serves implicit TLS (RFC 8314). With
+// Options.Authenticate it offers AUTH PLAIN, only over TLS: EHLO without TLS does not
+// advertise it, and AUTH without TLS is refused with 538 5.7.11 before a password is sent.
+// An authenticated submitter is named in the mail's Authentication-Results (auth=pass). Whether
+// it may send for any route is one decision for the whole gateway: with
+// Options.TrustSubmitters its mail passes every route's AllowSenders and SenderPolicy (an
+// internal case system that submits for many addresses); without it, it is checked as anyone.
+//
+// Replies. Each refusal is an *smtp.SMTPError value of this package with the code below
+// (RFC 5321 reply codes, RFC 3463 enhanced codes). A 4xx reply means try again later; the
+// mail is not lost, the sender keeps it.
+//
+//	what                                             reply       at
+//	connection over MaxConnections                   421 4.7.0   connect
+//	AUTH without TLS                                 538 5.7.11  AUTH (ErrEncryptionRequired)
+//	AUTH with wrong credentials                      535 5.7.8   AUTH (ErrAuthFailed)
+//	AUTH that the AuthFunc cannot check              454 4.7.0   AUTH
+//	AUTH after 3 failures on one connection          421 4.7.0   AUTH
+//	sender over Options.SenderRate                   450 4.7.1   MAIL (ErrRateLimited)
+//	SIZE= over MaxMessageBytes                       552 5.3.4   MAIL (ErrMessageTooLarge)
+//	recipient domain not routed (relaying)           550 5.7.1   RCPT (ErrRelayDenied)
+//	mailbox not routed in a routed domain            550 5.1.1   RCPT (ErrUnknownRecipient)
+//	sender not on the route's AllowSenders           550 5.7.1   RCPT (ErrSenderNotAllowed)
+//	recipients over MaxRecipients                    452 4.5.3   RCPT (ErrTooManyRecipients)
+//	mail over MaxMessageBytes                        552 5.3.4   DATA (ErrMessageTooLarge)
+//	line over MaxLineLength                          500 5.5.2   DATA (ErrLineTooLong)
+//	header over MaxHeaderBytes or MaxHeaderFields    552 5.3.4   DATA (ErrHeaderTooLarge)
+//	MIME over MaxMIMEDepth or MaxMIMEParts           552 5.3.4   DATA (ErrMIMETooComplex)
+//	header that cannot be read                       550 5.6.0   DATA (ErrMalformed)
+//	DMARC fail on a SenderReject route               550 5.7.1   DATA (ErrSenderForged)
+//	DMARC temperror on a SenderReject route          451 4.4.3   DATA (ErrSenderUnverifiable)
+//	spool cannot commit                              451 4.3.0   DATA (ErrSpoolUnavailable)
+//
+// Commands out of order and bad syntax are answered by go-smtp itself (503, 501, 502); so is
+// "RCPT TO:<Postmaster>" without a domain, which go-smtp's parser refuses with 501 although RFC
+// 5321 asks servers to accept it. postmaster@ of every routed domain is accepted from every
+// sender and goes to Options.PostmasterRoom, or without it to the domain's first route. Only
+// <CR><LF>.<CR><LF> ends DATA: bare LF and bare CR look-alikes of it (SMTP smuggling) stay
+// text of the mail, and mail with bare LF line ends is accepted as it is. 8-bit header text is
+// accepted and shown as UTF-8, best effort. A reused connection starts each mail clean (after
+// DATA, RSET or a new EHLO). PIPELINING, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, SIZE and
+// CHUNKING are advertised.
+//
+// Sender authentication. Every mail is checked before it is spooled: SPF (RFC 7208,
+// blitiri.com.ar/go/spf) for the client's IP and the envelope sender (the HELO name for <>),
+// DKIM (RFC 6376, go-msgauth; up to 5 signatures), and DMARC (RFC 7489, go-msgauth) for the
+// From domain, or its organizational domain (golang.org/x/net/publicsuffix) when the From
+// domain publishes nothing: a pass needs an SPF pass or a DKIM pass whose domain is aligned
+// with the From domain, relaxed (same organizational domain) or strict (same name) as the
+// record says (aspf, adkim). A mail with no single From address is permerror. The result is
+// written on top of the mail as an Authentication-Results header (RFC 8601) whose authserv-id
+// is Options.Domain, below a Return-Path with the envelope sender; ReadAuthResults reads it
+// back, and the room shows it. Authentication-Results that came with the mail are renamed
+// X-Untrusted-Authentication-Results, so none can pose as the gateway's, unless the client is
+// one of Options.TrustedRelays: then they are kept and the top-most one's SPF result stands
+// for the gateway's own (SPF of the relay's IP would say nothing).
+//
+// What a route does with mail whose sender fails DMARC is its Route.SenderPolicy, whatever
+// the domain's own p= asks (the header records that as reason=policy-reject and so on):
+//
+//	SenderMark (default)  accepted; the room shows the sender as not verified
+//	SenderReject          dmarc=fail refused 550 5.7.1, dmarc=temperror 451 4.4.3
+//	SenderAccept          accepted, recorded as overridden by local policy (reason=local-policy); no warning
+//
+// One reply answers DATA for all recipients, so when any route of a mail's recipients rejects
+// it, the mail is refused for all (the sender is told; no room silently misses it), and it is
+// recorded as overridden only when every route accepts. postmaster@ mail is always marked,
+// never rejected. All DNS lookups go through Options.Resolver (DNSServer makes one for a given
+// server); the names looked up are the SPF record's, the DKIM keys' of the mail's signatures
+// and the DMARC records of its From domain, each checked to be a host name first and at most
+// 12 of them per mail beside SPF's own limit of 10. Nothing else from a mail's content, no
+// link and no image, is ever looked up or fetched.
+//
+// Automated mail and bounces. Classify tells from a spooled mail (its envelope sender and
+// content, as SpooledMail and the spool keep them) whether it was sent by a program:
+// Auto-Submitted other than "no" (AutoGenerated, AutoReplied), Precedence bulk or junk
+// (BulkMail), List-Id or Precedence list (ListMail), an empty return path (NullSender), or a
+// delivery status notification (Bounce, RFC 3464), which is read into a DSN: the reporting
+// MTA, the original envelope ID and Message-ID, and per recipient the action, status and
+// diagnostic. Bounces are accepted at MAIL FROM:<> by routes without AllowSenders.
+//
 // Routing. A Router maps a recipient to a room: static addresses, "+subaddress" forms of them,
 // and patterns with a capture ("case-{id}@cases.example.se" to "#case-{id}:server"), whose room
 // is created from a matrix.RoomSpec template with Client.EnsureRoom. There is no catch-all
@@ -88,4 +170,9 @@
 // rendering; automated mail is marked (Mail.Automated) but bounces are not parsed; no claiming
 // of spool work by several instances on PostgreSQL; no metrics; an IMAP mail is flagged or
 // moved once spooled, not once posted.
+// Not done yet (issue 10): AllowSenders still checks the envelope sender, not the
+// authenticated From; no group commit; no threads
+// from In-Reply-To and References; no inline cid: images, message/rfc822 or calendar
+// rendering; automated mail is marked (Mail.Automated, Classify); no IMAP
+// poller; no claiming of spool work by several instances on PostgreSQL; no metrics.
 package mailbridge

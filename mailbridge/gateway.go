@@ -2,12 +2,15 @@ package mailbridge
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -35,6 +38,24 @@ type Options struct {
 	MaxRetryDelay   time.Duration    // longest wait between deliveries; 0 means 5 minutes
 	DeadLetterAfter time.Duration    // how long after receipt a failing delivery is given up (see Undelivered, Retry); 0 means 5 days
 	Logger          *slog.Logger     // nil means slog.Default(); message content is never logged
+
+	// SMTP hardening, sender authentication, automated mail (issue 10, smtp part). The reply
+	// codes of each limit are in the package documentation.
+	TLSConfig       *tls.Config    // enables STARTTLS on Addr and implicit TLS (ServeTLS, TLSAddr); nil means no TLS and so no AUTH
+	TLSAddr         string         // where ListenAndServe also listens for implicit TLS (submissions, port 465); "" means nowhere
+	Authenticate    AuthFunc       // checks AUTH PLAIN credentials, offered only over TLS; nil means no AUTH
+	TrustSubmitters bool           // mail of an authenticated submitter passes every route's AllowSenders and SenderPolicy
+	MaxHeaderBytes  int            // size of the header block; more get 552 5.3.4; 0 (and the most) is 256 KiB
+	MaxMIMEDepth    int            // multipart nesting; deeper gets 552 5.3.4; 0 means 50
+	MaxMIMEParts    int            // MIME parts in one mail; more get 552 5.3.4; 0 means 1000
+	SenderRate      int            // mails a minute from one sender (AUTH user, else envelope sender, else client IP); more get 450 4.7.1; 0 means no limit
+	Resolver        Resolver       // every DNS lookup of SPF, DKIM and DMARC goes here; nil means the system's resolver (see DNSServer)
+	TrustedRelays   []netip.Prefix // clients whose Authentication-Results are kept and whose SPF verdict is taken; from others they are renamed
+	PostmasterRoom  string         // room (ID or alias) for postmaster@ of every routed domain without a postmaster route; "" means the domain's first route
+	AuthTimeout     time.Duration  // for the SPF, DKIM and DMARC checks of one mail; 0 means 30 s
+	// For metrics (issue 10, smtp part); called on the connection's goroutine, so keep them short.
+	OnReply      ReplyFunc      // each answer of the gateway's to MAIL, RCPT and DATA; go-smtp's own protocol errors are not seen
+	OnSenderAuth SenderAuthFunc // the verdict on every mail checked, accepted or refused
 }
 
 // Gateway receives mail over SMTP, spools it durably, and posts it into rooms.
@@ -45,6 +66,8 @@ type Gateway struct {
 	client *matrix.Client
 	spool  *spool
 	server *smtp.Server
+	rate   *rateLimiter // per-sender rate; nil means no limit
+	open   atomic.Int64 // SMTP connections open, over all listeners
 
 	ctx    context.Context // ends when Close is called; stops the delivery worker
 	cancel context.CancelFunc
@@ -117,6 +140,9 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if err := opts.hardeningDefaults(); err != nil {
+		return nil, err
+	}
 	sp, err := openSpool(ctx, opts.DB)
 	if err != nil {
 		return nil, err
@@ -132,6 +158,7 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	}
 	g.ctx, g.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	g.server = g.newSMTPServer()
+	g.rate = newRateLimiter(opts.SenderRate)
 	g.worker.Add(1)
 	go g.deliverLoop()
 	return g, nil
@@ -148,11 +175,17 @@ func (g *Gateway) newSMTPServer() *smtp.Server {
 	s.WriteTimeout = g.opts.WriteTimeout
 	s.EnableSMTPUTF8 = true // PIPELINING, 8BITMIME and ENHANCEDSTATUSCODES go-smtp always has
 	s.ErrorLog = slogAdapter{g.log}
+	g.hardenServer(s)
 	return s
 }
 
-// Serve answers SMTP on l until Close is called or ctx ends, and then returns ErrClosed.
+// Serve answers SMTP on l until Close is called or ctx ends, and then returns ErrClosed. With
+// Options.TLSConfig it offers STARTTLS.
 func (g *Gateway) Serve(ctx context.Context, l net.Listener) error {
+	return g.serve(ctx, &limitListener{Listener: l, max: int64(g.opts.MaxConnections), open: &g.open})
+}
+
+func (g *Gateway) serve(ctx context.Context, l net.Listener) error {
 	if g.isClosed() {
 		l.Close()
 		return ErrClosed
@@ -160,21 +193,36 @@ func (g *Gateway) Serve(ctx context.Context, l net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { _ = g.Close() })
 	defer stop()
 	g.log.Info("receiving mail", "addr", l.Addr().String())
-	err := g.server.Serve(&limitListener{Listener: l, max: int64(g.opts.MaxConnections)})
+	err := g.server.Serve(l)
 	if g.isClosed() || errors.Is(err, smtp.ErrServerClosed) {
 		return ErrClosed
 	}
 	return fmt.Errorf("mailbridge: serve SMTP: %w", err)
 }
 
-// ListenAndServe listens on Options.Addr and serves, as Serve does.
+// ListenAndServe listens on Options.Addr and serves, as Serve does, and with Options.TLSAddr
+// also there with implicit TLS, as ServeTLS does. It returns when either stops.
 func (g *Gateway) ListenAndServe(ctx context.Context) error {
 	var lc net.ListenConfig
 	l, err := lc.Listen(ctx, "tcp", g.opts.Addr)
 	if err != nil {
 		return fmt.Errorf("mailbridge: listen on %s: %w", g.opts.Addr, err)
 	}
-	return g.Serve(ctx, l)
+	if g.opts.TLSAddr == "" {
+		return g.Serve(ctx, l)
+	}
+	tl, err := lc.Listen(ctx, "tcp", g.opts.TLSAddr)
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("mailbridge: listen on %s: %w", g.opts.TLSAddr, err)
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- g.Serve(ctx, l) }()
+	go func() { errs <- g.ServeTLS(ctx, tl) }()
+	err = <-errs
+	_ = g.Close()
+	<-errs
+	return err
 }
 
 // Close stops receiving (open connections are closed; a mail not yet answered with 250 is not

@@ -38,6 +38,10 @@ func startGateway(t *testing.T, opts mailbridge.Options) (*mailbridge.Gateway, s
 		}
 	}
 	opts.Domain = "mx.test"
+	if opts.Resolver == nil {
+		// Never the machine's resolver: an empty zone of the test's own (dns_test.go).
+		opts.Resolver = mailbridge.DNSServer(startDNS(t).addr)
+	}
 	g, err := mailbridge.New(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -173,4 +177,14 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// lastSpooledRaw returns the mail spooled last in db (the gateway's Options.DB), as stored.
+func lastSpooledRaw(t *testing.T, db *dbutil.Database) string {
+	t.Helper()
+	var raw []byte
+	if err := db.QueryRow(t.Context(), `SELECT message FROM samtal_mail_spool ORDER BY id DESC LIMIT 1`).Scan(&raw); err != nil {
+		t.Fatal(err)
+	}
+	return string(raw)
 }

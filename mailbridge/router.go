@@ -29,6 +29,9 @@ type Route struct {
 	// envelope sender (MAIL FROM), which is not authenticated: it keeps out stray mail, not an
 	// attacker.
 	AllowSenders []string
+	// SenderPolicy is what the route does with mail whose sender fails DMARC: SenderMark
+	// (the default, ""), SenderReject or SenderAccept. See senderauth.go (issue 10, smtp).
+	SenderPolicy SenderPolicy
 }
 
 // Match is where one recipient's mail goes.
