@@ -33,7 +33,7 @@ func TestPendingItemAndThreadedFile(t *testing.T) {
 	if evt, ok, err := again.Sent(t.Context()); !ok || err != nil || evt != root {
 		t.Errorf("Sent = %s, %v, %v; want %s", evt, ok, err, root)
 	}
-	if _, ok, err := alice.PendingItem(p.ID+1000).Sent(t.Context()); !ok || err == nil {
+	if _, ok, err := alice.PendingItem(p.ID + 1000).Sent(t.Context()); !ok || err == nil {
 		t.Errorf("Sent of an unknown item = %v, %v; want an error", ok, err)
 	}
 	if _, err := alice.PendingItem(p.ID + 1000).Wait(t.Context()); err == nil {
