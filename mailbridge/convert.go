@@ -53,7 +53,7 @@ type Mail struct {
 	Calendar []string
 	// Notes says what a reader should know about the mail that is not a fault: it was signed
 	// or encrypted (PGP/MIME, S/MIME; signatures are never checked), it carries an Outlook
-	// TNEF part, earlier mail it quoted is collapsed.
+	// TNEF part.
 	Notes []string
 	// Problems says, in words a reader understands, what could not be read: an unknown
 	// charset, a broken MIME structure. The text shown is best effort then.
@@ -110,15 +110,10 @@ func ParseWith(r io.Reader, opts ParseOptions) (*Mail, error) {
 	p := &partReader{mail: m}
 	b := p.walk(e, 0)
 	text, htm := b.text, b.html
-	text, quoted := trimQuoted(strings.TrimSpace(text))
+	text, _ = trimQuoted(strings.TrimSpace(text))
 	if htm != "" {
-		var collapsed bool
-		htm, collapsed = collapseQuotes(htm)
-		quoted = quoted || collapsed
+		htm, _ = collapseQuotes(htm)
 		m.HTML = p.inlineImages(htm)
-	}
-	if quoted {
-		m.note("earlier mail it quotes is collapsed")
 	}
 	m.Text = strings.TrimSpace(text)
 	if m.Text == "" && m.HTML != "" {
@@ -158,10 +153,28 @@ func (m *Mail) readHeader(h mail.Header) {
 // legacy charset without encoded words) are read as Windows-1252.
 func (m *Mail) headerText(s string) string {
 	if !utf8.ValidString(s) {
-		s = windows1252(s)
-		m.addProblem("a header uses 8-bit characters without naming their charset; shown as Windows-1252 (a best guess)")
+		var damaged bool
+		if s, damaged = bestGuess(s); damaged {
+			m.addProblem("a header has bytes that are not UTF-8; they are shown as \uFFFD (the replacement character)")
+		} else {
+			m.addProblem("a header uses 8-bit characters without naming their charset; shown as Windows-1252 (a best guess)")
+		}
 	}
 	return clean(s, false)
+}
+
+// bestGuess decodes text that is not valid UTF-8: as UTF-8 with the bad bytes replaced when
+// it has valid multibyte sequences (UTF-8 with damage), else as Windows-1252 (a legacy charset
+// not named), which maps every byte to a character. It reports which it chose.
+func bestGuess(s string) (string, bool) {
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r != utf8.RuneError && size > 1 {
+			return strings.ToValidUTF8(s, "\uFFFD"), true
+		}
+		i += size
+	}
+	return windows1252(s), false
 }
 
 // windows1252 decodes s as Windows-1252, which maps every byte to a character.
@@ -456,8 +469,11 @@ func (p *partReader) read(r io.Reader, declared string) (string, error) {
 	p.textBytes += buf.Len()
 	s := buf.String()
 	if !utf8.ValidString(s) {
-		s = windows1252(s)
-		if declared == "" {
+		var damaged bool
+		s, damaged = bestGuess(s)
+		if damaged {
+			p.mail.addProblem("a part has bytes that are not valid in its charset; they are shown as \uFFFD (the replacement character)")
+		} else if declared == "" {
 			p.mail.addProblem("a part names no charset and is not UTF-8; shown as Windows-1252 (a best guess)")
 		} else {
 			p.mail.addProblem("a part is not in the charset it names; shown as Windows-1252 (a best guess)")

@@ -28,7 +28,7 @@ var (
 	imgTagRe     = regexp.MustCompile(`<img\b[^>]*>`)
 	placeholdRe  = regexp.MustCompile(`\ssrc="` + regexp.QuoteMeta(inlinePrefix) + `(\d+)"`)
 	imgAltRe     = regexp.MustCompile(`\salt="([^"]*)"`)
-	quoteLineRe  = regexp.MustCompile(`(?i)^(on|den|am|le|el|op) .{1,300}(wrote|skrev|schrieb|a écrit|escribió|schreef):\s*$`)
+	quoteLineRe  = regexp.MustCompile(`(?i)^(on|den|am|le|el|op) .{1,300}(wrote|skrev|schrieb|a écrit|escribió|schreef)(\s.{0,200})?:\s*$`)
 	origHeaderRe = regexp.MustCompile(`(?i)^-{2,}\s*(original message|ursprungligt meddelande|originalmeddelande|ursprüngliche nachricht)\s*-{2,}\s*$`)
 	outlookFrom  = regexp.MustCompile(`(?i)^\*?(from|från|von):\*?\s`)
 	outlookSent  = regexp.MustCompile(`(?i)^\*?(sent|skickat|gesendet|date|datum):\*?\s`)
