@@ -231,12 +231,12 @@ func (g *Gateway) uploadInline(ctx context.Context, room id.RoomID, m *Mail, key
 			if name == "" {
 				name = "image-" + strconv.Itoa(i+1)
 			}
-			resp, err := g.client.Mautrix().UploadBytesWithName(ctx, a.Data, a.MimeType, name)
-			if err != nil {
-				return nil, fmt.Errorf("upload inline image %d: %w", i+1, err)
+			resp, uerr := g.client.Mautrix().UploadBytesWithName(ctx, a.Data, a.MimeType, name)
+			if uerr != nil {
+				return nil, fmt.Errorf("upload inline image %d: %w", i+1, uerr)
 			}
 			uri = resp.ContentURI.String()
-			if _, err := db.Exec(ctx, `INSERT INTO samtal_mail_media (mail_key, part, mxc) VALUES ($1, $2, $3)
+			if _, err = db.Exec(ctx, `INSERT INTO samtal_mail_media (mail_key, part, mxc) VALUES ($1, $2, $3)
 				ON CONFLICT (mail_key, part) DO NOTHING`, key, part, uri); err != nil {
 				return nil, fmt.Errorf("record inline image: %w", err)
 			}
