@@ -124,7 +124,7 @@ func TestTrimQuoted(t *testing.T) {
 		{"Tack.\n\nDen 30 nov. 2026 skrev A <a@b>:\n> gammalt", "Tack.\n\n[earlier mail quoted below this point is not shown]"},
 		{"Ok.\n\n-----Original Message-----\nFrom: x\nSent: y\n\nold", "Ok.\n\n[earlier mail quoted below this point is not shown]"},
 		{"Ok.\n\nFrom: Case System\nSent: Monday\nTo: me\nSubject: x\n\nold", "Ok.\n\n[earlier mail quoted below this point is not shown]"},
-		{"> only a quote\n> nothing else", "> only a quote\n> nothing else"},                 // nothing would be left
+		{"> only a quote\n> nothing else", "> only a quote\n> nothing else"},                         // nothing would be left
 		{"> inline quote\nmy answer\n> another\nmore", "> inline quote\nmy answer\n> another\nmore"}, // interleaved: kept
 		{"Answer\n> quoted\n\n> rest", "Answer\n\n[earlier mail quoted below this point is not shown]"},
 		{"From: the start of a line\nis not Outlook", "From: the start of a line\nis not Outlook"},

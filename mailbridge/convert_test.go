@@ -93,8 +93,8 @@ func TestConvert(t *testing.T) {
 			notHTML: []string{"tracker.example", "evil.example", "<img", "cid:"},
 		},
 		{
-			file: "forwarded.eml",
-			body: []string{"See below.", "---------- Forwarded mail ----------\nFrom: Björn <bjorn@citizen.example>\nSubject: Complaint about the road\nDate: Mon, 30 Nov 2026 09:00:00 +0100", "Vägen är trasig.", "Attachments: road.jpg (6 bytes)"},
+			file:       "forwarded.eml",
+			body:       []string{"See below.", "---------- Forwarded mail ----------\nFrom: Björn <bjorn@citizen.example>\nSubject: Complaint about the road\nDate: Mon, 30 Nov 2026 09:00:00 +0100", "Vägen är trasig.", "Attachments: road.jpg (6 bytes)"},
 			wantNoHTML: true,
 		},
 		{

@@ -95,7 +95,9 @@ func TestMailThreads(t *testing.T) {
 			t.Errorf("%q is in thread %q, want %s", s, got, first.ID)
 		}
 	}
-	file := inbox.Wait(t, func(e *matrix.Event) bool { return message(e).MsgType == event.MsgFile && message(e).Body == "svar.pdf" })
+	file := inbox.Wait(t, func(e *matrix.Event) bool {
+		return message(e).MsgType == event.MsgFile && message(e).Body == "svar.pdf"
+	})
 	if threadOf(file) != first.ID {
 		t.Errorf("the reply's attachment is in thread %q, want %s", threadOf(file), first.ID)
 	}
