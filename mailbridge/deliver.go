@@ -264,6 +264,12 @@ func (g *Gateway) resolve(ctx context.Context, d delivery) (id.RoomID, error) {
 	if err := json.Unmarshal([]byte(d.createSpec), &spec); err != nil {
 		return "", fmt.Errorf("read room template for %s: %w", alias, err)
 	}
+	// The template as spooled has the capture unfilled; the recipient, matched again, fills it
+	// when it still routes to the same alias.
+	if m, err := g.router.Match(d.recipient); err == nil && m.Room == d.target && m.Route.Create != nil {
+		m.Route = &Route{Create: &spec}
+		spec = *m.Spec()
+	}
 	room, created, err := g.client.EnsureRoom(ctx, alias, spec)
 	if err != nil {
 		return "", err
