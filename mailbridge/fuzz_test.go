@@ -5,9 +5,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
-	"strconv"
 	"unicode/utf8"
 
 	"maunium.net/go/mautrix/event"
