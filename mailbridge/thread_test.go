@@ -211,6 +211,20 @@ func TestMailMedia(t *testing.T) {
 	if n := count(inbox, func(e *matrix.Event) bool { return subjectLine("With logo")(e) }); n != 2 {
 		t.Errorf("posted %d times, want once per room", n)
 	}
+
+	// A mail over the event size limit: shortened, with the original following as mail.eml.
+	long := mail("system@agency.example", "Very long", "long-1@agency.example", strings.Repeat("En mycket lång rad i ett brev.\r\n", 4000))
+	if err := send(dial(t, addr), "system@agency.example", []string{"secure@agency.example"}, long); err != nil {
+		t.Fatal(err)
+	}
+	short := inbox.Wait(t, func(e *matrix.Event) bool { return e.RoomID == secureRoom && subjectLine("Very long")(e) })
+	if !strings.Contains(short.Text(), "the original mail follows as mail.eml") {
+		t.Errorf("the long mail ends %q", short.Text()[max(0, len(short.Text())-200):])
+	}
+	eml := inbox.Wait(t, func(e *matrix.Event) bool { return e.RoomID == secureRoom && message(e).Body == "mail.eml" })
+	if data, err := officer.Download(t.Context(), message(eml), 0); err != nil || !bytes.Contains(data, []byte("Message-ID: <long-1@agency.example>")) || len(data) < len(long) {
+		t.Errorf("mail.eml: %d bytes, %v", len(data), err)
+	}
 }
 
 // pngOf returns the decoded image of related.eml.
