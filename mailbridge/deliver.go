@@ -149,11 +149,10 @@ func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
 	if err := g.posted(ctx, room, m, p.ID); err != nil {
 		return 0, err
 	}
-	n := 0
-	next := func(a matrix.Attachment) error {
-		n++
+	// Each file's key names its part, so that it stays the same whatever else changes.
+	next := func(a matrix.Attachment, part string) error {
 		a.Thread = place.root
-		_, err := g.client.SendFile(ctx, room, a, matrix.SendOptions{IdempotencyKey: key + "/" + strconv.Itoa(n)})
+		_, err := g.client.SendFile(ctx, room, a, matrix.SendOptions{IdempotencyKey: key + "/" + part})
 		return err
 	}
 	for i, a := range m.Attachments {
@@ -168,12 +167,12 @@ func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
 		if a.Inline {
 			kind = matrix.ImageKind
 		}
-		if err := next(matrix.Attachment{Name: name, MimeType: a.MimeType, Data: a.Data, Kind: kind}); err != nil {
+		if err := next(matrix.Attachment{Name: name, MimeType: a.MimeType, Data: a.Data, Kind: kind}, strconv.Itoa(i+1)); err != nil {
 			return 0, fmt.Errorf("post attachment %d of mail %d into %s: %w", i+1, d.spoolID, room, err)
 		}
 	}
 	if tooLong && emlFits {
-		if err := next(matrix.Attachment{Name: "mail.eml", MimeType: "message/rfc822", Data: d.message}); err != nil {
+		if err := next(matrix.Attachment{Name: "mail.eml", MimeType: "message/rfc822", Data: d.message}, "original"); err != nil {
 			return 0, fmt.Errorf("post the original of mail %d into %s: %w", d.spoolID, room, err)
 		}
 	}
