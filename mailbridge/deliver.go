@@ -143,6 +143,14 @@ func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
 		return 0, err
 	}
 	p, err := g.client.Send(ctx, room, msg, matrix.SendOptions{IdempotencyKey: key})
+	if errors.Is(err, matrix.ErrIdempotencyConflict) {
+		// The key is the Message-ID and the room: a mail with this Message-ID is in the room
+		// already, and this one differs only in what a relay added on the way (a header the
+		// message shows, such as the sender check) or in the sender reusing an ID. Either way
+		// it is the same mail as far as the gateway can tell, and is not posted twice.
+		g.log.Info("mail with a Message-ID posted before, with other content; not posted again", "spool_id", d.spoolID, "room", room)
+		return g.postedBefore(ctx, room, m), nil
+	}
 	if err != nil {
 		return 0, fmt.Errorf("post mail %d into %s: %w", d.spoolID, room, err)
 	}
@@ -153,6 +161,9 @@ func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
 	next := func(a matrix.Attachment, part string) error {
 		a.Thread = place.root
 		_, err := g.client.SendFile(ctx, room, a, matrix.SendOptions{IdempotencyKey: key + "/" + part})
+		if errors.Is(err, matrix.ErrIdempotencyConflict) {
+			return nil // a file of the same mail, posted before (see above)
+		}
 		return err
 	}
 	for i, a := range m.Attachments {

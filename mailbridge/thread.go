@@ -237,6 +237,17 @@ func (g *Gateway) posted(ctx context.Context, room id.RoomID, m *Mail, outboxID 
 	return nil
 }
 
+// postedBefore returns the outbox item of the earlier post of m into room, or 0 when it is not
+// recorded.
+func (g *Gateway) postedBefore(ctx context.Context, room id.RoomID, m *Mail) int64 {
+	var outboxID int64
+	if m.MessageID != "" {
+		_ = g.spool.db.QueryRow(ctx, `SELECT outbox_id FROM samtal_mail_thread WHERE room_id = $1 AND message_id = $2`,
+			room, m.MessageID).Scan(&outboxID)
+	}
+	return outboxID
+}
+
 // ThreadEntry is what one mail became in one room: the mapping the outbound gateway answers
 // from.
 type ThreadEntry struct {
