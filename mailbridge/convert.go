@@ -7,13 +7,11 @@ import (
 	"html"
 	"io"
 	"strings"
-	"unicode"
 	"unicode/utf8"
 
 	"github.com/emersion/go-message"
 	_ "github.com/emersion/go-message/charset" // decodes every charset the mail may name
 	"github.com/emersion/go-message/mail"
-	"maunium.net/go/mautrix/event"
 
 	"github.com/samtalhq/samtal/matrix"
 )
@@ -21,7 +19,7 @@ import (
 // Limits of the converter, so that hostile mail costs little to read.
 const (
 	maxHeaderBytes = 256 << 10 // the whole header block
-	maxMIMEDepth   = 20        // multipart nesting
+	maxMIMEDepth   = 20        // multipart and message/rfc822 nesting
 	maxMIMEParts   = 200       // parts in one mail
 	maxTextBytes   = 2 << 20   // text read from all text parts together
 )
@@ -29,16 +27,29 @@ const (
 // Mail is a received mail as the room sees it: who sent it, about what, and its text.
 type Mail struct {
 	MessageID   string       // without angle brackets; "" when the mail has none
+	InReplyTo   []string     // Message-IDs of In-Reply-To, without angle brackets
+	References  []string     // Message-IDs of References, oldest first
 	FromName    string       // display name from the From header, decoded
 	FromAddress string       // address from the From header
 	Subject     string       // decoded; "" when the mail has none
 	Text        string       // plaintext body, always set when the mail has any text
 	HTML        string       // sanitized HTML body, "" when the mail has none
-	Attachments []Attachment // parts that are files rather than text
+	Attachments []Attachment // parts that are files rather than text, inline images included
+	// DMARC is the DMARC result ("pass", "fail", "none", "temperror", ...) of the top-most
+	// Authentication-Results header written by this gateway (its authserv-id is
+	// ParseOptions.AuthServID), or "" when there is none. Only "pass" is shown as verified.
+	DMARC string
 	// Automated says why the mail looks sent by a program rather than a person (Auto-Submitted
 	// other than "no", Precedence bulk, list or junk, List-Id, a delivery status report), or
 	// "" when nothing says so. Nothing must answer such mail automatically (RFC 3834).
 	Automated string
+	// Calendar has one line per event of a calendar invitation (text/calendar): what, when,
+	// where, who invites.
+	Calendar []string
+	// Notes says what a reader should know about the mail that is not a fault: it was signed
+	// or encrypted (PGP/MIME, S/MIME; signatures are never checked), it carries an Outlook
+	// TNEF part.
+	Notes []string
 	// Problems says, in words a reader understands, what could not be read: an unknown
 	// charset, a broken MIME structure. The text shown is best effort then.
 	Problems []string
@@ -46,17 +57,40 @@ type Mail struct {
 
 // Attachment describes a file part of a mail.
 type Attachment struct {
-	Name     string // file name, made safe (no path, no control or bidi characters); may be ""
-	MimeType string
-	Size     int64  // decoded size in bytes
-	Data     []byte // the decoded file
+	Name      string // file name, made safe (no path, no control or bidi characters); may be ""
+	MimeType  string
+	Size      int64  // decoded size in bytes
+	Data      []byte // the decoded file
+	ContentID string // Content-ID without angle brackets, "" when none
+	// Inline is set for an image the HTML body shows (cid:). The Gateway uploads it and shows
+	// it in place in rooms that are not encrypted; in encrypted rooms it is sent, encrypted,
+	// as a file after the message, and the HTML says so where it was.
+	Inline bool
+
+	tooLarge bool // over the homeserver's upload limit: named in the message, not sent
 }
 
-// Parse reads a mail (RFC 5322 with MIME) and returns it decoded: RFC 2047 encoded words in
-// the subject and names, any charset, quoted-printable and base64. It is lenient: a broken
-// body is read as far as it goes and the trouble listed in Mail.Problems. Only a header that
-// cannot be read at all is an error, wrapping ErrMalformed.
+// ParseOptions configure ParseWith.
+type ParseOptions struct {
+	// AuthServID is the authserv-id of the Authentication-Results header this gateway writes
+	// (Options.Domain): only such a header is believed. "" believes none.
+	AuthServID string
+}
+
+// Parse reads a mail (RFC 5322 with MIME) and returns it decoded, believing no
+// Authentication-Results header; see ParseWith.
 func Parse(r io.Reader) (*Mail, error) {
+	return ParseWith(r, ParseOptions{})
+}
+
+// ParseWith reads a mail (RFC 5322 with MIME) and returns it decoded: RFC 2047 encoded words
+// in the subject and names, RFC 2231 file names, any charset, quoted-printable and base64,
+// multipart/alternative, related, mixed and signed, forwarded mail (message/rfc822) and
+// calendar invitations. It is lenient: a broken body is read as far as it goes, text in a
+// wrong or missing charset is decoded as Windows-1252 (the likeliest), and the trouble listed
+// in Mail.Problems. Only a header that cannot be read at all is an error, wrapping
+// ErrMalformed.
+func ParseWith(r io.Reader, opts ParseOptions) (*Mail, error) {
 	e, err := message.ReadWithOptions(r, &message.ReadOptions{MaxHeaderBytes: maxHeaderBytes})
 	if e == nil {
 		return nil, fmt.Errorf("mailbridge: read mail header: %v: %w", err, ErrMalformed)
@@ -67,13 +101,16 @@ func Parse(r io.Reader) (*Mail, error) {
 	}
 	h := mail.Header{Header: e.Header}
 	m.readHeader(h)
+	m.DMARC = dmarcResult(h, opts.AuthServID)
 	p := &partReader{mail: m}
-	body := p.walk(e, 0)
-	m.Text, m.HTML = body.text, body.html
-	if m.HTML != "" {
-		m.HTML = matrix.SanitizeHTML(m.HTML)
+	b := p.walk(e, 0)
+	text, htm := b.text, b.html
+	text, _ = trimQuoted(strings.TrimSpace(text))
+	if htm != "" {
+		htm, _ = collapseQuotes(htm)
+		m.HTML = p.inlineImages(htm)
 	}
-	m.Text = strings.TrimSpace(m.Text)
+	m.Text = strings.TrimSpace(text)
 	if m.Text == "" && m.HTML != "" {
 		m.Text = strings.TrimSpace(htmlText(m.HTML))
 	}
@@ -88,18 +125,37 @@ func (m *Mail) readHeader(h mail.Header) {
 		// A Message-ID that is not RFC 5322 still identifies the mail for deduplication.
 		m.MessageID = strings.Trim(clean(h.Get("Message-Id"), false), "<> ")
 	}
+	m.InReplyTo = messageIDs(h.Get("In-Reply-To"))
+	m.References = messageIDs(h.Get("References"))
+	if len(m.References) > maxReferences {
+		m.References = m.References[len(m.References)-maxReferences:]
+	}
 	if s, err := h.Subject(); err == nil {
-		m.Subject = clean(s, false)
+		m.Subject = m.headerText(s)
 	} else {
-		m.Subject = clean(h.Get("Subject"), false)
+		m.Subject = m.headerText(h.Get("Subject"))
 		m.Problems = append(m.Problems, "the subject could not be fully decoded")
 	}
 	m.Automated = automated(h)
 	if from, err := h.AddressList("From"); err == nil && len(from) > 0 {
-		m.FromName, m.FromAddress = clean(from[0].Name, false), clean(from[0].Address, false)
-	} else if raw := clean(h.Get("From"), false); raw != "" {
+		m.FromName, m.FromAddress = m.headerText(from[0].Name), m.headerText(from[0].Address)
+	} else if raw := m.headerText(h.Get("From")); raw != "" {
 		m.FromName = raw
 	}
+}
+
+// headerText cleans a header value; 8-bit bytes that are not UTF-8 (a header written in a
+// legacy charset without encoded words) are read as Windows-1252.
+func (m *Mail) headerText(s string) string {
+	if !utf8.ValidString(s) {
+		var damaged bool
+		if s, damaged = bestGuess(s); damaged {
+			m.addProblem("a header has bytes that are not UTF-8; they are shown as \uFFFD (the replacement character)")
+		} else {
+			m.addProblem("a header uses 8-bit characters without naming their charset; shown as Windows-1252 (a best guess)")
+		}
+	}
+	return clean(s, false)
 }
 
 // automated returns why the header marks the mail as automated, or "".
@@ -123,21 +179,32 @@ func automated(h mail.Header) string {
 // problem records err in words; the error text of go-message names the charset or encoding,
 // never content.
 func (m *Mail) problem(err error) {
-	var msg string
 	switch {
 	case message.IsUnknownCharset(err):
-		msg = "a part uses an unknown charset and is shown as it was sent"
+		m.addProblem("a part uses an unknown charset and is shown as a best guess")
 	case message.IsUnknownEncoding(err):
-		msg = "a part uses an unknown transfer encoding and is shown as it was sent"
+		m.addProblem("a part uses an unknown transfer encoding and is shown as it was sent")
 	default:
-		msg = "part of the mail could not be read"
+		m.addProblem("part of the mail could not be read")
 	}
+}
+
+func (m *Mail) addProblem(msg string) {
 	for _, p := range m.Problems {
 		if p == msg {
 			return
 		}
 	}
 	m.Problems = append(m.Problems, msg)
+}
+
+func (m *Mail) note(msg string) {
+	for _, n := range m.Notes {
+		if n == msg {
+			return
+		}
+	}
+	m.Notes = append(m.Notes, msg)
 }
 
 // partReader walks the MIME tree of one mail, within the limits.
@@ -155,34 +222,76 @@ type body struct {
 func (p *partReader) walk(e *message.Entity, depth int) body {
 	p.parts++
 	if p.parts > maxMIMEParts {
-		p.note(fmt.Sprintf("the mail has more than %d parts; the rest is not shown", maxMIMEParts))
+		p.mail.addProblem(fmt.Sprintf("the mail has more than %d parts; the rest is not shown", maxMIMEParts))
 		return body{}
 	}
 	mediaType, params, err := e.Header.ContentType()
 	if err != nil {
-		mediaType = "text/plain" // RFC 2045's default
+		mediaType, params = lenientMediaType(e.Header.Get("Content-Type"))
+		if mediaType == "" {
+			mediaType = "text/plain" // RFC 2045's default
+		}
 	}
-	disp, dparams, _ := e.Header.ContentDisposition()
+	disp, dparams, err := e.Header.ContentDisposition()
+	if err != nil {
+		disp, dparams = lenientMediaType(e.Header.Get("Content-Disposition"))
+	}
 	if mr := e.MultipartReader(); mr != nil {
 		if depth >= maxMIMEDepth {
-			p.note("the mail is nested too deeply; the innermost parts are not shown")
+			p.mail.addProblem("the mail is nested too deeply; the innermost parts are not shown")
 			return body{}
 		}
-		return p.walkMultipart(mr, mediaType, depth)
+		return p.walkMultipart(mr, mediaType, params, depth)
 	}
-	if disp == "attachment" || (mediaType != "text/plain" && mediaType != "text/html") {
-		name := dparams["filename"]
+	name := fileName(e.Header, "Content-Disposition", "filename", dparams)
+	if name == "" {
+		name = fileName(e.Header, "Content-Type", "name", params)
+	}
+	switch {
+	case mediaType == "message/rfc822" || mediaType == "message/global":
+		if depth >= maxMIMEDepth {
+			p.mail.addProblem("the mail is nested too deeply; the innermost parts are not shown")
+			return body{}
+		}
+		return p.forwarded(e, depth)
+	case mediaType == "text/calendar" || mediaType == "application/ics":
+		data := p.readFile(e)
+		p.mail.Calendar = append(p.mail.Calendar, calendarLines(data)...)
 		if name == "" {
-			name = params["name"]
+			name = "invitation.ics"
 		}
-		data, err := io.ReadAll(e.Body)
-		if err != nil {
-			p.mail.problem(err)
+		p.attach(name, mediaType, data, "")
+		return body{}
+	case mediaType == "application/pgp-signature":
+		p.mail.note("it is signed with PGP; the signature is not checked here")
+		_ = p.readFile(e)
+		return body{}
+	case mediaType == "application/pkcs7-signature" || mediaType == "application/x-pkcs7-signature":
+		p.mail.note("it is signed with S/MIME; the signature is not checked here")
+		_ = p.readFile(e)
+		return body{}
+	case mediaType == "application/pgp-encrypted":
+		p.mail.note("it is encrypted with PGP; the encrypted part cannot be read here and is attached as it came")
+		_ = p.readFile(e)
+		return body{}
+	case mediaType == "application/pkcs7-mime" || mediaType == "application/x-pkcs7-mime":
+		if strings.EqualFold(params["smime-type"], "signed-data") {
+			p.mail.note("it is signed with S/MIME in a form that hides its content; the signature is not checked and the signed part is attached as it came")
+		} else {
+			p.mail.note("it is encrypted with S/MIME; the encrypted part cannot be read here and is attached as it came")
 		}
-		p.mail.Attachments = append(p.mail.Attachments, Attachment{Name: SafeFileName(name), MimeType: clean(mediaType, false), Size: int64(len(data)), Data: data})
+		if name == "" {
+			name = "smime.p7m"
+		}
+	case mediaType == "application/ms-tnef" || mediaType == "application/vnd.ms-tnef" || strings.EqualFold(name, "winmail.dat"):
+		p.mail.note("it has an Outlook TNEF part (winmail.dat), whose contents cannot be shown here; it is attached as it came")
+	}
+	textPart := mediaType == "text/plain" || mediaType == "text/html"
+	if disp == "attachment" || !textPart {
+		p.attach(name, mediaType, p.readFile(e), strings.Trim(clean(e.Header.Get("Content-Id"), false), "<> "))
 		return body{}
 	}
-	text, err := p.read(e.Body)
+	text, err := p.read(e.Body, params["charset"])
 	if err != nil {
 		p.mail.problem(err)
 	}
@@ -192,7 +301,20 @@ func (p *partReader) walk(e *message.Entity, depth int) body {
 	return body{text: text}
 }
 
-func (p *partReader) walkMultipart(mr message.MultipartReader, mediaType string, depth int) body {
+func (p *partReader) attach(name, mediaType string, data []byte, contentID string) {
+	p.mail.Attachments = append(p.mail.Attachments, Attachment{Name: SafeFileName(name), MimeType: clean(mediaType, false),
+		Size: int64(len(data)), Data: data, ContentID: contentID})
+}
+
+func (p *partReader) readFile(e *message.Entity) []byte {
+	data, err := io.ReadAll(e.Body)
+	if err != nil {
+		p.mail.problem(err)
+	}
+	return data
+}
+
+func (p *partReader) walkMultipart(mr message.MultipartReader, mediaType string, params map[string]string, depth int) body {
 	var children []body
 	for {
 		part, err := mr.NextPart()
@@ -211,7 +333,8 @@ func (p *partReader) walkMultipart(mr message.MultipartReader, mediaType string,
 			break
 		}
 	}
-	if mediaType == "multipart/alternative" {
+	switch mediaType {
+	case "multipart/alternative":
 		// Parts are in order of increasing preference (RFC 2046): take the last of each kind.
 		var b body
 		for _, c := range children {
@@ -223,8 +346,52 @@ func (p *partReader) walkMultipart(mr message.MultipartReader, mediaType string,
 			}
 		}
 		return b
+	case "multipart/signed":
+		// The first part is what was signed; the second the signature, noted by walk.
+		if len(children) > 0 {
+			return children[0]
+		}
+		return body{}
 	}
 	return joinBodies(children)
+}
+
+// forwarded renders a mail inside the mail (message/rfc822): a short header, then its body.
+// Its attachments join the outer mail's.
+func (p *partReader) forwarded(e *message.Entity, depth int) body {
+	inner, err := message.ReadWithOptions(e.Body, &message.ReadOptions{MaxHeaderBytes: maxHeaderBytes})
+	if inner == nil {
+		p.mail.addProblem("a forwarded mail in it could not be read")
+		return body{}
+	}
+	if err != nil {
+		p.mail.problem(err)
+	}
+	h := mail.Header{Header: inner.Header}
+	from := p.mail.headerText(h.Get("From"))
+	if list, err := h.AddressList("From"); err == nil && len(list) > 0 {
+		from = formatAddress(p.mail.headerText(list[0].Name), p.mail.headerText(list[0].Address))
+	}
+	subject, err := h.Subject()
+	if err != nil {
+		subject = h.Get("Subject")
+	}
+	subject = p.mail.headerText(subject)
+	date := p.mail.headerText(h.Get("Date"))
+	head := "---------- Forwarded mail ----------\nFrom: " + from + "\nSubject: " + subject
+	if date != "" {
+		head += "\nDate: " + date
+	}
+	b := p.walk(inner, depth+1)
+	out := body{text: head + "\n\n" + b.text}
+	if b.html != "" {
+		out.html = "<p><b>Forwarded mail</b><br><b>From:</b> " + html.EscapeString(from) + "<br><b>Subject:</b> " +
+			html.EscapeString(subject) + "</p>" + b.html
+		if b.text == "" {
+			out.text = head + "\n\n" + htmlText(matrix.SanitizeHTML(b.html))
+		}
+	}
+	return out
 }
 
 // joinBodies puts the texts of a multipart/mixed (or related) one after the other. When any
@@ -255,93 +422,36 @@ func joinBodies(parts []body) body {
 	return body{text: strings.Join(text, "\n\n"), html: strings.Join(htm, "<hr>")}
 }
 
-// read returns a text part, cleaned, within what is left of maxTextBytes.
-func (p *partReader) read(r io.Reader) (string, error) {
+// read returns a text part, cleaned, within what is left of maxTextBytes. Text that is not
+// valid UTF-8 although its charset says it is, or names none, is read as Windows-1252.
+func (p *partReader) read(r io.Reader, declared string) (string, error) {
 	left := maxTextBytes - p.textBytes
 	if left <= 0 {
-		p.note("the mail's text is too long; the rest is not shown")
+		p.mail.addProblem("the mail's text is too long; the rest is not shown")
 		_, err := io.Copy(io.Discard, r)
 		return "", err
 	}
 	var buf bytes.Buffer
 	n, err := io.Copy(&buf, io.LimitReader(r, int64(left)+1))
 	if n > int64(left) {
-		p.note("the mail's text is too long; the rest is not shown")
+		p.mail.addProblem("the mail's text is too long; the rest is not shown")
 		buf.Truncate(left)
 		_, _ = io.Copy(io.Discard, r)
 	}
 	p.textBytes += buf.Len()
-	return clean(buf.String(), true), err
-}
-
-func (p *partReader) note(msg string) {
-	for _, m := range p.mail.Problems {
-		if m == msg {
-			return
+	s := buf.String()
+	if !utf8.ValidString(s) {
+		var damaged bool
+		s, damaged = bestGuess(s)
+		if damaged {
+			p.mail.addProblem("a part has bytes that are not valid in its charset; they are shown as \uFFFD (the replacement character)")
+		} else if declared == "" {
+			p.mail.addProblem("a part names no charset and is not UTF-8; shown as Windows-1252 (a best guess)")
+		} else {
+			p.mail.addProblem("a part is not in the charset it names; shown as Windows-1252 (a best guess)")
 		}
 	}
-	p.mail.Problems = append(p.mail.Problems, msg)
-}
-
-// Message returns the mail as a Matrix message: a compact header (sender and subject), the
-// text, the names of its attachments (which the Gateway posts as files right after it), and
-// what could not be shown. Mail with HTML becomes formatted_body (sanitized, remote
-// images dropped) with the plaintext body beside it. matrix.Client.Send shortens it to the
-// event size limit and attaches the full text when it is too long.
-func (m *Mail) Message() matrix.Message {
-	from := m.FromAddress
-	if m.FromName != "" && m.FromAddress != "" {
-		from = m.FromName + " <" + m.FromAddress + ">"
-	} else if from == "" {
-		from = m.FromName
-	}
-	if from == "" {
-		from = "(unknown sender)"
-	}
-	subject := m.Subject
-	if subject == "" {
-		subject = "(no subject)"
-	}
-	text := m.Text
-	if text == "" {
-		text = "(this mail has no text)"
-	}
-	var notes []string
-	if len(m.Attachments) > 0 {
-		var names []string
-		for _, a := range m.Attachments {
-			n := a.Name
-			if n == "" {
-				n = "unnamed " + a.MimeType
-			}
-			names = append(names, fmt.Sprintf("%s (%d bytes)", n, a.Size))
-		}
-		notes = append(notes, "Attachments: "+strings.Join(names, ", "))
-	}
-	if m.Automated != "" {
-		notes = append(notes, "Note: sent automatically ("+m.Automated+")")
-	}
-	for _, p := range m.Problems {
-		notes = append(notes, "Note: "+p)
-	}
-	plain := "From: " + from + "\nSubject: " + subject + "\n\n" + text
-	if len(notes) > 0 {
-		plain += "\n\n" + strings.Join(notes, "\n")
-	}
-	if m.HTML == "" {
-		return matrix.Text(plain)
-	}
-	var b strings.Builder
-	b.WriteString("<p><b>From:</b> " + html.EscapeString(from) + "<br><b>Subject:</b> " + html.EscapeString(subject) + "</p>")
-	b.WriteString(m.HTML)
-	for _, n := range notes {
-		b.WriteString("<p><i>" + html.EscapeString(n) + "</i></p>")
-	}
-	msg := matrix.HTML(b.String())
-	if c, ok := msg.Content.(*event.MessageEventContent); ok {
-		c.Body = plain
-	}
-	return msg
+	return clean(s, true), err
 }
 
 // Convert parses a raw mail and returns it as a Matrix message: Parse, then Mail.Message.
@@ -351,51 +461,4 @@ func Convert(r io.Reader) (matrix.Message, error) {
 		return matrix.Message{}, err
 	}
 	return m.Message(), nil
-}
-
-// htmlText is the plaintext matrix.HTML derives from sanitized HTML.
-func htmlText(sanitized string) string {
-	if c, ok := matrix.HTML(sanitized).Content.(*event.MessageEventContent); ok {
-		return c.Body
-	}
-	return ""
-}
-
-// clean makes text from a mail safe to show: valid UTF-8, line ends as \n, no NUL or other
-// control characters (newlines and tabs kept where multiline), and no bidi overrides, which
-// could make a subject or name read differently from what it is.
-func clean(s string, multiline bool) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	s = strings.ReplaceAll(s, "\r\n", "\n")
-	return strings.Map(func(r rune) rune {
-		switch {
-		case multiline && (r == '\n' || r == '\t'):
-			return r
-		case !multiline && (r == '\n' || r == '\t'):
-			return ' '
-		case unicode.IsControl(r), isBidiControl(r):
-			return -1
-		}
-		return r
-	}, s)
-}
-
-func isBidiControl(r rune) bool {
-	return (r >= 0x202A && r <= 0x202E) || (r >= 0x2066 && r <= 0x2069) || r == 0x200E || r == 0x200F || r == 0x061C
-}
-
-// SafeFileName returns name as a file name that is safe to show and to save: the last path
-// element only, no control or bidi characters, at most 255 bytes. It returns "" for a name
-// with nothing left.
-func SafeFileName(name string) string {
-	name = clean(name, false)
-	if i := strings.LastIndexAny(name, `/\`); i >= 0 {
-		name = name[i+1:]
-	}
-	name = strings.TrimSpace(strings.Trim(name, "."))
-	for len(name) > 255 {
-		_, size := utf8.DecodeLastRuneInString(name)
-		name = name[:len(name)-size]
-	}
-	return name
 }

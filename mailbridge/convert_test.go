@@ -22,17 +22,21 @@ func readMail(t *testing.T, name string) []byte {
 
 func content(t *testing.T, raw []byte) *event.MessageEventContent {
 	t.Helper()
-	msg, err := Convert(bytes.NewReader(raw))
+	m, err := ParseWith(bytes.NewReader(raw), ParseOptions{AuthServID: "mx.test"})
 	if err != nil {
-		t.Fatalf("Convert: %v", err)
+		t.Fatalf("Parse: %v", err)
 	}
+	msg := m.Message()
 	if err := msg.Validate(); err != nil {
 		t.Fatalf("Convert made an invalid message: %v", err)
 	}
 	return msg.Content.(*event.MessageEventContent)
 }
 
+// TestConvert: every mail of the corpus in testdata, well formed or hostile, becomes a valid
+// message whose body and HTML say what a reader needs and carry nothing unsafe.
 func TestConvert(t *testing.T) {
+	covered := map[string]bool{}
 	for _, tc := range []struct {
 		file        string
 		body        []string // each must be in body
@@ -80,7 +84,128 @@ func TestConvert(t *testing.T) {
 			wantNoHTML:  true,
 			wantProblem: "unknown charset",
 		},
+		{
+			file: "related.eml",
+			// Without uploads (an encrypted room) the inline image is named where it was and
+			// follows as a file; remote images, foreign mxc images and unknown cids are gone.
+			body:    []string{"Our logo:", "Attachments: logo.png (66 bytes)"},
+			html:    []string{"Our logo: <i>[image logo.png: sent as a file below]</i>"},
+			notHTML: []string{"tracker.example", "evil.example", "<img", "cid:"},
+		},
+		{
+			file:       "forwarded.eml",
+			body:       []string{"See below.", "---------- Forwarded mail ----------\nFrom: Björn <bjorn@citizen.example>\nSubject: Complaint about the road\nDate: Mon, 30 Nov 2026 09:00:00 +0100", "Vägen är trasig.", "Attachments: road.jpg (6 bytes)"},
+			wantNoHTML: true,
+		},
+		{
+			file:       "calendar.eml",
+			body:       []string{"You are invited to the case review.", "Calendar: invitation: Case review, 4711, 2026-12-02 09:00 UTC to 2026-12-02 10:00 UTC, at Room 3, organized by boss@agency.example", "invitation.ics"},
+			wantNoHTML: true,
+		},
+		{
+			file:       "pgp-signed.eml",
+			body:       []string{"This text is signed.", "signed with PGP; the signature is not checked", "Sender check: not checked (the sender is not verified)"},
+			notBody:    []string{"BEGIN PGP SIGNATURE", "Attachments:", "domain is verified"},
+			wantNoHTML: true,
+		},
+		{
+			file:       "pgp-encrypted.eml",
+			body:       []string{"(this mail has no text)", "encrypted with PGP", "Attachments: encrypted.asc"},
+			notBody:    []string{"BEGIN PGP MESSAGE"},
+			wantNoHTML: true,
+		},
+		{
+			file:       "smime-signed.eml",
+			body:       []string{"Signed by S/MIME.", "signed with S/MIME; the signature is not checked"},
+			notBody:    []string{"Attachments:", "domain is verified"},
+			wantNoHTML: true,
+		},
+		{
+			file:       "smime-encrypted.eml",
+			body:       []string{"encrypted with S/MIME", "Attachments: smime.p7m (21 bytes)"},
+			wantNoHTML: true,
+		},
+		{
+			file:       "tnef.eml",
+			body:       []string{"Rich text was here.", "TNEF", "Attachments: winmail.dat (57 bytes)"},
+			wantNoHTML: true,
+		},
+		{
+			file:       "rfc2231.eml",
+			body:       []string{"Attachments: ärende 4711.pdf (4 bytes), Beslut om åtgärd.pdf (4 bytes), Överklagan.pdf (4 bytes)"},
+			wantNoHTML: true,
+		},
+		{
+			file:        "wrong-charset.eml",
+			body:        []string{"Räksmörgås utan rätt charset."},
+			wantNoHTML:  true,
+			wantProblem: "not in the charset it names; shown as Windows-1252",
+		},
+		{
+			file:        "missing-charset.eml",
+			body:        []string{"Köttbullar utan charset."},
+			wantNoHTML:  true,
+			wantProblem: "names no charset",
+		},
+		{
+			file:        "8bit-header.eml",
+			body:        []string{"From: Jörgen <jorgen@b.example>", "Subject: Ärende utan kodning", "Hej då."},
+			wantNoHTML:  true,
+			wantProblem: "8-bit characters without naming their charset",
+		},
+		{
+			file:        "invalid-utf8.eml",
+			body:        []string{"bad \uFFFD( bytes \uFFFD here, but ä is fine"},
+			html:        []string{"bad \uFFFD( bytes"},
+			wantProblem: "not valid in its charset",
+		},
+		{
+			file:        "missing-boundary.eml",
+			body:        []string{"Subject: no boundary", "(this mail has no text)"},
+			wantNoHTML:  true,
+			wantProblem: "could not be read",
+		},
+		{
+			file:    "xss.eml",
+			body:    []string{"Dear reader", "good link (https://agency.example/ok)"},
+			notBody: []string{"alert", "evil.example"},
+			html:    []string{`<a href="https://agency.example/ok">good link</a>`},
+			notHTML: []string{"script", "alert", "onload", "onerror", "onclick", "javascript", "JaVaScRiPt", "vbscript", "data:", "evil.example", "<iframe", "<svg", "<form", "<input", "<meta", "<base", "<object", "<embed", "<style", "<link", "style=", "<img", "srcset"},
+		},
+		{
+			file:       "hostile-names.eml",
+			body:       []string{"Attachments: authorized_keys (1 bytes), invoice.pdf.exe (1 bytes), reportgpj.exe (1 bytes), evil.dll (1 bytes), unnamed application/octet-stream (1 bytes)"},
+			notBody:    []string{"..", "../", "\\", "\u202e", "\x00", "ssh"},
+			wantNoHTML: true,
+		},
+		{
+			file:       "nul-bare-lf.eml",
+			body:       []string{"Subject: nul and bare LF", "line one with nul\nline two\nline[2J three"},
+			notBody:    []string{"\x00", "\x1b", "\x07", "\r"},
+			wantNoHTML: true,
+		},
+		{
+			file: "quoted-reply.eml",
+			// The quoted history is cut from the body, folded in the HTML.
+			body:    []string{"Thank you, that answers it.\n\n[earlier mail quoted below this point is not shown]"},
+			notBody: []string{"decided", "wrote:"},
+			html:    []string{"<div>Thank you, that answers it.</div><details><summary>Earlier mail (quoted)</summary>", "Your case 4711 is decided.</blockquote></div></details>"},
+		},
+		{
+			file:       "auth-results.eml",
+			body:       []string{"Sender check: DMARC pass (the sender's domain is verified)"},
+			wantNoHTML: true,
+		},
+		{
+			// Only the top-most header with our authserv-id counts: the other server's pass
+			// above it and our name's pass below it are not believed.
+			file:       "forged-auth.eml",
+			body:       []string{"Sender check: DMARC fail (the sender may be forged)"},
+			notBody:    []string{"domain is verified"},
+			wantNoHTML: true,
+		},
 	} {
+		covered[tc.file] = true
 		t.Run(tc.file, func(t *testing.T) {
 			c := content(t, readMail(t, tc.file))
 			for _, s := range tc.body {
@@ -110,6 +235,15 @@ func TestConvert(t *testing.T) {
 				t.Errorf("body does not say %q:\n%s", tc.wantProblem, c.Body)
 			}
 		})
+	}
+	files, err := filepath.Glob(filepath.Join("testdata", "*.eml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if !covered[filepath.Base(f)] {
+			t.Errorf("%s has no case in TestConvert", f)
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/internal/backoff"
@@ -96,48 +98,166 @@ func (g *Gateway) deliverOne(d delivery) {
 
 // post converts the mail and stores it in the client's outbox, which sends it. It returns the
 // outbox ID once the message is stored there.
+//
+// A reply goes into the thread of its conversation (see thread.go); its attachments follow it
+// there. Inline images are uploaded first and shown in place in a room that is not encrypted,
+// and follow the message as encrypted files in one that is. Attachments over the homeserver's
+// upload limit are named in the message and not sent. A message over the event size limit is
+// shortened and followed by the original mail as mail.eml.
 func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
 	room, err := g.resolve(ctx, d)
 	if err != nil {
 		return 0, err
 	}
-	m, err := Parse(bytes.NewReader(d.message))
-	var msg matrix.Message
+	m, err := ParseWith(bytes.NewReader(d.message), ParseOptions{AuthServID: g.opts.Domain})
 	if err != nil {
 		// DATA refused what cannot be parsed, so this is a mail from an older or other
 		// version: say that it arrived rather than lose it silently.
-		msg = matrix.Notice(fmt.Sprintf("A mail to %s could not be read (malformed header); it is kept in the gateway's spool as number %d.", d.recipient, d.spoolID))
-		m = &Mail{}
-	} else {
-		msg = m.Message()
+		msg := matrix.Notice(fmt.Sprintf("A mail to %s could not be read (malformed header); it is kept in the gateway's spool as number %d.", d.recipient, d.spoolID))
+		p, err := g.client.Send(ctx, room, msg, matrix.SendOptions{IdempotencyKey: idempotencyKey("", unstamped(d.message), room)})
+		if err != nil {
+			return 0, fmt.Errorf("post mail %d into %s: %w", d.spoolID, room, err)
+		}
+		return p.ID, nil
+	}
+	place, err := g.place(ctx, room, m, d.attempts)
+	if err != nil {
+		return 0, fmt.Errorf("thread of mail %d in %s: %w", d.spoolID, room, err)
+	}
+	limit := g.client.UploadLimit(ctx)
+	for i := range m.Attachments {
+		m.Attachments[i].tooLarge = limit > 0 && m.Attachments[i].Size > limit
 	}
 	key := idempotencyKey(m.MessageID, unstamped(d.message), room) // the same mail, whatever its Authentication-Results
+	uploaded, err := g.uploadInline(ctx, room, m, key)
+	if err != nil {
+		return 0, fmt.Errorf("inline images of mail %d in %s: %w", d.spoolID, room, err)
+	}
+	msg := m.render(uploaded)
+	if place.root != "" {
+		msg = matrix.InThread(place.root, place.latest, msg)
+	}
+	emlFits := limit <= 0 || int64(len(d.message)) <= limit
+	msg, tooLong := fitMail(msg, emlFits)
+	if err := g.remember(ctx, room, m, d.spoolID, place); err != nil {
+		return 0, err
+	}
 	p, err := g.client.Send(ctx, room, msg, matrix.SendOptions{IdempotencyKey: key})
+	if errors.Is(err, matrix.ErrIdempotencyConflict) {
+		// The key is the Message-ID and the room: a mail with this Message-ID is in the room
+		// already, and this one differs only in what a relay added on the way (a header the
+		// message shows, such as the sender check) or in the sender reusing an ID. Either way
+		// it is the same mail as far as the gateway can tell, and is not posted twice.
+		g.log.Info("mail with a Message-ID posted before, with other content; not posted again", "spool_id", d.spoolID, "room", room)
+		return g.postedBefore(ctx, room, m), nil
+	}
 	if err != nil {
 		return 0, fmt.Errorf("post mail %d into %s: %w", d.spoolID, room, err)
 	}
+	if err := g.posted(ctx, room, m, p.ID); err != nil {
+		return 0, err
+	}
+	// Each file's key names its part, so that it stays the same whatever else changes.
+	next := func(a matrix.Attachment, part string) error {
+		a.Thread = place.root
+		_, err := g.client.SendFile(ctx, room, a, matrix.SendOptions{IdempotencyKey: key + "/" + part})
+		if errors.Is(err, matrix.ErrIdempotencyConflict) {
+			return nil // a file of the same mail, posted before (see above)
+		}
+		return err
+	}
 	for i, a := range m.Attachments {
-		if err := g.postAttachment(ctx, room, a, i, key+"/"+strconv.Itoa(i+1)); err != nil {
+		if _, shown := uploaded[i]; shown || a.tooLarge {
+			continue
+		}
+		name := a.Name
+		if name == "" {
+			name = fmt.Sprintf("attachment-%d", i+1)
+		}
+		kind := matrix.FileKind
+		if a.Inline {
+			kind = matrix.ImageKind
+		}
+		if err := next(matrix.Attachment{Name: name, MimeType: a.MimeType, Data: a.Data, Kind: kind}, strconv.Itoa(i+1)); err != nil {
 			return 0, fmt.Errorf("post attachment %d of mail %d into %s: %w", i+1, d.spoolID, room, err)
+		}
+	}
+	if tooLong && emlFits {
+		if err := next(matrix.Attachment{Name: "mail.eml", MimeType: "message/rfc822", Data: d.message}, "original"); err != nil {
+			return 0, fmt.Errorf("post the original of mail %d into %s: %w", d.spoolID, room, err)
 		}
 	}
 	return p.ID, nil
 }
 
-// postAttachment sends one attachment as a file (encrypted in an encrypted room, by the
-// client). One larger than the homeserver accepts is replaced by a notice saying so, since
-// trying again would not help.
-func (g *Gateway) postAttachment(ctx context.Context, room id.RoomID, a Attachment, i int, key string) error {
-	name := a.Name
-	if name == "" {
-		name = fmt.Sprintf("attachment-%d", i+1)
+// fitMail shortens a message over the size of an encrypted event (which fits any room) and
+// says where the original mail is; it reports whether it shortened.
+func fitMail(msg matrix.Message, withOriginal bool) (matrix.Message, bool) {
+	note := "\n\n[This mail is too long to show here in full; the original mail follows as mail.eml.]"
+	if !withOriginal {
+		note = "\n\n[This mail is too long to show here in full; the original is kept in the gateway's spool.]"
 	}
-	_, err := g.client.SendFile(ctx, room, matrix.Attachment{Name: name, MimeType: a.MimeType, Data: a.Data}, matrix.SendOptions{IdempotencyKey: key})
-	if errors.Is(err, matrix.ErrTooLarge) {
-		note := matrix.Notice(fmt.Sprintf("The attachment %s (%d bytes) is larger than the homeserver accepts; it is kept in the gateway's spool.", name, a.Size))
-		_, err = g.client.Send(ctx, room, note, matrix.SendOptions{IdempotencyKey: key})
+	fitted, _, _, fits := matrix.FitWithin(msg, matrix.MaxEncryptedContentSize-len(note)-256)
+	if fits {
+		return msg, false
 	}
-	return err
+	if c, ok := fitted.Content.(*event.MessageEventContent); ok {
+		c.Body += note
+	}
+	return fitted, true
+}
+
+// uploadInline uploads the inline images of a mail for a room that is not encrypted, and
+// returns their mxc URIs by attachment index. The URIs are stored, so that a retried delivery
+// makes the same message (and the idempotency key finds it); they are stored under the
+// mail's idempotency key, so the same mail spooled twice uses them too. In an encrypted room it uploads
+// nothing: media in HTML cannot be encrypted, so the images follow as encrypted files.
+func (g *Gateway) uploadInline(ctx context.Context, room id.RoomID, m *Mail, key string) (map[int]string, error) {
+	some := false
+	for _, a := range m.Attachments {
+		some = some || (a.Inline && !a.tooLarge)
+	}
+	if !some {
+		return nil, nil
+	}
+	encrypted, err := g.client.RoomEncrypted(ctx, room)
+	if err != nil {
+		return nil, err
+	}
+	if encrypted {
+		return nil, nil
+	}
+	db := g.spool.db
+	out := map[int]string{}
+	for i, a := range m.Attachments {
+		if !a.Inline || a.tooLarge {
+			continue
+		}
+		part := strconv.Itoa(i) + "/" + a.ContentID
+		var uri string
+		err := db.QueryRow(ctx, `SELECT mxc FROM samtal_mail_media WHERE mail_key = $1 AND part = $2`, key, part).Scan(&uri)
+		if errors.Is(err, sql.ErrNoRows) {
+			name := a.Name
+			if name == "" {
+				name = "image-" + strconv.Itoa(i+1)
+			}
+			resp, uerr := g.client.Mautrix().UploadBytesWithName(ctx, a.Data, a.MimeType, name)
+			if uerr != nil {
+				return nil, fmt.Errorf("upload inline image %d: %w", i+1, uerr)
+			}
+			uri = resp.ContentURI.String()
+			if _, err = db.Exec(ctx, `INSERT INTO samtal_mail_media (mail_key, part, mxc) VALUES ($1, $2, $3)
+				ON CONFLICT (mail_key, part) DO NOTHING`, key, part, uri); err != nil {
+				return nil, fmt.Errorf("record inline image: %w", err)
+			}
+			err = db.QueryRow(ctx, `SELECT mxc FROM samtal_mail_media WHERE mail_key = $1 AND part = $2`, key, part).Scan(&uri)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read inline images: %w", err)
+		}
+		out[i] = uri
+	}
+	return out, nil
 }
 
 // resolve returns the room ID of a delivery's target, creating an alias room from its
@@ -153,6 +273,12 @@ func (g *Gateway) resolve(ctx context.Context, d delivery) (id.RoomID, error) {
 	var spec matrix.RoomSpec
 	if err := json.Unmarshal([]byte(d.createSpec), &spec); err != nil {
 		return "", fmt.Errorf("read room template for %s: %w", alias, err)
+	}
+	// The template as spooled has the capture unfilled; the recipient, matched again, fills it
+	// when it still routes to the same alias.
+	if m, err := g.router.Match(d.recipient); err == nil && m.Room == d.target && m.Route.Create != nil {
+		m.Route = &Route{Create: &spec}
+		spec = *m.Spec()
 	}
 	room, created, err := g.client.EnsureRoom(ctx, alias, spec)
 	if err != nil {

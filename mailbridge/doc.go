@@ -103,7 +103,8 @@
 //
 // Routing. A Router maps a recipient to a room: static addresses, "+subaddress" forms of them,
 // and patterns with a capture ("case-{id}@cases.example.se" to "#case-{id}:server"), whose room
-// is created from a matrix.RoomSpec template with Client.EnsureRoom. There is no catch-all
+// is created from a matrix.RoomSpec template with Client.EnsureRoom (the capture filled into its
+// name, topic and case ID). There is no catch-all
 // unless a route is one ("{user}@agency.example"). A mail for several recipients is posted once
 // per room.
 //
@@ -117,15 +118,31 @@
 // receipt waits as dead in the spool: Gateway.Undelivered lists what is not posted yet, and
 // Gateway.Retry revives a dead mail.
 //
-// Conversion. Parse and Convert read MIME (github.com/emersion/go-message) in any charset:
-// text/plain, text/html (sanitized with matrix.SanitizeHTML; remote images are dropped),
-// multipart/alternative and multipart/mixed, RFC 2047 encoded subjects and names. The message
-// starts with a compact header (sender name and address, subject) and always has a good
-// plaintext body; control characters, NUL and bidi overrides are removed. What could not be read
-// is said in the message rather than dropped silently, and mail that says it was sent automatically is marked so.
+// Conversion. Parse, ParseWith and Convert read MIME (github.com/emersion/go-message) in any
+// charset: text/plain, text/html (sanitized with matrix.SanitizeHTML), multipart/alternative,
+// related, mixed and signed, forwarded mail (message/rfc822), calendar invitations, RFC 2047
+// encoded subjects and names, RFC 2231 file names. Text in a wrong or missing charset, and
+// 8-bit headers, are decoded best effort and said to be. The message starts with a compact
+// header (sender name and address, subject, and the sender check: the DMARC result of the
+// top-most Authentication-Results header with the gateway's own authserv-id, Options.Domain;
+// only a pass reads "verified", never a PGP or S/MIME signature, which are not checked) and
+// always has a good plaintext body; quoted history is folded (<details>) in the HTML and cut
+// from the plaintext; control characters, NUL and bidi overrides are removed. Images are shown
+// only from the mail's own parts (cid:): remote ones, and mxc:// ones of other servers, are
+// dropped and never fetched. What could not be read is said in the message rather than dropped
+// silently, and mail that says it was sent automatically is marked so.
 //
 // Attachments follow the mail as files (Client.SendFile; encrypted in encrypted rooms), under
-// safe names; one over the homeserver's upload limit is replaced by a notice.
+// safe names; one over the homeserver's upload limit (m.upload.size) is named in the message
+// instead. An inline image is uploaded and shown in place in a room that is not encrypted, and
+// follows as an encrypted image in one that is (media in HTML cannot be encrypted). A mail over
+// the event size limit is shortened and followed by the original as mail.eml.
+//
+// Threads. A conversation by mail is one Matrix thread in each room: the first of its mails to
+// arrive is posted as a message, and each later one that names any mail of it (In-Reply-To,
+// References) goes into that message's thread (m.thread), with its attachments; a reply that
+// arrives before the mail it answers starts the thread, and that mail joins it. The mapping
+// from Message-ID to room, event and thread root is kept in the database (Gateway.Thread).
 //
 // IMAP (the poller's part). For mailboxes that exist already, a Poller takes mail from IMAP
 // into the same spool, so conversion, the idempotency key and delivery are the SMTP path's:
@@ -175,4 +192,6 @@
 // from In-Reply-To and References; no inline cid: images, message/rfc822 or calendar
 // rendering; automated mail is marked (Mail.Automated, Classify); no IMAP
 // poller; no claiming of spool work by several instances on PostgreSQL; no metrics.
+// and part count are capped when converting, not refused at DATA; no group commit; automated
+// mail is marked (Mail.Automated) but bounces are not parsed; no IMAP poller; no claiming of spool work by several instances on PostgreSQL; no metrics.
 package mailbridge

@@ -37,7 +37,7 @@ func TestMailArrivesInRoom(t *testing.T) {
 		mailbridge.Route{Address: "cases@agency.example", Room: string(plainRoom)},
 		mailbridge.Route{Address: "secure@agency.example", Room: string(secureRoom)},
 		mailbridge.Route{Address: "case-{id}@cases.example", Room: "#case-{id}:" + srv.ServerName,
-			Create: &matrix.RoomSpec{Preset: matrix.CaseRoom, CaseID: "mail", Invite: []id.UserID{officer.UserID()}}},
+			Create: &matrix.RoomSpec{Preset: matrix.CaseRoom, Name: "Case {id}", Invite: []id.UserID{officer.UserID()}}},
 		mailbridge.Route{Address: "postmaster@cases.example", Room: string(plainRoom)},
 	)
 	if err != nil {
@@ -109,6 +109,10 @@ func TestMailArrivesInRoom(t *testing.T) {
 		caseRoom, err = officer.Join(t.Context(), string(alias))
 		return err
 	})
+	var name event.RoomNameEventContent
+	if err := officer.Mautrix().StateEvent(t.Context(), caseRoom, event.StateRoomName, "", &name); err != nil || name.Name != "Case 4711" {
+		t.Errorf("the case room is named %q (%v), want the template's name with the capture", name.Name, err)
+	}
 	if err := send(c, "system@agency.example", []string{"case-4711+update@cases.example"}, mail("system@agency.example", "Case updated", "case-4711-2@agency.example", "Update.")); err != nil {
 		t.Fatal(err)
 	}

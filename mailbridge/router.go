@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 
+	"maunium.net/go/mautrix/id"
+
 	"github.com/samtalhq/samtal/matrix"
 )
 
@@ -21,8 +23,10 @@ type Route struct {
 	// capture ("#case-{id}:server").
 	Room string
 	// Create, when set, is the template from which a missing alias room is created with
-	// Client.EnsureRoom. Without it an alias must exist; mail for one that does not waits in
-	// the spool.
+	// Client.EnsureRoom: its members (Invite), PowerLevels, Encrypted and Space are used as
+	// they are, and the capture in its Name, Topic and CaseID is filled in ("Case {id}"); a
+	// CaseRoom without a CaseID gets the capture as its case. Without it an alias must exist;
+	// mail for one that does not waits in the spool.
 	Create *matrix.RoomSpec
 	// AllowSenders limits who may mail this route: full addresses ("system@agency.example")
 	// or domains ("@agency.example"). Empty allows everyone. It is checked against the
@@ -40,6 +44,9 @@ type Match struct {
 	Route      *Route // the route that matched
 	Room       string // Route.Room with the capture filled in
 	Subaddress string // what followed '+' in the local part, if anything
+	Capture    string // what the route's capture matched, lower-cased ("4711"); "" for a static route
+
+	token string // the capture as written in the route, "{id}"
 
 	postmaster bool // postmaster@ routed to its domain's first route: open to every sender
 }
@@ -55,6 +62,7 @@ type compiledRoute struct {
 	route   Route
 	literal string         // lower-cased address, for routes without a capture
 	pattern *regexp.Regexp // for routes with a capture
+	token   string         // the capture, "{id}"
 }
 
 // captureChars is what a capture may match: the characters of a room alias's localpart that
@@ -153,6 +161,7 @@ func compile(rt Route) (compiledRoute, error) {
 		c.literal = addr
 		return c, nil
 	}
+	c.token = captures[0]
 	pre, post, _ := strings.Cut(local, captures[0])
 	c.pattern = regexp.MustCompile("^" + regexp.QuoteMeta(pre) + "(" + captureChars + ")" + regexp.QuoteMeta(post) + "@" + regexp.QuoteMeta(domain) + "$")
 	return c, nil
@@ -176,7 +185,7 @@ func (r *Router) Match(recipient string) (Match, error) {
 		}
 		if m := c.pattern.FindStringSubmatch(addr); m != nil {
 			room := captureRe.ReplaceAllLiteralString(c.route.Room, m[1])
-			return Match{Recipient: recipient, Route: &c.route, Room: room, Subaddress: sub}, nil
+			return Match{Recipient: recipient, Route: &c.route, Room: room, Subaddress: sub, Capture: m[1], token: c.token}, nil
 		}
 	}
 	if base == "postmaster" {
@@ -218,4 +227,30 @@ func splitAddress(addr string) (local, domain string, ok bool) {
 		return "", "", false
 	}
 	return addr[:i], addr[i+1:], true
+}
+
+// Spec returns the route's room template with the capture filled in, or nil when the route
+// creates no rooms.
+func (m Match) Spec() *matrix.RoomSpec {
+	if m.Route == nil || m.Route.Create == nil {
+		return nil
+	}
+	spec := *m.Route.Create
+	spec.Invite = append([]id.UserID(nil), spec.Invite...)
+	if spec.PowerLevels != nil {
+		levels := make(map[id.UserID]matrix.PowerLevel, len(spec.PowerLevels))
+		for u, l := range spec.PowerLevels {
+			levels[u] = l
+		}
+		spec.PowerLevels = levels
+	}
+	if m.token != "" {
+		spec.Name = strings.ReplaceAll(spec.Name, m.token, m.Capture)
+		spec.Topic = strings.ReplaceAll(spec.Topic, m.token, m.Capture)
+		spec.CaseID = strings.ReplaceAll(spec.CaseID, m.token, m.Capture)
+		if spec.Preset == matrix.CaseRoom && spec.CaseID == "" {
+			spec.CaseID = m.Capture
+		}
+	}
+	return &spec
 }

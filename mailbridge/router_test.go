@@ -4,6 +4,8 @@ import (
 	"errors"
 	"testing"
 
+	"maunium.net/go/mautrix/id"
+
 	"github.com/samtalhq/samtal/matrix"
 )
 
@@ -133,5 +135,32 @@ func TestNewNeedsClientAndRouter(t *testing.T) {
 		if _, err := New(t.Context(), opts); !errors.Is(err, ErrMissingOption) {
 			t.Errorf("%s: New = %v, want ErrMissingOption", name, err)
 		}
+	}
+}
+
+func TestMatchSpecFillsCapture(t *testing.T) {
+	tmpl := &matrix.RoomSpec{Preset: matrix.CaseRoom, Name: "Case {id}", Topic: "Mail for case {id}", Invite: []id.UserID{"@officer:hs.example"},
+		PowerLevels: map[id.UserID]matrix.PowerLevel{"@lead:hs.example": matrix.PowerModerator}, Space: "!space:hs.example"}
+	r, err := NewRouter(
+		Route{Address: "case-{id}@cases.example.se", Room: "#case-{id}:hs.example", Create: tmpl},
+		Route{Address: "postmaster@cases.example.se", Room: "!ops:hs.example"},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := r.Match("Case-4711+x@cases.example.se")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := m.Spec()
+	if m.Capture != "4711" || spec.Name != "Case 4711" || spec.Topic != "Mail for case 4711" || spec.CaseID != "4711" ||
+		spec.Space != "!space:hs.example" || len(spec.Invite) != 1 || spec.PowerLevels["@lead:hs.example"] != matrix.PowerModerator {
+		t.Errorf("capture %q, spec %+v", m.Capture, spec)
+	}
+	if tmpl.Name != "Case {id}" || tmpl.CaseID != "" {
+		t.Errorf("the route's template was changed: %+v", tmpl)
+	}
+	if pm, _ := r.Match("postmaster@cases.example.se"); pm.Spec() != nil {
+		t.Error("a route without a template has a spec")
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"maunium.net/go/mautrix/crypto/attachment"
 	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 )
 
 // Attachment is a file to send into a room.
@@ -22,6 +23,8 @@ type Attachment struct {
 	Kind     MediaKind // FileKind (the zero value), ImageKind, VideoKind or AudioKind
 	Width    int       // for images: pixel size, optional
 	Height   int
+	// Thread, when set, posts the file in the thread that starts with this event (m.thread).
+	Thread id.EventID
 }
 
 // DefaultMaxDownload bounds Download when the caller passes no limit.

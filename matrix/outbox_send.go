@@ -56,7 +56,7 @@ func (c *Client) SendFile(ctx context.Context, room id.RoomID, att Attachment, o
 	if strings.TrimSpace(att.Name) == "" || strings.ContainsAny(att.Name, "/\\\x00") {
 		return nil, fmt.Errorf("%w: attachment needs a plain file name, got %q", ErrInvalidContent, att.Name)
 	}
-	meta, err := json.Marshal(fileMeta{Name: att.Name, MimeType: att.MimeType, Kind: att.Kind, Width: att.Width, Height: att.Height})
+	meta, err := json.Marshal(fileMeta{Name: att.Name, MimeType: att.MimeType, Kind: att.Kind, Width: att.Width, Height: att.Height, Thread: att.Thread})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidContent, err)
 	}
@@ -110,7 +110,7 @@ type fileMeta struct {
 	Kind     MediaKind  `json:"kind,omitempty"`
 	Width    int        `json:"w,omitempty"`
 	Height   int        `json:"h,omitempty"`
-	Thread   id.EventID `json:"thread,omitempty"` // for the full text of a message in a thread
+	Thread   id.EventID `json:"thread,omitempty"` // Attachment.Thread, or the thread of the message whose full text this is
 }
 
 // messageItems prepares msg for both kinds of room without asking the server which one it is:

@@ -4,14 +4,18 @@
 //
 // Environment: PEER_HS (homeserver URL), PEER_USER (localpart), PEER_PASSWORD, PEER_ROOM (room
 // ID), PEER_TIMEOUT_MS; PEER_NO_ECHO=1 answers nothing; PEER_SEND=N sends N messages "js N" into
-// the room after it is ready, one every PEER_SEND_MS (default 50) milliseconds.
+// the room after it is ready, one every PEER_SEND_MS (default 50) milliseconds; PEER_DOWNLOAD=1
+// downloads and decrypts the file of each decrypted media message, as a client shows it
+// (mailbridge's tests read mail this way).
 //
 // Commands come as JSON lines on stdin:
 //   {"cmd":"decrypt","event":{...}}   try to decrypt a raw event (as the server serves it)
 //
 // It talks to the test in JSON lines on stdout, one object per line with a "type":
 //   {"type":"ready","user_id":..,"device_id":..}       joined, device keys on the server
-//   {"type":"decrypted","event_id":..,"sender":..,"body":..,"encrypted":true}
+//   {"type":"decrypted","event_id":..,"sender":..,"body":..,"encrypted":true,"msgtype":..,
+//    "formatted_body":..,"thread":..(root event ID, if in a thread),"file_b64":..(PEER_DOWNLOAD),
+//    "file_error":..}
 //   {"type":"sent","event_id":..,"body":..}            the answer, sent
 //   {"type":"utd","event_id":..,"reason":..}           could not decrypt (yet; keys may follow)
 //   {"type":"decrypt_result","event_id":..,"ok":bool,"body":..,"reason":..}   answer to "decrypt"
@@ -88,8 +92,20 @@ client.on(sdk.MatrixEventEvent.Decrypted, async (ev, err) => {
   }
   if (ev.getSender() === login.user_id || ev.getType() !== "m.room.message" || answered.has(ev.getId())) return;
   answered.add(ev.getId());
-  const body = ev.getContent().body;
-  emit({ type: "decrypted", event_id: ev.getId(), sender: ev.getSender(), body, encrypted: ev.isEncrypted() });
+  const content = ev.getContent();
+  const body = content.body;
+  const line = { type: "decrypted", event_id: ev.getId(), sender: ev.getSender(), body, encrypted: ev.isEncrypted(),
+    msgtype: content.msgtype, formatted_body: content.formatted_body ?? "" };
+  const rel = content["m.relates_to"];
+  if (rel?.rel_type === "m.thread") line.thread = rel.event_id;
+  if (process.env.PEER_DOWNLOAD === "1" && (content.file || content.url)) {
+    try {
+      line.file_b64 = Buffer.from(await downloadFile(content)).toString("base64");
+    } catch (e) {
+      line.file_error = String(e?.message ?? e);
+    }
+  }
+  emit(line);
   if (process.env.PEER_NO_ECHO === "1") return;
   try {
     if (!(await crypto.isEncryptionEnabledInRoom(ROOM))) fatal(`js-sdk does not know that ${ROOM} is encrypted`);
@@ -100,6 +116,28 @@ client.on(sdk.MatrixEventEvent.Decrypted, async (ev, err) => {
     fatal(e);
   }
 });
+
+// downloadFile fetches a message's file through the authenticated media API and, for an
+// encrypted file (content.file), checks its SHA-256 and decrypts it (AES-256-CTR), as clients do.
+const downloadFile = async (content) => {
+  const uri = content.file?.url ?? content.url;
+  const m = /^mxc:\/\/([^/]+)\/(.+)$/.exec(uri ?? "");
+  if (!m) throw new Error(`not an mxc URI: ${uri}`);
+  const res = await fetch(`${HS}/_matrix/client/v1/media/download/${m[1]}/${m[2]}`, {
+    headers: { Authorization: `Bearer ${login.access_token}` },
+  });
+  if (!res.ok) throw new Error(`download: HTTP ${res.status}`);
+  const data = new Uint8Array(await res.arrayBuffer());
+  if (!content.file) return data;
+  const unb64 = (s) => Buffer.from(s.replace(/-/g, "+").replace(/_/g, "/"), "base64");
+  const hash = Buffer.from(await globalThis.crypto.subtle.digest("SHA-256", data));
+  if (hash.toString("base64").replace(/=+$/, "") !== content.file.hashes.sha256.replace(/=+$/, "")) {
+    throw new Error("the file's SHA-256 does not match");
+  }
+  const key = await globalThis.crypto.subtle.importKey("jwk", content.file.key, { name: "AES-CTR" }, false, ["decrypt"]);
+  const plain = await globalThis.crypto.subtle.decrypt({ name: "AES-CTR", counter: unb64(content.file.iv), length: 64 }, key, data);
+  return new Uint8Array(plain);
+};
 
 const prepared = new Promise((resolve) => {
   const onSync = (state) => {
