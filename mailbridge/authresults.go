@@ -42,7 +42,7 @@ const untrustedAuthResults = "X-Untrusted-Authentication-Results"
 // received from a client that is not a trusted relay, so that field is the gateway's own.
 func ReadAuthResults(h message.Header, authservID string) (AuthResults, bool) {
 	for _, v := range h.Values("Authentication-Results") {
-		id, results, err := authres.Parse(v)
+		id, results, err := authres.Parse(stripComments(v)) // authres.Parse reads no (comments)
 		if err != nil || !strings.EqualFold(strings.TrimSpace(id), authservID) {
 			continue
 		}
@@ -58,7 +58,7 @@ func ReadAuthResults(h message.Header, authservID string) (AuthResults, bool) {
 				}
 				dkimSeen = true
 			case *authres.DMARCResult:
-				a.DMARC, a.From = string(r.Value), r.From
+				a.DMARC, a.From = dmarcValue(r.Value), r.From
 				a.Overridden = r.Reason == overrideReason
 			case *authres.AuthResult:
 				if r.Value == authres.ResultPass {
@@ -225,4 +225,32 @@ func addressToken(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// dmarcValue is v if it is a DMARC result RFC 7489 names, else "unknown": a trusted relay's
+// header is shown in rooms, and an unheard-of word is not repeated there.
+func dmarcValue(v authres.ResultValue) string {
+	switch v {
+	case authres.ResultPass, authres.ResultFail, authres.ResultNone, authres.ResultTempError, authres.ResultPermError:
+		return string(v)
+	}
+	return "unknown"
+}
+
+// stripComments removes (comments) from a header value, as RFC 5322 allows them between
+// tokens; a nested or unclosed one ends the value.
+func stripComments(v string) string {
+	var b strings.Builder
+	depth := 0
+	for _, r := range v {
+		switch {
+		case r == '(':
+			depth++
+		case r == ')' && depth > 0:
+			depth--
+		case depth == 0:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }

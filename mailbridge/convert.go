@@ -39,6 +39,8 @@ type Mail struct {
 	// Authentication-Results header written by this gateway (its authserv-id is
 	// ParseOptions.AuthServID), or "" when there is none. Only "pass" is shown as verified.
 	DMARC string
+	// Auth is the whole verdict of that header (SPF, DKIM, an authenticated submitter), or nil.
+	Auth *AuthResults
 	// Automated says why the mail looks sent by a program rather than a person (Auto-Submitted
 	// other than "no", Precedence bulk, list or junk, List-Id, a delivery status report), or
 	// "" when nothing says so. Nothing must answer such mail automatically (RFC 3834).
@@ -101,7 +103,11 @@ func ParseWith(r io.Reader, opts ParseOptions) (*Mail, error) {
 	}
 	h := mail.Header{Header: e.Header}
 	m.readHeader(h)
-	m.DMARC = dmarcResult(h, opts.AuthServID)
+	if opts.AuthServID != "" {
+		if a, ok := ReadAuthResults(h.Header, opts.AuthServID); ok {
+			m.Auth, m.DMARC = &a, a.DMARC
+		}
+	}
 	p := &partReader{mail: m}
 	b := p.walk(e, 0)
 	text, htm := b.text, b.html

@@ -66,6 +66,12 @@ func TestConvert(t *testing.T) {
 			notHTML: []string{"script", "alert", "onerror", "onclick", "tracker.example", "javascript:"},
 		},
 		{
+			// a bounce (DSN): its human-readable part is the body; the report is not lost
+			file:    "dsn.eml",
+			body:    []string{"Subject: Undelivered Mail Returned to Sender", "The mail could not be delivered."},
+			notBody: []string{"\r"},
+		},
+		{
 			file:       "mixed.eml",
 			body:       []string{"See attached.", "Attachments: evil.pdf (9 bytes)"},
 			notBody:    []string{"..", "/etc", "\u202e"},

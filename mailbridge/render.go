@@ -34,7 +34,14 @@ func formatAddress(name, addr string) string {
 
 // senderCheck says in words what the gateway's DMARC check found. Only a pass is called
 // verified; a signature inside the mail (PGP, S/MIME) never is.
-func senderCheck(dmarc string) string {
+func senderCheck(m *Mail) string {
+	if m.Auth != nil && m.Auth.Submitter != "" {
+		return "sent by an authenticated submitter of this gateway"
+	}
+	dmarc := m.DMARC
+	if m.Auth != nil && m.Auth.Overridden {
+		return "DMARC " + dmarc + ", accepted by this gateway's policy (the sender is not verified)"
+	}
 	switch dmarc {
 	case "pass":
 		return "DMARC pass (the sender's domain is verified)"
@@ -61,7 +68,7 @@ func (m *Mail) render(uploaded map[int]string) matrix.Message {
 	if text == "" {
 		text = "(this mail has no text)"
 	}
-	check := senderCheck(m.DMARC)
+	check := senderCheck(m)
 	var notes []string
 	for _, c := range m.Calendar {
 		notes = append(notes, "Calendar: "+c)

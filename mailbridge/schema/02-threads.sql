@@ -1,4 +1,4 @@
--- v1 -> v2: mail threads: which event each mail became in each room, and what it refers to
+-- v2 -> v3: mail threads: which event each mail became in each room, and what it refers to
 -- One row per mail (by Message-ID) posted into a room. root_message_id is the Message-ID of
 -- the mail whose event starts the thread in that room (the row's own for a thread root).
 -- event_id is filled in once the outbox has sent the post (outbox_id).
