@@ -35,6 +35,10 @@ type Options struct {
 	MaxRetryDelay   time.Duration    // longest wait between deliveries; 0 means 5 minutes
 	DeadLetterAfter time.Duration    // how long after receipt a failing delivery is given up (see Undelivered, Retry); 0 means 5 days
 	Logger          *slog.Logger     // nil means slog.Default(); message content is never logged
+
+	// Operations (spool claims, metrics):
+	ClaimLease time.Duration // how long an instance holds the spool work it claimed (PostgreSQL, several instances); 0 means 30 s
+	Metrics    Metrics       // receives counts of replies, deliveries and DMARC results; nil counts nothing
 }
 
 // Gateway receives mail over SMTP, spools it durably, and posts it into rooms.
@@ -51,6 +55,7 @@ type Gateway struct {
 	wake   chan struct{} // a mail was spooled
 	worker sync.WaitGroup
 	data   sync.WaitGroup // DATA commands spooling right now
+	conns  conns          // open SMTP connections, for Shutdown
 
 	mu       sync.Mutex
 	closed   bool
@@ -117,10 +122,17 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.ClaimLease <= 0 {
+		opts.ClaimLease = defaultClaimLease
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = noMetrics{}
+	}
 	sp, err := openSpool(ctx, opts.DB)
 	if err != nil {
 		return nil, err
 	}
+	sp.claims.lease, sp.metrics = opts.ClaimLease, opts.Metrics
 	g := &Gateway{
 		opts:   opts,
 		log:    opts.Logger.With("component", "mailbridge"),
@@ -160,7 +172,7 @@ func (g *Gateway) Serve(ctx context.Context, l net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { _ = g.Close() })
 	defer stop()
 	g.log.Info("receiving mail", "addr", l.Addr().String())
-	err := g.server.Serve(&limitListener{Listener: l, max: int64(g.opts.MaxConnections)})
+	err := g.server.Serve(&limitListener{Listener: meteredListener{Listener: l, m: g.opts.Metrics}, max: int64(g.opts.MaxConnections)})
 	if g.isClosed() || errors.Is(err, smtp.ErrServerClosed) {
 		return ErrClosed
 	}

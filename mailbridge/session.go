@@ -28,17 +28,27 @@ func (g *Gateway) newSession(c *smtp.Conn) (smtp.Session, error) {
 	if nc := c.Conn(); nc != nil {
 		remote = nc.RemoteAddr().String()
 	}
-	return &session{g: g, remote: remote}, nil
+	s := &session{g: g, remote: remote}
+	g.conns.add(s, c.Conn()) // ops: for Shutdown
+	return s, nil
 }
 
 func (s *session) Reset() {
 	s.from, s.hasFrom, s.targets = "", false, nil
+	s.g.conns.end(s) // ops: Shutdown closes the connection between transactions
 }
 
-func (s *session) Logout() error { return nil }
+func (s *session) Logout() error {
+	s.g.conns.remove(s) // ops
+	return nil
+}
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if s.g.conns.refusing() { // ops: 421 while shutting down
+		return ErrShuttingDown
+	}
 	s.Reset()
+	s.g.conns.begin(s)
 	if opts != nil && opts.Size > s.g.opts.MaxMessageBytes {
 		return ErrMessageTooLarge
 	}
