@@ -173,7 +173,7 @@ func (g *Gateway) Serve(ctx context.Context, l net.Listener) error {
 	defer stop()
 	g.log.Info("receiving mail", "addr", l.Addr().String())
 	err := g.server.Serve(&limitListener{Listener: meteredListener{Listener: l, m: g.opts.Metrics}, max: int64(g.opts.MaxConnections)})
-	if g.isClosed() || errors.Is(err, smtp.ErrServerClosed) {
+	if err == nil || g.isClosed() || errors.Is(err, smtp.ErrServerClosed) { // nil: after Shutdown
 		return ErrClosed
 	}
 	return fmt.Errorf("mailbridge: serve SMTP: %w", err)

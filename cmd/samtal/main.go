@@ -10,6 +10,7 @@
 //	samtal tail     print the messages arriving in rooms
 //	samtal e2ee     encryption: status, cross-signing bootstrap, recovery, verification
 //	samtal outbox   list the outbox, retry or drop items that failed
+//	samtal gateway  run the mail gateway (--config gateway.yaml); gateway spool list|show|retry
 //	samtal version  print samtal's version
 //
 // Flags may come anywhere on the line, before or after the arguments; after "--" everything
@@ -103,6 +104,7 @@ func commands() []command {
 		{"tail", "print the messages arriving in rooms until interrupted", runTail},
 		{"e2ee", "end-to-end encryption: status, bootstrap, recover, verify", runE2EE},
 		{"outbox", "list the outbox, retry or drop items that failed", runOutbox},
+		{"gateway", "run the mail gateway (--config gateway.yaml); 'gateway spool list|show|retry' for its spool", runGateway},
 		{"version", "print samtal's version", runVersion},
 	}
 }
