@@ -64,7 +64,7 @@ func startDevGateway(ctx context.Context, e *env, hs *homeserver.Homeserver, dir
 	}
 	host, port, _ := strings.Cut(rg.smtpAddr, ":")
 	return &devGateway{rg: rg, room: room, address: address,
-		swaks: fmt.Sprintf(`swaks --server %s --port %s --to %s --from case-system@example.org --header 'Subject: Case 4711' --body 'Decision made: approved'`, host, port, address),
+		swaks: devSwaksLine(host, port, address),
 		close: func() {
 			if err := rg.stop(); err != nil {
 				e.log.Error("stop mail gateway", "err", err)
@@ -104,4 +104,10 @@ func devMailRoom(ctx context.Context, c *matrix.Client, hs *homeserver.Homeserve
 		return "", err
 	}
 	return room, nil
+}
+
+// devSwaksLine is the command line `samtal dev` prints to mail its demo room; README.md shows
+// it for the default port.
+func devSwaksLine(host, port, address string) string {
+	return fmt.Sprintf(`swaks --server %s --port %s --to %s --from case-system@example.org --header 'Subject: Case 4711' --body 'Decision made: approved'`, host, port, address)
 }

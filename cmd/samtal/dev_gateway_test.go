@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -63,5 +65,17 @@ func TestDevMail(t *testing.T) {
 		if code := <-done; code != exitOK {
 			t.Fatalf("run %d exited %d: %s", i, code, errOut)
 		}
+	}
+}
+
+// TestReadmeSwaks: README.md's swaks line is the one `samtal dev` prints with its default
+// ports, which TestDevMail runs.
+func TestReadmeSwaks(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := devSwaksLine("127.0.0.1", "2525", "demo@"+devMailDomain); !strings.Contains(string(readme), "\n"+want+"\n") {
+		t.Errorf("README.md lacks the line samtal dev prints:\n%s", want)
 	}
 }
