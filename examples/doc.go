@@ -7,6 +7,8 @@
 //     (Syncer, AutoJoinPolicy, Commands).
 //   - e2ee-bot: echo-bot in end-to-end encrypted rooms, with cross-signing, recovery and a
 //     trust policy (e2ee.Enable, Bootstrap, Recover, AcceptFrom).
+//   - mail-gateway: the email gateway in a program of its own: mail to an address is posted
+//     into a room, spooled durably first, stopped gracefully (mailbridge.New, Serve, Shutdown).
 //
 // readme_test.go runs the Go code of the repository's README.md.
 //
