@@ -29,6 +29,9 @@ import (
 // crash test can kill it with SIGKILL.
 const crashHelperEnv = "SAMTAL_MAILBRIDGE_CRASH_HELPER"
 
+// crashTotalEnv lowers TestGatewayKilled's 1000 mails for repeated runs (-count=20).
+const crashTotalEnv = "SAMTAL_MAIL_CRASH_TOTAL"
+
 // TestCrashHelper is not a test: run by TestGatewayKilled, it serves the gateway until killed.
 func TestCrashHelper(t *testing.T) {
 	if os.Getenv(crashHelperEnv) != "1" {
@@ -116,7 +119,13 @@ func TestGatewayKilled(t *testing.T) {
 	}
 	// 1000 mails over 8 connections; the process is killed after a random number of mails
 	// accepted, while more are in flight, and started again, until all 1000 are accepted.
-	const total, conns = 1000, 8
+	const conns = 8
+	total := 1000
+	if v := os.Getenv(crashTotalEnv); v != "" { // fewer, for repeated runs
+		if _, err := fmt.Sscan(v, &total); err != nil {
+			t.Fatalf("%s: %v", crashTotalEnv, err)
+		}
+	}
 	var next atomic.Int64
 	var mu sync.Mutex
 	rounds := 0

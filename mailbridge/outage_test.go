@@ -15,8 +15,8 @@ import (
 // done-when is 60 s, the default.
 const outageEnv = "SAMTAL_MAIL_OUTAGE"
 
-// TestHomeserverOutage: the homeserver is stopped for 60 s while mail arrives over 4
-// connections (about 20 a second): every mail gets 250 from the spool meanwhile, and after the server is back
+// TestHomeserverOutage: the homeserver is stopped for 60 s while mail arrives over 2
+// connections (about 10 a second): every mail gets 250 from the spool meanwhile, and after the server is back
 // every one arrives in the room, once.
 func TestHomeserverOutage(t *testing.T) {
 	if testing.Short() {
@@ -45,14 +45,14 @@ func TestHomeserverOutage(t *testing.T) {
 	var sent []string
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for conn := range 4 {
+	for conn := range 2 {
 		sc := dial(t, addr)
 		wg.Go(func() {
 			for i := 0; ; i++ {
 				select {
 				case <-stop:
 					return
-				case <-time.After(200 * time.Millisecond): // about 20 mails/s over the 4
+				case <-time.After(200 * time.Millisecond): // about 10 mails/s over the 2
 				}
 				subject := fmt.Sprintf("Outage %d-%d", conn, i)
 				if err := send(sc, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", subject, subject+"@agency.example", "x")); err != nil {
