@@ -35,6 +35,18 @@
 // receipt waits as dead in the spool: Gateway.Undelivered lists what is not posted yet, and
 // Gateway.Retry revives a dead mail.
 //
+// Operations. Mails that end DATA at the same time share one transaction, and so one fsync
+// (group commit): a committer goroutine takes every mail waiting, and each waiter hears its own
+// spool ID; a failed transaction fails every mail in it with 451 4.3.0. On PostgreSQL several
+// Gateways share one spool: a worker claims due deliveries with SELECT ... FOR UPDATE SKIP
+// LOCKED and holds them for Options.ClaimLease, after which a dead instance's work is taken
+// over; the instances share one client session, whose outbox keeps a mail posted by two of them
+// posted once. Options.Metrics receives counts (SMTP replies by code, delivery outcomes, DMARC
+// results) and Gateway.SpoolStats the spool's depth and oldest age. Gateway.Shutdown stops
+// gracefully: new transactions get 421 4.3.2, those under way finish, each connection closes as
+// its transaction ends. OpenSpool lets an administrator list and retry dead mail without a
+// Gateway. The samtal command runs all of this as a daemon: samtal gateway --config.
+//
 // Conversion. Parse and Convert read MIME (github.com/emersion/go-message) in any charset:
 // text/plain, text/html (sanitized with matrix.SanitizeHTML; remote images are dropped),
 // multipart/alternative and multipart/mixed, RFC 2047 encoded subjects and names. The message
@@ -47,8 +59,9 @@
 //
 // Not done yet (issue 10): no STARTTLS, implicit TLS or AUTH; no SPF, DKIM or DMARC, so an
 // allow-list checks an unauthenticated envelope sender; no per-sender rate limit; MIME depth
-// and part count are capped when converting, not refused at DATA; no group commit; no threads
+// and part count are capped when converting, not refused at DATA; no threads
 // from In-Reply-To and References; no inline cid: images, message/rfc822 or calendar
 // rendering; automated mail is marked (Mail.Automated) but bounces are not parsed; no IMAP
-// poller; no claiming of spool work by several instances on PostgreSQL; no metrics.
+// poller. Reply codes sent inside STARTTLS are not seen by the reply counter of Options.Metrics,
+// which reads them on the plain connection.
 package mailbridge
