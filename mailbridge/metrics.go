@@ -8,8 +8,9 @@ import (
 )
 
 // Metrics receives the gateway's counts, for a monitoring system such as Prometheus (samtal
-// gateway exports them on /metrics). Options.Metrics nil counts nothing. The methods are called
-// from many goroutines at once and must not block.
+// gateway exports them on /metrics). Options.Metrics nil counts nothing: New sets it to a
+// Metrics that discards, so the package's code calls g.opts.Metrics without a nil check. The
+// methods are called from many goroutines at once and must not block.
 type Metrics interface {
 	// SMTPReply is called for every SMTP reply the gateway sends, with its code (220, 250,
 	// 451, 550, ...).
@@ -36,9 +37,6 @@ type noMetrics struct{}
 func (noMetrics) SMTPReply(int)   {}
 func (noMetrics) Delivery(string) {}
 func (noMetrics) DMARC(string)    {}
-
-// countDMARC gives a DMARC result to Options.Metrics; sender authentication calls it.
-func (g *Gateway) countDMARC(result string) { g.opts.Metrics.DMARC(result) }
 
 // SpoolStats is the state of the spool: how much is waiting, and for how long.
 type SpoolStats struct {
