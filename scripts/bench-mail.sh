@@ -3,7 +3,8 @@
 # machine: the spool's own ceiling (Go benchmark), then `samtal dev` (Dendrite and the gateway
 # on SQLite) driven by internal/tools/mailload: a raw send loop and the accept and delivered
 # rates over 8 connections for a minute, then the latency at a steady 20 mails/s, with the
-# gateway's peak RSS. Usage: scripts/bench-mail.sh [DURATION]   (default 60s)
+# gateway's peak RSS. Usage: [WAIT=5m] scripts/bench-mail.sh [DURATION]   (default 60s; WAIT:
+# how long to wait for the events still missing after sending)
 set -eu
 DUR=${1:-60s}
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ done
 SMTP=$(sed -n 's/^  mail *smtp \([^,]*\),.*/\1/p' "$WORK/dev.out")
 ROOM=$(cat "$WORK/dev/gateway/room")
 export MAILLOAD_PASSWORD=$(cat "$WORK/dev/demo.password")
-LOAD="$WORK/mailload -smtp $SMTP -to demo@samtal.localhost -homeserver http://127.0.0.1:$HSPORT -user demo -room $ROOM -pid $DEV"
+LOAD="$WORK/mailload -wait ${WAIT:-5m} -smtp $SMTP -to demo@samtal.localhost -homeserver http://127.0.0.1:$HSPORT -user demo -room $ROOM -pid $DEV"
 
 echo "== (a, b, d) 8 connections, as fast as the gateway answers, for $DUR; a raw send loop first"
 $LOAD -conns 8 -duration "$DUR" -raw 20s
