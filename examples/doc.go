@@ -10,6 +10,8 @@
 //   - federation-list: the agencies' federation list signed with a key in a file, published,
 //     loaded, and a case room only members' servers may take part in (federation.Sign,
 //     Watcher, matrix.Options.CaseRoomACL).
+//   - mail-gateway: the email gateway in a program of its own: mail to an address is posted
+//     into a room, spooled durably first, stopped gracefully (mailbridge.New, Serve, Shutdown).
 //
 // readme_test.go runs the Go code of the repository's README.md.
 //

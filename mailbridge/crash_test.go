@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -27,6 +28,9 @@ import (
 // The crash helper is this test binary run as a gateway process of its own, so that the
 // crash test can kill it with SIGKILL.
 const crashHelperEnv = "SAMTAL_MAILBRIDGE_CRASH_HELPER"
+
+// crashTotalEnv lowers TestGatewayKilled's 1000 mails for repeated runs (-count=20).
+const crashTotalEnv = "SAMTAL_MAIL_CRASH_TOTAL"
 
 // TestCrashHelper is not a test: run by TestGatewayKilled, it serves the gateway until killed.
 func TestCrashHelper(t *testing.T) {
@@ -73,8 +77,9 @@ func TestCrashHelper(t *testing.T) {
 	_ = g.Serve(ctx, l)
 }
 
-// TestGatewayKilled: the gateway process is killed with SIGKILL at random points while mail
-// arrives, and started again: every mail that got a 250 is in its room exactly once.
+// TestGatewayKilled: 1000 mails over 8 connections while the gateway process is killed with
+// SIGKILL at random points and started again: every mail that got a 250 is in its room exactly
+// once, and one that got no answer (or a 4xx) at most once.
 func TestGatewayKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills and restarts a gateway process several times")
@@ -95,7 +100,8 @@ func TestGatewayKilled(t *testing.T) {
 	env := append(os.Environ(), crashHelperEnv+"=1", "CRASH_DB="+filepath.Join(dir, "gateway.db"),
 		"CRASH_HS="+srv.URL, "CRASH_PASSWORD="+password, "CRASH_ROOM="+string(room))
 
-	var accepted []string
+	var accepted []string   // got 250
+	var unanswered []string // got a 4xx or no answer: may arrive (once) or not
 	start := func(round int) (*exec.Cmd, string) {
 		t.Helper()
 		addrFile := filepath.Join(dir, fmt.Sprintf("addr-%d", round))
@@ -112,13 +118,28 @@ func TestGatewayKilled(t *testing.T) {
 		})
 		return cmd, string(addr)
 	}
-	const rounds = 5
-	for round := range rounds {
-		cmd, addr := start(round)
-		// Mail goes in on two connections until the process dies.
-		var mu sync.Mutex
+	// 1000 mails over 8 connections; the process is killed after a random number of mails
+	// accepted, while more are in flight, and started again, until all 1000 are accepted.
+	const conns = 8
+	total := 1000
+	if v := os.Getenv(crashTotalEnv); v != "" { // fewer, for repeated runs
+		if _, err := fmt.Sscan(v, &total); err != nil {
+			t.Fatalf("%s: %v", crashTotalEnv, err)
+		}
+	}
+	var next atomic.Int64
+	var mu sync.Mutex
+	rounds := 0
+	for ; ; rounds++ {
+		mu.Lock()
+		done := len(accepted) >= total
+		mu.Unlock()
+		if done {
+			break
+		}
+		cmd, addr := start(rounds)
 		var wg sync.WaitGroup
-		for conn := range 2 {
+		for range conns {
 			wg.Go(func() {
 				c, err := net.Dial("tcp", addr)
 				if err != nil {
@@ -129,19 +150,32 @@ func TestGatewayKilled(t *testing.T) {
 					return
 				}
 				defer sc.Close()
-				for i := 0; ; i++ {
-					subject := fmt.Sprintf("Crash %d-%d-%d", round, conn, i)
-					if err := send(sc, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", subject, subject+"@agency.example", "x")); err != nil {
+				for {
+					mu.Lock()
+					enough := len(accepted) >= total
+					mu.Unlock()
+					if enough {
 						return
 					}
+					subject := fmt.Sprintf("Crash %d", next.Add(1))
+					err := send(sc, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", subject, subject+"@agency.example", "x"))
 					mu.Lock()
-					accepted = append(accepted, subject)
+					if err != nil {
+						unanswered = append(unanswered, subject)
+					} else {
+						accepted = append(accepted, subject)
+					}
 					mu.Unlock()
+					if err != nil {
+						return
+					}
 				}
 			})
 		}
 		// Kill after a random number of accepted mails, while more are in flight.
-		want := len(accepted) + 1 + rand.IntN(8)
+		mu.Lock()
+		want := min(total, len(accepted)+1+rand.IntN(150))
+		mu.Unlock()
 		matrixtest.Eventually(t, func() error {
 			mu.Lock()
 			defer mu.Unlock()
@@ -182,7 +216,12 @@ func TestGatewayKilled(t *testing.T) {
 	if doubled > 0 {
 		t.Errorf("%d mails posted twice", doubled)
 	}
-	t.Logf("%d mails accepted over %d kills", len(accepted), rounds)
+	for _, s := range unanswered {
+		if n := count(inbox, subjectLine(s)); n > 1 {
+			t.Errorf("%s (not accepted) posted %d times, want at most once", s, n)
+		}
+	}
+	t.Logf("%d mails accepted, %d not answered, over %d kills", len(accepted), len(unanswered), rounds)
 }
 
 // newClient says EHLO on c, or closes it and returns nil; for goroutines, which must not

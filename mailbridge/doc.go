@@ -118,6 +118,18 @@
 // receipt waits as dead in the spool: Gateway.Undelivered lists what is not posted yet, and
 // Gateway.Retry revives a dead mail.
 //
+// Operations. Mails that end DATA at the same time share one transaction, and so one fsync
+// (group commit): a committer goroutine takes every mail waiting, and each waiter hears its own
+// spool ID; a failed transaction fails every mail in it with 451 4.3.0. On PostgreSQL several
+// Gateways share one spool: a worker claims due deliveries with SELECT ... FOR UPDATE SKIP
+// LOCKED and holds them for Options.ClaimLease, after which a dead instance's work is taken
+// over; the instances share one client session, whose outbox keeps a mail posted by two of them
+// posted once. Options.Metrics receives counts (SMTP replies by code, delivery outcomes, DMARC
+// results) and Gateway.SpoolStats the spool's depth and oldest age. Gateway.Shutdown stops
+// gracefully: new transactions get 421 4.3.2, those under way finish, each connection closes as
+// its transaction ends. OpenSpool lets an administrator list and retry dead mail without a
+// Gateway. The samtal command runs all of this as a daemon: samtal gateway --config.
+//
 // Conversion. Parse, ParseWith and Convert read MIME (github.com/emersion/go-message) in any
 // charset: text/plain, text/html (sanitized with matrix.SanitizeHTML), multipart/alternative,
 // related, mixed and signed, forwarded mail (message/rfc822), calendar invitations, RFC 2047
@@ -180,18 +192,9 @@
 // (pg_try_advisory_lock) on a connection of its own while connected, and another instance's
 // poller waits and takes over when it is freed.
 //
-// Not done yet (issue 10): no STARTTLS, implicit TLS or AUTH; no SPF, DKIM or DMARC, so an
-// allow-list checks an unauthenticated envelope sender; no per-sender rate limit; MIME depth
-// and part count are capped when converting, not refused at DATA; no group commit; no threads
-// from In-Reply-To and References; no inline cid: images, message/rfc822 or calendar
-// rendering; automated mail is marked (Mail.Automated) but bounces are not parsed; no claiming
-// of spool work by several instances on PostgreSQL; no metrics; an IMAP mail is flagged or
-// moved once spooled, not once posted.
-// Not done yet (issue 10): AllowSenders still checks the envelope sender, not the
-// authenticated From; no group commit; no threads
-// from In-Reply-To and References; no inline cid: images, message/rfc822 or calendar
-// rendering; automated mail is marked (Mail.Automated, Classify); no IMAP
-// poller; no claiming of spool work by several instances on PostgreSQL; no metrics.
-// and part count are capped when converting, not refused at DATA; no group commit; automated
-// mail is marked (Mail.Automated) but bounces are not parsed; no IMAP poller; no claiming of spool work by several instances on PostgreSQL; no metrics.
+// Known limits: a route's AllowSenders checks the envelope sender (SMTP) or the Return-Path
+// (IMAP), which are not authenticated; pair it with SenderPolicy SenderReject for a list that
+// means something. An IMAP mail is flagged or moved once spooled, not once posted. The reply
+// counts of Options.Metrics cover the gateway's answers to MAIL, RCPT and DATA and connections
+// refused, not go-smtp's own answers to malformed commands.
 package mailbridge

@@ -53,9 +53,10 @@ type Options struct {
 	TrustedRelays   []netip.Prefix // clients whose Authentication-Results are kept and whose SPF verdict is taken; from others they are renamed
 	PostmasterRoom  string         // room (ID or alias) for postmaster@ of every routed domain without a postmaster route; "" means the domain's first route
 	AuthTimeout     time.Duration  // for the SPF, DKIM and DMARC checks of one mail; 0 means 30 s
-	// For metrics (issue 10, smtp part); called on the connection's goroutine, so keep them short.
-	OnReply      ReplyFunc      // each answer of the gateway's to MAIL, RCPT and DATA; go-smtp's own protocol errors are not seen
-	OnSenderAuth SenderAuthFunc // the verdict on every mail checked, accepted or refused
+
+	// Operations (spool claims, metrics):
+	ClaimLease time.Duration // how long an instance holds the spool work it claimed (PostgreSQL, several instances); 0 means 30 s
+	Metrics    Metrics       // receives counts of replies, deliveries and DMARC results; nil counts nothing
 }
 
 // Gateway receives mail over SMTP, spools it durably, and posts it into rooms.
@@ -74,6 +75,7 @@ type Gateway struct {
 	wake   chan struct{} // a mail was spooled
 	worker sync.WaitGroup
 	data   sync.WaitGroup // DATA commands spooling right now
+	conns  conns          // open SMTP connections, for Shutdown
 
 	mu       sync.Mutex
 	closed   bool
@@ -143,10 +145,17 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	if err := opts.hardeningDefaults(); err != nil {
 		return nil, err
 	}
+	if opts.ClaimLease <= 0 {
+		opts.ClaimLease = defaultClaimLease
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = noMetrics{}
+	}
 	sp, err := openSpool(ctx, opts.DB)
 	if err != nil {
 		return nil, err
 	}
+	sp.claims.lease, sp.metrics = opts.ClaimLease, opts.Metrics
 	g := &Gateway{
 		opts:   opts,
 		log:    opts.Logger.With("component", "mailbridge"),
@@ -182,7 +191,7 @@ func (g *Gateway) newSMTPServer() *smtp.Server {
 // Serve answers SMTP on l until Close is called or ctx ends, and then returns ErrClosed. With
 // Options.TLSConfig it offers STARTTLS.
 func (g *Gateway) Serve(ctx context.Context, l net.Listener) error {
-	return g.serve(ctx, &limitListener{Listener: l, max: int64(g.opts.MaxConnections), open: &g.open})
+	return g.serve(ctx, &limitListener{Listener: l, max: int64(g.opts.MaxConnections), open: &g.open, m: g.opts.Metrics})
 }
 
 func (g *Gateway) serve(ctx context.Context, l net.Listener) error {
@@ -194,7 +203,7 @@ func (g *Gateway) serve(ctx context.Context, l net.Listener) error {
 	defer stop()
 	g.log.Info("receiving mail", "addr", l.Addr().String())
 	err := g.server.Serve(l)
-	if g.isClosed() || errors.Is(err, smtp.ErrServerClosed) {
+	if err == nil || g.isClosed() || errors.Is(err, smtp.ErrServerClosed) { // nil: after Shutdown
 		return ErrClosed
 	}
 	return fmt.Errorf("mailbridge: serve SMTP: %w", err)

@@ -21,6 +21,7 @@ type limitListener struct {
 	net.Listener
 	max  int64
 	open *atomic.Int64 // shared by the Gateway's listeners
+	m    Metrics       // told of each connection refused; nil tells nothing
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -33,6 +34,9 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			l.open.Add(-1)
 			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 			_, _ = c.Write([]byte(tooManyConnections))
+			if l.m != nil {
+				l.m.SMTPReply(421)
+			}
 			_ = c.Close()
 			continue
 		}

@@ -5,7 +5,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -69,20 +68,8 @@ func TestSenderAuthentication(t *testing.T) {
 		t.Fatal(err)
 	}
 	db := openDB(t, "spool.db")
-	var mu sync.Mutex
-	var replies []string
-	var dmarcResults []string
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: db, Resolver: mailbridge.DNSServer(zone.addr),
-		OnReply: func(command string, code int) {
-			mu.Lock()
-			defer mu.Unlock()
-			replies = append(replies, fmt.Sprintf("%s %d", command, code))
-		},
-		OnSenderAuth: func(a mailbridge.AuthResults) {
-			mu.Lock()
-			defer mu.Unlock()
-			dmarcResults = append(dmarcResults, a.DMARC)
-		}})
+	metrics := &metricsRecorder{}
+	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: db, Resolver: mailbridge.DNSServer(zone.addr), Metrics: metrics})
 	inbox := matrixtest.NewRecorder(t, officer, room)
 	c := dial(t, addr)
 
@@ -176,14 +163,13 @@ func TestSenderAuthentication(t *testing.T) {
 	}
 
 	// What metrics see: the refusals by code, the DMARC results.
-	mu.Lock()
-	if !slices.Contains(replies, "DATA 550") || !slices.Contains(replies, "DATA 451") || !slices.Contains(replies, "RCPT 250") {
-		t.Errorf("OnReply saw %v", replies)
+	replies, dmarc := metrics.seen()
+	if !slices.Contains(replies, 550) || !slices.Contains(replies, 451) || !slices.Contains(replies, 250) {
+		t.Errorf("Metrics.SMTPReply saw %v", replies)
 	}
-	if !slices.Contains(dmarcResults, "fail") || !slices.Contains(dmarcResults, "pass") || !slices.Contains(dmarcResults, "temperror") {
-		t.Errorf("OnSenderAuth saw %v", dmarcResults)
+	if !slices.Contains(dmarc, "fail") || !slices.Contains(dmarc, "pass") || !slices.Contains(dmarc, "temperror") {
+		t.Errorf("Metrics.DMARC saw %v", dmarc)
 	}
-	mu.Unlock()
 
 	// Nothing from the content was looked up, and nothing that is not SPF, DKIM or DMARC.
 	for _, name := range zone.Asked() {
@@ -215,4 +201,31 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// metricsRecorder is a mailbridge.Metrics that keeps what it is told.
+type metricsRecorder struct {
+	mu      sync.Mutex
+	replies []int
+	dmarc   []string
+}
+
+func (m *metricsRecorder) SMTPReply(code int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.replies = append(m.replies, code)
+}
+
+func (m *metricsRecorder) Delivery(string) {}
+
+func (m *metricsRecorder) DMARC(result string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.dmarc = append(m.dmarc, result)
+}
+
+func (m *metricsRecorder) seen() ([]int, []string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.replies), slices.Clone(m.dmarc)
 }

@@ -41,37 +41,36 @@ func (g *Gateway) newSession(c *smtp.Conn) (smtp.Session, error) {
 			s.ip = ap.Addr().Unmap()
 		}
 	}
+	g.conns.add(s, c.Conn()) // ops: for Shutdown
 	return s, nil
 }
 
 func (s *session) Reset() {
 	s.from, s.hasFrom, s.targets, s.policies = "", false, nil, nil
+	s.g.conns.end(s) // ops: Shutdown closes the connection between transactions
 }
 
-func (s *session) Logout() error { return nil }
+func (s *session) Logout() error {
+	s.g.conns.remove(s) // ops
+	return nil
+}
 
-// ReplyFunc is told how the gateway answered an SMTP command: "MAIL", "RCPT" or "DATA", and
-// the reply code (250, 550, ...).
-type ReplyFunc func(command string, code int)
-
-// SenderAuthFunc is told the sender-authentication verdict on a mail.
-type SenderAuthFunc func(AuthResults)
-
-// replied tells Options.OnReply how a command was answered.
-func (s *session) replied(command string, err error) {
-	if s.g.opts.OnReply == nil {
-		return
-	}
+// replied tells Options.Metrics how a command was answered.
+func (s *session) replied(err error) {
 	code := 250
 	if se := reply(err); se != nil {
 		code = se.Code
 	}
-	s.g.opts.OnReply(command, code)
+	s.g.opts.Metrics.SMTPReply(code)
 }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
-	defer func() { s.replied("MAIL", err) }()
+	defer func() { s.replied(err) }()
+	if s.g.conns.refusing() { // ops: 421 while shutting down
+		return ErrShuttingDown
+	}
 	s.Reset()
+	s.g.conns.begin(s)
 	if opts != nil && opts.Size > s.g.opts.MaxMessageBytes {
 		return ErrMessageTooLarge
 	}
@@ -100,7 +99,7 @@ func (s *session) rateKey(from string) string {
 func (s *session) trustedSubmitter() bool { return s.user != "" && s.g.opts.TrustSubmitters }
 
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) (err error) {
-	defer func() { s.replied("RCPT", err) }()
+	defer func() { s.replied(err) }()
 	if !s.hasFrom {
 		return errNoTransaction
 	}
@@ -172,7 +171,7 @@ func reasonOf(err error) string {
 // the result on top. It answers only with *smtp.SMTPError values: a plain error would become
 // a permanent 554.
 func (s *session) Data(r io.Reader) (err error) {
-	defer func() { s.replied("DATA", err) }()
+	defer func() { s.replied(err) }()
 	if !s.hasFrom || len(s.targets) == 0 {
 		return errNoTransaction
 	}
@@ -209,9 +208,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	env := envelope{ip: s.ip, helo: s.conn.Hostname(), from: s.from, user: s.user, trusted: g.trustedRelay(s.ip)}
 	v := g.authenticate(g.ctx, env, raw, e.Header)
 	err = s.applyPolicy(&v)
-	if g.opts.OnSenderAuth != nil {
-		g.opts.OnSenderAuth(v.results())
-	}
+	g.opts.Metrics.DMARC(v.results().DMARC)
 	if err != nil {
 		g.log.Info("mail refused", "remote", s.remote, "reason", "sender authentication", "dmarc", v.dmarc, "from_domain", v.fromDomain)
 		return err

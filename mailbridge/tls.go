@@ -21,7 +21,7 @@ func (g *Gateway) ServeTLS(ctx context.Context, l net.Listener) error {
 		l.Close()
 		return ErrNoTLSConfig
 	}
-	limited := &limitListener{Listener: l, max: int64(g.opts.MaxConnections), open: &g.open}
+	limited := &limitListener{Listener: l, max: int64(g.opts.MaxConnections), open: &g.open, m: g.opts.Metrics}
 	return g.serve(ctx, tls.NewListener(limited, g.opts.TLSConfig))
 }
 

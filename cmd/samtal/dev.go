@@ -36,7 +36,9 @@ func runDev(ctx context.Context, e *env, args []string) error {
 	dir := fs.String("dir", ".samtal-dev", "folder for the homeserver's data (kept between runs)")
 	port := fs.Int("port", 8008, "client API port on loopback")
 	user := fs.String("user", "demo", "demo user to create")
+	smtpPort := fs.Int("smtp-port", 2525, "SMTP port of the mail gateway on loopback (a free one if it is taken)")
 	setUsage(fs, "dev [flags]\n       samtal dev user add [-dir DIR] NAME", `Runs a development homeserver (Dendrite) on loopback until interrupted, with a demo user,
+and the mail gateway (SMTP on loopback) with a route into a room the demo user is in,
 its data kept in -dir for the next run. While it runs, 'samtal dev user add NAME' (with the
 same -dir) adds a user and prints its password, through the admin endpoint it prints.`)
 	if err := parseNoArgs(fs, args); err != nil {
@@ -44,6 +46,9 @@ same -dir) adds a user and prints its password, through the admin endpoint it pr
 	}
 	if *port <= 0 || *port > 65535 {
 		return fmt.Errorf("%w: -port %d is not a TCP port", errUsage, *port)
+	}
+	if *smtpPort < 0 || *smtpPort > 65535 {
+		return fmt.Errorf("%w: -smtp-port %d is not a TCP port", errUsage, *smtpPort)
 	}
 
 	hsDir := filepath.Join(*dir, "homeserver")
@@ -74,6 +79,11 @@ same -dir) adds a user and prints its password, through the admin endpoint it pr
 		return err
 	}
 	defer admin.close()
+	mail, err := startDevGateway(ctx, e, hs, *dir, *user, password, *smtpPort)
+	if err != nil {
+		return err
+	}
+	defer mail.close()
 	fmt.Fprintf(e.stdout, `samtal development homeserver is running.
 
   homeserver  %s
@@ -83,10 +93,17 @@ same -dir) adds a user and prints its password, through the admin endpoint it pr
   data        %s
   log         %s
   admin       %s  (add users: samtal dev user add -dir %s NAME)
+  mail        smtp %s, %s -> room %s
+  metrics     http://%s/metrics
 
 Log in with any Matrix client (Element: "Edit" the homeserver, enter the URL above),
 or with mautrix from Go. Stop with Ctrl-C; the data stays for the next run.
-`, hs.URL(), hs.ServerName(), *user, hs.ServerName(), password, hsDir, filepath.Join(hsDir, "dendrite.log"), admin.url, *dir)
+
+Send a mail into the demo room:
+
+  %s
+`, hs.URL(), hs.ServerName(), *user, hs.ServerName(), password, hsDir, filepath.Join(hsDir, "dendrite.log"), admin.url, *dir,
+		mail.rg.smtpAddr, mail.address, mail.room, mail.rg.httpAddr, mail.swaks)
 
 	<-ctx.Done()
 	e.log.Info("stopping development homeserver")
@@ -196,7 +213,7 @@ func devUserIndex(args []string) int {
 		switch a := args[i]; {
 		case a == "--":
 			return -1
-		case a == "-dir" || a == "--dir" || a == "-port" || a == "--port" || a == "-user" || a == "--user":
+		case a == "-dir" || a == "--dir" || a == "-port" || a == "--port" || a == "-user" || a == "--user" || a == "-smtp-port" || a == "--smtp-port":
 			i++ // its value
 		case a == "user":
 			return i

@@ -11,6 +11,7 @@
 //	samtal e2ee     encryption: status, cross-signing bootstrap, recovery, verification
 //	samtal outbox   list the outbox, retry or drop items that failed
 //	samtal federation  the agencies' federation list: check servers, list members, sign
+//	samtal gateway  run the mail gateway (--config gateway.yaml); gateway spool list|show|retry
 //	samtal version  print samtal's version
 //
 // Flags may come anywhere on the line, before or after the arguments; after "--" everything
@@ -105,6 +106,7 @@ func commands() []command {
 		{"e2ee", "end-to-end encryption: status, bootstrap, recover, verify", runE2EE},
 		{"outbox", "list the outbox, retry or drop items that failed", runOutbox},
 		{"federation", "the agencies' federation list: check servers, list members, sign", runFederation},
+		{"gateway", "run the mail gateway (--config gateway.yaml); 'gateway spool list|show|retry' for its spool", runGateway},
 		{"version", "print samtal's version", runVersion},
 	}
 }

@@ -1,0 +1,300 @@
+// Command mailload is the mail gateway's load tool: it drives N SMTP connections into one
+// route and measures the accept rate (250 replies per second), the delivered rate (events seen
+// in the room per second by a syncing client) and the latency from the end of DATA to the event
+// seen by that client; with -pid it samples the gateway's resident memory, and with -raw it
+// first measures a raw send loop (one client sending messages into the same room) against the
+// same homeserver, for comparison. docs/benchmarks.md has the commands.
+//
+//	samtal dev -dir /tmp/bench &   # prints the demo user's password, the room and the SMTP address
+//	go run ./internal/tools/mailload -smtp 127.0.0.1:2525 -to demo@samtal.localhost \
+//	    -homeserver http://127.0.0.1:8008 -user demo -room '!room:localhost' -conns 8 -duration 60s
+//
+// The password of -user is read from $MAILLOAD_PASSWORD, never from a flag.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"maps"
+	"os"
+	"os/signal"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+)
+
+func main() {
+	log.SetFlags(0)
+	smtpAddr := flag.String("smtp", "127.0.0.1:2525", "the gateway's SMTP address")
+	to := flag.String("to", "demo@samtal.localhost", "recipient: an address routed to -room")
+	from := flag.String("from", "load@example.org", "envelope sender")
+	conns := flag.Int("conns", 8, "SMTP connections")
+	duration := flag.Duration("duration", time.Minute, "how long to send")
+	rate := flag.Float64("rate", 0, "mails per second over all connections; 0: as fast as the gateway answers")
+	size := flag.Int("size", 1500, "approximate size of each mail in bytes")
+	hs := flag.String("homeserver", "http://127.0.0.1:8008", "homeserver of the syncing reader")
+	user := flag.String("user", "demo", "the reader, a member of -room (password in $MAILLOAD_PASSWORD)")
+	room := flag.String("room", "", "the room the route posts into")
+	wait := flag.Duration("wait", 5*time.Minute, "after sending, how long to wait for the events still missing")
+	raw := flag.Duration("raw", 0, "first run a raw send loop of this long into -room as -user, for comparison")
+	pid := flag.Int("pid", 0, "process ID of the gateway, whose peak RSS is reported")
+	flag.Parse()
+	if *room == "" {
+		log.Fatal("mailload: -room is required")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+
+	reader, err := login(ctx, *hs, *user, os.Getenv("MAILLOAD_PASSWORD"))
+	if err != nil {
+		log.Fatalf("mailload: log in as %s: %v", *user, err)
+	}
+	defer func() { _, _ = reader.Logout(context.Background()) }()
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Printf("load average at start: %s", la)
+	}
+	if *raw > 0 {
+		n, elapsed := rawLoop(ctx, reader, id.RoomID(*room), *raw)
+		fmt.Printf("raw send loop: %d messages in %.1fs = %.1f/s\n", n, elapsed.Seconds(), float64(n)/elapsed.Seconds())
+	}
+
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
+	seen := newSeen()
+	syncCtx, stopSync := context.WithCancel(ctx)
+	syncDone := make(chan struct{})
+	go func() { defer close(syncDone); syncLoop(syncCtx, reader, id.RoomID(*room), run, seen) }()
+
+	var peak atomic.Int64
+	if *pid > 0 {
+		go sampleRSS(syncCtx, *pid, &peak)
+	}
+
+	body := strings.Repeat("The decision in the case was made today; see the case file for details.\r\n", max(1, *size/74))
+	var accepted, refused atomic.Int64
+	ends := make([]time.Time, 0, 1<<16) // end of DATA of mail n, by n
+	var endsMu sync.Mutex
+	var next atomic.Int64
+	var tick <-chan time.Time
+	if *rate > 0 {
+		t := time.NewTicker(time.Duration(float64(time.Second) / *rate))
+		defer t.Stop()
+		tick = t.C
+	}
+	start := time.Now()
+	deadline := start.Add(*duration)
+	var wg sync.WaitGroup
+	for range *conns {
+		wg.Go(func() {
+			c, err := smtp.Dial(*smtpAddr)
+			if err != nil {
+				log.Printf("mailload: dial: %v", err)
+				return
+			}
+			defer c.Close()
+			if err := c.Hello("mailload.test"); err != nil {
+				log.Printf("mailload: EHLO: %v", err)
+				return
+			}
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				if tick != nil {
+					select {
+					case <-tick:
+					case <-ctx.Done():
+						return
+					}
+				}
+				n := next.Add(1)
+				msg := fmt.Sprintf("From: Load <%s>\r\nTo: %s\r\nSubject: Load %s-%d\r\nMessage-ID: <%s-%d@mailload.test>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n%s",
+					*from, *to, run, n, run, n, body)
+				end, err := sendOne(c, *from, *to, msg)
+				if err != nil {
+					refused.Add(1)
+					log.Printf("mailload: mail %d: %v", n, err)
+					if _, ok := err.(*smtp.SMTPError); !ok {
+						return // the connection is gone
+					}
+					continue
+				}
+				accepted.Add(1)
+				endsMu.Lock()
+				for int64(len(ends)) <= n {
+					ends = append(ends, time.Time{})
+				}
+				ends[n] = end
+				endsMu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	sending := time.Since(start)
+	acc := accepted.Load()
+	fmt.Printf("accepted: %d mails in %.1fs over %d connections = %.1f/s (%d refused)\n", acc, sending.Seconds(), *conns, float64(acc)/sending.Seconds(), refused.Load())
+
+	waitUntil := time.Now().Add(*wait)
+	for seen.count() < int(acc) && time.Now().Before(waitUntil) && ctx.Err() == nil {
+		time.Sleep(100 * time.Millisecond)
+	}
+	stopSync()
+	<-syncDone
+	got, last := seen.snapshot()
+	fmt.Printf("delivered: %d of %d events seen by the syncing client", len(got), acc)
+	if len(got) > 0 {
+		total := last.Sub(start)
+		fmt.Printf(", the last %.1fs after the first send = %.1f/s", total.Seconds(), float64(len(got))/total.Seconds())
+	}
+	fmt.Println()
+	var lat []time.Duration
+	endsMu.Lock()
+	for n, at := range got {
+		if n < int64(len(ends)) && !ends[n].IsZero() {
+			lat = append(lat, at.Sub(ends[n]))
+		}
+	}
+	endsMu.Unlock()
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		fmt.Printf("end of DATA to event: p50 %v, p99 %v, max %v (%d mails)\n",
+			lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)*99/100].Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), len(lat))
+	}
+	if *pid > 0 {
+		fmt.Printf("gateway peak RSS: %.1f MB\n", float64(peak.Load())/(1<<20))
+	}
+	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Printf("load average at end: %s", la)
+	}
+}
+
+// sendOne sends one mail and returns when its DATA ended (the final dot was written).
+func sendOne(c *smtp.Client, from, to, msg string) (time.Time, error) {
+	if err := c.Mail(from, nil); err != nil {
+		return time.Time{}, err
+	}
+	if err := c.Rcpt(to, nil); err != nil {
+		return time.Time{}, err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return time.Time{}, err
+	}
+	if _, err := w.Write([]byte(msg)); err != nil {
+		return time.Time{}, err
+	}
+	end := time.Now()
+	return end, w.Close() // writes the dot and reads the reply
+}
+
+func login(ctx context.Context, hs, user, password string) (*mautrix.Client, error) {
+	c, err := mautrix.NewClient(hs, "", "")
+	if err != nil {
+		return nil, err
+	}
+	_, err = c.Login(ctx, &mautrix.ReqLogin{Type: mautrix.AuthTypePassword, Password: password, StoreCredentials: true,
+		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: user}, InitialDeviceDisplayName: "mailload"})
+	return c, err
+}
+
+// rawLoop sends plain messages into room one after another for d and returns how many.
+func rawLoop(ctx context.Context, c *mautrix.Client, room id.RoomID, d time.Duration) (int, time.Duration) {
+	start := time.Now()
+	n := 0
+	for time.Since(start) < d && ctx.Err() == nil {
+		if _, err := c.SendText(ctx, room, fmt.Sprintf("raw %d", n)); err != nil {
+			log.Printf("mailload: raw send: %v", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		n++
+	}
+	return n, time.Since(start)
+}
+
+// seen records when each mail of this run was seen in the room, by its number.
+type seen struct {
+	mu   sync.Mutex
+	at   map[int64]time.Time
+	last time.Time
+}
+
+func newSeen() *seen { return &seen{at: map[int64]time.Time{}} }
+
+func (s *seen) add(n int64, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.at[n]; !ok {
+		s.at[n] = at
+		s.last = at
+	}
+}
+
+func (s *seen) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.at)
+}
+
+func (s *seen) snapshot() (map[int64]time.Time, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.at), s.last
+}
+
+// syncLoop long-polls the room's messages and records the mails of run as they arrive.
+func syncLoop(ctx context.Context, c *mautrix.Client, room id.RoomID, run string, s *seen) {
+	subject := regexp.MustCompile(`Subject: Load ` + regexp.QuoteMeta(run) + `-(\d+)\n`)
+	since := ""
+	filter := `{"room":{"rooms":["` + string(room) + `"],"timeline":{"limit":1000,"types":["m.room.message"]},"state":{"lazy_load_members":true}},"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]}}`
+	for ctx.Err() == nil {
+		resp, err := c.SyncRequest(ctx, 5000, since, filter, false, event.PresenceOffline)
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Printf("mailload: sync: %v", err)
+				time.Sleep(time.Second)
+			}
+			continue
+		}
+		now := time.Now()
+		if since != "" { // the first sync is the room's past
+			if jr, ok := resp.Rooms.Join[room]; ok {
+				for _, evt := range jr.Timeline.Events {
+					body, _ := evt.Content.Raw["body"].(string)
+					if m := subject.FindStringSubmatch(body); m != nil {
+						n, _ := strconv.ParseInt(m[1], 10, 64)
+						s.add(n, now)
+					}
+				}
+			}
+		}
+		since = resp.NextBatch
+	}
+}
+
+// sampleRSS records the peak resident memory of process pid, from /proc, until ctx ends.
+func sampleRSS(ctx context.Context, pid int, peak *atomic.Int64) {
+	for ctx.Err() == nil {
+		if f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+			sc := bufio.NewScanner(f)
+			for sc.Scan() {
+				if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+					kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+					if b := kb << 10; b > peak.Load() {
+						peak.Store(b)
+					}
+				}
+			}
+			f.Close()
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}

@@ -1,0 +1,132 @@
+package mailbridge
+
+import (
+	"context"
+	"crypto/rand"
+	"embed"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"go.mau.fi/util/dbutil"
+)
+
+// Claims: several gateway instances on one PostgreSQL database share one spool. A delivery
+// worker claims a batch of due deliveries with SELECT ... FOR UPDATE SKIP LOCKED, so that two
+// workers never take the same rows, and marks them with its name and a lease. A claim that
+// runs out (its instance died, or is stuck) is free to take again. Two instances that both
+// posted a mail, because a lease ran out under a slow one, still post it once: they share the
+// client session, whose outbox knows the mail's idempotency key.
+//
+// SQLite is owned by one process (as the matrix outbox assumes too): there claims are not
+// needed and not checked, so that a gateway restarted after a crash delivers at once what the
+// dead one had claimed.
+
+//go:embed schema/claim/*.sql
+var claimSchemaFS embed.FS
+
+var claimUpgrades = dbutil.BuildUpgradeTable().WithFSPath(claimSchemaFS, "schema/claim").Finish()
+
+// claimVersionTable records the claim columns' schema version, apart from the spool's own so
+// that the two evolve independently.
+const claimVersionTable = "samtal_mailbridge_claim_version"
+
+// defaultClaimLease is how long a claim holds when Options.ClaimLease is 0.
+const defaultClaimLease = 30 * time.Second
+
+// claimer is how this instance claims deliveries.
+type claimer struct {
+	holder   string        // this instance's name in claimed_by, random per Gateway
+	lease    time.Duration // how long a claim holds
+	postgres bool          // claims are taken and checked (PostgreSQL); SQLite: not needed
+}
+
+func (s *spool) openClaims(ctx context.Context, db *dbutil.Database) error {
+	child := db.Child(claimVersionTable, claimUpgrades, dbutil.NoopLogger)
+	if err := child.Upgrade(ctx); err != nil {
+		return fmt.Errorf("mailbridge: upgrade spool claim schema: %w", err)
+	}
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	s.claims = claimer{holder: hex.EncodeToString(b), lease: defaultClaimLease, postgres: db.Dialect == dbutil.Postgres}
+	return nil
+}
+
+// claim takes up to limit pending deliveries due at now that no other instance holds, oldest
+// mail first, for this instance until now plus the lease.
+func (s *spool) claim(ctx context.Context, now time.Time, limit int) ([]delivery, error) {
+	const selectDue = `SELECT d.spool_id, d.target, d.recipient, d.create_spec, d.attempts, m.mail_from, m.received_at, m.message
+		FROM samtal_mail_delivery d JOIN samtal_mail_spool m ON m.id = d.spool_id`
+	if !s.claims.postgres {
+		return s.scanDeliveries(s.db.Query(ctx, selectDue+` WHERE d.state = 0 AND d.next_attempt <= $1 ORDER BY d.spool_id, d.target LIMIT $2`,
+			now.UnixMilli(), limit))
+	}
+	until := now.Add(s.claims.lease).UnixMilli()
+	var out []delivery
+	err := s.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		out = nil
+		rows, err := s.db.Query(ctx, `SELECT spool_id, target FROM samtal_mail_delivery
+			WHERE state = 0 AND next_attempt <= $1 AND claimed_until <= $1
+			ORDER BY spool_id, target LIMIT $2 FOR UPDATE SKIP LOCKED`, now.UnixMilli(), limit)
+		if err != nil {
+			return err
+		}
+		type key struct {
+			id     int64
+			target string
+		}
+		var keys []key
+		for rows.Next() {
+			var k key
+			if err := rows.Scan(&k.id, &k.target); err != nil {
+				rows.Close()
+				return err
+			}
+			keys = append(keys, k)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if _, err := s.db.Exec(ctx, `UPDATE samtal_mail_delivery SET claimed_by = $1, claimed_until = $2 WHERE spool_id = $3 AND target = $4`,
+				s.claims.holder, until, k.id, k.target); err != nil {
+				return err
+			}
+		}
+		for _, k := range keys {
+			got, err := s.scanDeliveries(s.db.Query(ctx, selectDue+` WHERE d.spool_id = $1 AND d.target = $2`, k.id, k.target))
+			if err != nil {
+				return err
+			}
+			out = append(out, got...)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mailbridge: claim spooled mail: %w", err)
+	}
+	return out, nil
+}
+
+// scanDeliveries reads the rows of a delivery query.
+func (s *spool) scanDeliveries(rows dbutil.Rows, err error) ([]delivery, error) {
+	if err != nil {
+		return nil, fmt.Errorf("mailbridge: read spool: %w", err)
+	}
+	defer rows.Close()
+	var out []delivery
+	for rows.Next() {
+		var d delivery
+		var received int64
+		if err := rows.Scan(&d.spoolID, &d.target, &d.recipient, &d.createSpec, &d.attempts, &d.mailFrom, &received, &d.message); err != nil {
+			return nil, fmt.Errorf("mailbridge: read spool: %w", err)
+		}
+		d.receivedAt = time.UnixMilli(received)
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("mailbridge: read spool: %w", err)
+	}
+	return out, nil
+}

@@ -1,0 +1,106 @@
+package mailbridge_test
+
+import (
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/samtalhq/samtal/mailbridge"
+	"github.com/samtalhq/samtal/matrix/matrixtest"
+)
+
+// outageEnv shortens TestHomeserverOutage's outage (a Go duration) for repeated runs; the
+// done-when is 60 s, the default.
+const outageEnv = "SAMTAL_MAIL_OUTAGE"
+
+// TestHomeserverOutage: the homeserver is stopped for 60 s while mail arrives over 2
+// connections (about 10 a second): every mail gets 250 from the spool meanwhile, and after the server is back
+// every one arrives in the room, once.
+func TestHomeserverOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("stops the homeserver for 60 s")
+	}
+	outage := 60 * time.Second
+	if v := os.Getenv(outageEnv); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("%s: %v", outageEnv, err)
+		}
+		outage = d
+	}
+	srv := matrixtest.NewServer(t)
+	bot := srv.NewClient(t, "mailbot")
+	officer := srv.NewClient(t, "officer")
+	room := roomWith(t, bot, officer, false)
+	inbox := matrixtest.NewRecorder(t, officer, room)
+	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
+
+	var mu sync.Mutex
+	var sent []string
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for conn := range 2 {
+		sc := dial(t, addr)
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(200 * time.Millisecond): // about 10 mails/s over the 2
+				}
+				subject := fmt.Sprintf("Outage %d-%d", conn, i)
+				if err := send(sc, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", subject, subject+"@agency.example", "x")); err != nil {
+					t.Errorf("%s during the outage: %v, want 250", subject, err)
+					return
+				}
+				mu.Lock()
+				sent = append(sent, subject)
+				mu.Unlock()
+			}
+		})
+	}
+	sentSoFar := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(sent)
+	}
+	matrixtest.Eventually(t, func() error {
+		if n := sentSoFar(); n < 20 {
+			return fmt.Errorf("%d mails sent before the outage", n)
+		}
+		return nil
+	})
+	if err := srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	before := sentSoFar()
+	time.Sleep(outage) // the outage itself: mail goes on arriving meanwhile
+	during := sentSoFar() - before
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // a little load after it, too
+	close(stop)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	if during == 0 {
+		t.Fatal("no mail was accepted during the outage")
+	}
+	for _, s := range sent {
+		inbox.Wait(t, subjectLine(s))
+	}
+	for _, s := range sent {
+		if n := count(inbox, subjectLine(s)); n != 1 {
+			t.Errorf("%s posted %d times, want once", s, n)
+		}
+	}
+	t.Logf("%d mails, %d of them accepted during the %v outage", len(sent), during, outage)
+}

@@ -1,0 +1,38 @@
+#!/bin/sh
+# bench-mail.sh: the mail gateway benchmark of docs/benchmarks.md, all in one run on one
+# machine: the spool's own ceiling (Go benchmark), then `samtal dev` (Dendrite and the gateway
+# on SQLite) driven by internal/tools/mailload: a raw send loop and the accept and delivered
+# rates over 8 connections for a minute, after the latency at a steady 20 mails/s, with the
+# gateway's peak RSS. Usage: [WAIT=5m] scripts/bench-mail.sh [DURATION]   (default 60s; WAIT:
+# how long to wait for the events still missing after sending)
+set -eu
+DUR=${1:-60s}
+cd "$(dirname "$0")/.."
+WORK=$(mktemp -d /tmp/samtal-mailbench.XXXXXX)
+export CGO_ENABLED=0
+go build -tags goolm -o "$WORK/samtal" ./cmd/samtal
+go build -tags goolm -o "$WORK/mailload" ./internal/tools/mailload
+
+echo "== spool ceiling: durable commits of the same mails, no SMTP"
+go test -tags goolm -run '^$' -bench BenchmarkSpoolCommit -benchtime 10s ./mailbridge/ | grep -E '^Benchmark|^cpu'
+
+HSPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+SMTPPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$WORK/samtal" --log-level warn dev -dir "$WORK/dev" -port "$HSPORT" -smtp-port "$SMTPPORT" > "$WORK/dev.out" 2> "$WORK/dev.err" &
+DEV=$!
+trap 'kill $DEV 2>/dev/null; wait $DEV 2>/dev/null || true' EXIT
+while ! grep -q swaks "$WORK/dev.out" 2>/dev/null; do
+	kill -0 $DEV || { cat "$WORK/dev.err"; exit 1; }
+	sleep 0.5
+done
+SMTP=$(sed -n 's/^  mail *smtp \([^,]*\),.*/\1/p' "$WORK/dev.out")
+ROOM=$(cat "$WORK/dev/gateway/room")
+export MAILLOAD_PASSWORD=$(cat "$WORK/dev/demo.password")
+LOAD="$WORK/mailload -wait ${WAIT:-5m} -smtp $SMTP -to demo@samtal.localhost -homeserver http://127.0.0.1:$HSPORT -user demo -room $ROOM -pid $DEV"
+
+# The steady load first, while the spool is empty; the saturating one after it leaves a
+# backlog that would be measured as latency.
+echo "== (c, d) a steady 20 mails/s for $DUR; a raw send loop first"
+$LOAD -conns 8 -duration "$DUR" -rate 20 -raw 20s
+echo "== (a, b, d) 8 connections, as fast as the gateway answers, for $DUR"
+$LOAD -conns 8 -duration "$DUR"
