@@ -15,14 +15,17 @@ import (
 	"time"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/internal/snippet"
+	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
 // TestReadmeQuickStart runs the two commands README.md starts with, as a newcomer types them
 // in the repository's root: the first (`go run ... dev`) until it says it runs, then logs in
-// with the user and password it printed and stops it with Ctrl-C's signal; the second
+// with the user and password it printed, sends README.md's swaks mail and sees it in the room,
+// and stops it with Ctrl-C's signal; the second
 // (`scripts/test.sh`) with arguments that keep it to one small package, since running the
 // whole suite from inside it would recurse (CI runs it whole: .ci/run).
 func TestReadmeQuickStart(t *testing.T) {
@@ -64,7 +67,16 @@ func TestReadmeQuickStart(t *testing.T) {
 		t.Errorf(".ci/run does not run README.md's test command scripts/test.sh")
 	}
 
-	t.Run("run", func(t *testing.T) { quickStartRun(t, root, run) })
+	var mailLine string // README's swaks line, which mails the gateway `samtal dev` runs
+	for _, b := range blocks[1:] {
+		if l := strings.TrimSpace(b); strings.HasPrefix(l, "swaks ") && !strings.Contains(l, "\n") {
+			mailLine = l
+		}
+	}
+	if mailLine == "" {
+		t.Fatal("README.md has no block with the swaks line for `samtal dev`")
+	}
+	t.Run("run", func(t *testing.T) { quickStartRun(t, root, run, mailLine) })
 	t.Run("test", func(t *testing.T) {
 		args := append(test[1:], "-count=1", "-run", "^TestDelay$", "./internal/backoff/")
 		cmd := exec.Command(filepath.Join(root, test[0]), args...)
@@ -79,8 +91,9 @@ func TestReadmeQuickStart(t *testing.T) {
 	})
 }
 
-// quickStartRun runs README.md's first command in root until the homeserver says it runs.
-func quickStartRun(t *testing.T, root string, words []string) {
+// quickStartRun runs README.md's first command in root until the homeserver says it runs, logs
+// in as the user it printed, and sends README.md's mail with mailLine into the room it printed.
+func quickStartRun(t *testing.T, root string, words []string, mailLine string) {
 	dataDir := filepath.Join(root, ".samtal-dev") // the default -dir; git ignores it
 	if _, err := os.Stat(dataDir); errors.Is(err, os.ErrNotExist) {
 		t.Cleanup(func() { _ = os.RemoveAll(dataDir) })
@@ -112,7 +125,7 @@ func quickStartRun(t *testing.T, root string, words []string) {
 			if f := strings.Fields(sc.Text()); len(f) >= 2 {
 				fields[f[0]] = f[len(f)-1]
 			}
-			if strings.HasPrefix(sc.Text(), "Log in with") {
+			if strings.HasPrefix(strings.TrimSpace(sc.Text()), "swaks ") {
 				printed <- fields
 				break
 			}
@@ -149,6 +162,15 @@ func quickStartRun(t *testing.T, root string, words []string) {
 	if resp.UserID != id.UserID(fields["user"]) {
 		t.Errorf("logged in as %s, want the printed %s", resp.UserID, fields["user"])
 	}
+
+	// README.md's mail arrives in the room samtal dev made (fields["mail"] is its last word).
+	if out, err := exec.CommandContext(ctx, "sh", "-c", mailLine).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", mailLine, err, out)
+	}
+	mx.SetCredentials(resp.UserID, resp.AccessToken)
+	matrixtest.WaitEvent(t, mx, id.RoomID(fields["mail"]), func(e *event.Event) bool {
+		return e.Type == event.EventMessage && strings.Contains(e.Content.AsMessage().Body, "Decision made: approved")
+	})
 
 	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
 		t.Fatal(err)
