@@ -243,10 +243,31 @@ func (p *Poller) session(ctx context.Context, log *slog.Logger, mb *IMAPMailbox)
 		if err := p.takeNew(ctx, log, c, mb, &cp); err != nil {
 			return true, err
 		}
-		if err := p.wait(ctx, c, idle, newMail); err != nil {
+		woken, err := p.wait(ctx, c, idle, newMail)
+		if err != nil {
 			return true, err
 		}
+		if !woken {
+			if err := reselect(c, mb.Name, cp.uidValidity); err != nil {
+				return true, err
+			}
+		}
 	}
+}
+
+// reselect selects the mailbox again and returns an error when it is gone or has a new
+// UIDVALIDITY; the next session then resyncs. A server need not say so on the connection that
+// had it selected (Dovecot goes on answering from the old mailbox, even to STATUS), so this
+// runs whenever nothing woke the poller for IdleRestart or PollInterval.
+func reselect(c *imapclient.Client, mailbox string, want uint32) error {
+	sel, err := c.Select(mailbox, nil).Wait()
+	if err != nil {
+		return fmt.Errorf("select mailbox %s again: %w", mailbox, err)
+	}
+	if sel.UIDValidity != want {
+		return fmt.Errorf("mailbox %s: UIDVALIDITY changed from %d to %d", mailbox, want, sel.UIDValidity)
+	}
+	return nil
 }
 
 // startAt returns the checkpoint to go on from: the stored one, or a new one for a first
@@ -403,34 +424,36 @@ func (p *Poller) afterSpool(c *imapclient.Client, mb *IMAPMailbox, uids imap.UID
 	return nil
 }
 
-// wait returns when the mailbox may have new mail: the server said so during IDLE, IDLE
-// was due to be issued again, or the poll interval passed on a server without IDLE.
-func (p *Poller) wait(ctx context.Context, c *imapclient.Client, idle bool, newMail <-chan struct{}) error {
+// wait returns when the mailbox may have new mail: the server said so during IDLE (woken is
+// true), or IDLE was due to be issued again, or the poll interval passed on a server without
+// IDLE.
+func (p *Poller) wait(ctx context.Context, c *imapclient.Client, idle bool, newMail <-chan struct{}) (woken bool, err error) {
 	if !idle {
 		if !backoff.Sleep(ctx, p.opts.PollInterval) {
-			return ctx.Err()
+			return false, ctx.Err()
 		}
-		return nil
+		return false, nil
 	}
 	cmd, err := c.Idle()
 	if err != nil {
-		return fmt.Errorf("start IDLE: %w", err)
+		return false, fmt.Errorf("start IDLE: %w", err)
 	}
 	t := time.NewTimer(p.opts.IdleRestart)
 	defer t.Stop()
 	select {
 	case <-newMail:
+		woken = true
 	case <-t.C:
 	case <-ctx.Done():
 	case <-c.Closed():
 	}
 	if err := cmd.Close(); err != nil {
-		return fmt.Errorf("end IDLE: %w", err)
+		return false, fmt.Errorf("end IDLE: %w", err)
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("IDLE: %w", err)
+		return false, fmt.Errorf("IDLE: %w", err)
 	}
-	return ctx.Err()
+	return woken, ctx.Err()
 }
 
 // dial connects to the server as Security says and waits for its greeting. newMail gets a
