@@ -251,6 +251,9 @@ func (p *Poller) session(ctx context.Context, log *slog.Logger, mb *IMAPMailbox)
 			if err := reselect(c, mb.Name, cp.uidValidity); err != nil {
 				return true, err
 			}
+			if idle {
+				log.Debug("IDLE ended after IdleRestart; mailbox selected again")
+			}
 		}
 	}
 }
