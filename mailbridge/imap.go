@@ -155,7 +155,8 @@ func (g *Gateway) NewPoller(opts IMAPOptions) (*Poller, error) {
 
 // Run polls every mailbox, each on a connection of its own, until ctx ends (it then returns
 // ctx's error) or the Gateway is closed (ErrClosed). Lost connections and refused logins are
-// logged and retried with backoff; they do not end Run.
+// logged and retried with backoff; they do not end Run. Call Run once per Poller; on SQLite,
+// run one Poller per mailbox (on PostgreSQL an advisory lock makes sure of that).
 func (p *Poller) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
