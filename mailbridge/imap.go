@@ -183,11 +183,11 @@ func (p *Poller) runMailbox(ctx context.Context, mb *IMAPMailbox) {
 	log := p.log.With("mailbox", mb.Name)
 	failures := 0
 	for ctx.Err() == nil {
-		selected, err := p.session(ctx, log, mb)
+		working, err := p.session(ctx, log, mb)
 		if ctx.Err() != nil {
 			return
 		}
-		if selected {
+		if working {
 			failures = 0
 		}
 		failures++
@@ -208,8 +208,9 @@ func (p *Poller) runMailbox(ctx context.Context, mb *IMAPMailbox) {
 }
 
 // session is one connection's life: lock, log in, select, then take new mail and wait for
-// more, until an error or ctx ends. selected reports whether it got as far as the mailbox.
-func (p *Poller) session(ctx context.Context, log *slog.Logger, mb *IMAPMailbox) (selected bool, err error) {
+// more, until an error or ctx ends. working reports whether it took new mail at least once,
+// which resets the backoff.
+func (p *Poller) session(ctx context.Context, log *slog.Logger, mb *IMAPMailbox) (working bool, err error) {
 	lock, err := p.lock(ctx, mb.Name)
 	if err != nil {
 		return false, err
@@ -233,24 +234,25 @@ func (p *Poller) session(ctx context.Context, log *slog.Logger, mb *IMAPMailbox)
 	}
 	cp, err := p.startAt(ctx, log, mb, sel)
 	if err != nil {
-		return true, err
+		return working, err
 	}
 	idle := c.Caps().Has(imap.CapIdle) || c.Caps().Has(imap.CapIMAP4rev2)
 	log.Info("polling IMAP mailbox", "uid_validity", cp.uidValidity, "last_uid", cp.lastUID, "idle", idle)
 	for {
 		if err := lock.alive(ctx); err != nil {
-			return true, err
+			return working, err
 		}
 		if err := p.takeNew(ctx, log, c, mb, &cp); err != nil {
-			return true, err
+			return working, err
 		}
+		working = true
 		woken, err := p.wait(ctx, c, idle, newMail)
 		if err != nil {
-			return true, err
+			return working, err
 		}
 		if !woken {
 			if err := reselect(c, mb.Name, cp.uidValidity); err != nil {
-				return true, err
+				return working, err
 			}
 			if idle {
 				log.Debug("IDLE ended after IdleRestart; mailbox selected again")
