@@ -174,7 +174,8 @@
 // done) in the table samtal_mail_imap_checkpoint, written in the transaction that spools the
 // mail: a poller stopped or killed at any point goes on after the last mail spooled, so it
 // misses nothing and spools nothing twice. When the server's UIDVALIDITY changes (the mailbox
-// was recreated or restored), the poller reads the whole mailbox again; mail already posted
+// was recreated or restored; seen at the latest when IDLE is issued again or the next poll),
+// the poller reads the whole mailbox again; mail already posted
 // is not posted again, since its idempotency key comes from the Message-ID (or the content)
 // and the room. On the first start the mail already in the mailbox is taken too, unless
 // IMAPMailbox.SkipExisting. Mail is read with BODY.PEEK[] (no \Seen), and once spooled it

@@ -155,7 +155,8 @@ func (g *Gateway) NewPoller(opts IMAPOptions) (*Poller, error) {
 
 // Run polls every mailbox, each on a connection of its own, until ctx ends (it then returns
 // ctx's error) or the Gateway is closed (ErrClosed). Lost connections and refused logins are
-// logged and retried with backoff; they do not end Run.
+// logged and retried with backoff; they do not end Run. Call Run once per Poller; on SQLite,
+// run one Poller per mailbox (on PostgreSQL an advisory lock makes sure of that).
 func (p *Poller) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -182,11 +183,11 @@ func (p *Poller) runMailbox(ctx context.Context, mb *IMAPMailbox) {
 	log := p.log.With("mailbox", mb.Name)
 	failures := 0
 	for ctx.Err() == nil {
-		selected, err := p.session(ctx, log, mb)
+		working, err := p.session(ctx, log, mb)
 		if ctx.Err() != nil {
 			return
 		}
-		if selected {
+		if working {
 			failures = 0
 		}
 		failures++
@@ -207,8 +208,9 @@ func (p *Poller) runMailbox(ctx context.Context, mb *IMAPMailbox) {
 }
 
 // session is one connection's life: lock, log in, select, then take new mail and wait for
-// more, until an error or ctx ends. selected reports whether it got as far as the mailbox.
-func (p *Poller) session(ctx context.Context, log *slog.Logger, mb *IMAPMailbox) (selected bool, err error) {
+// more, until an error or ctx ends. working reports whether it took new mail at least once,
+// which resets the backoff.
+func (p *Poller) session(ctx context.Context, log *slog.Logger, mb *IMAPMailbox) (working bool, err error) {
 	lock, err := p.lock(ctx, mb.Name)
 	if err != nil {
 		return false, err
@@ -232,21 +234,46 @@ func (p *Poller) session(ctx context.Context, log *slog.Logger, mb *IMAPMailbox)
 	}
 	cp, err := p.startAt(ctx, log, mb, sel)
 	if err != nil {
-		return true, err
+		return working, err
 	}
 	idle := c.Caps().Has(imap.CapIdle) || c.Caps().Has(imap.CapIMAP4rev2)
 	log.Info("polling IMAP mailbox", "uid_validity", cp.uidValidity, "last_uid", cp.lastUID, "idle", idle)
 	for {
 		if err := lock.alive(ctx); err != nil {
-			return true, err
+			return working, err
 		}
 		if err := p.takeNew(ctx, log, c, mb, &cp); err != nil {
-			return true, err
+			return working, err
 		}
-		if err := p.wait(ctx, c, idle, newMail); err != nil {
-			return true, err
+		working = true
+		woken, err := p.wait(ctx, c, idle, newMail)
+		if err != nil {
+			return working, err
+		}
+		if !woken {
+			if err := reselect(c, mb.Name, cp.uidValidity); err != nil {
+				return working, err
+			}
+			if idle {
+				log.Debug("IDLE ended after IdleRestart; mailbox selected again")
+			}
 		}
 	}
+}
+
+// reselect selects the mailbox again and returns an error when it is gone or has a new
+// UIDVALIDITY; the next session then resyncs. A server need not say so on the connection that
+// had it selected (Dovecot goes on answering from the old mailbox, even to STATUS), so this
+// runs whenever nothing woke the poller for IdleRestart or PollInterval.
+func reselect(c *imapclient.Client, mailbox string, want uint32) error {
+	sel, err := c.Select(mailbox, nil).Wait()
+	if err != nil {
+		return fmt.Errorf("select mailbox %s again: %w", mailbox, err)
+	}
+	if sel.UIDValidity != want {
+		return fmt.Errorf("mailbox %s: UIDVALIDITY changed from %d to %d", mailbox, want, sel.UIDValidity)
+	}
+	return nil
 }
 
 // startAt returns the checkpoint to go on from: the stored one, or a new one for a first
@@ -403,34 +430,36 @@ func (p *Poller) afterSpool(c *imapclient.Client, mb *IMAPMailbox, uids imap.UID
 	return nil
 }
 
-// wait returns when the mailbox may have new mail: the server said so during IDLE, IDLE
-// was due to be issued again, or the poll interval passed on a server without IDLE.
-func (p *Poller) wait(ctx context.Context, c *imapclient.Client, idle bool, newMail <-chan struct{}) error {
+// wait returns when the mailbox may have new mail: the server said so during IDLE (woken is
+// true), or IDLE was due to be issued again, or the poll interval passed on a server without
+// IDLE.
+func (p *Poller) wait(ctx context.Context, c *imapclient.Client, idle bool, newMail <-chan struct{}) (woken bool, err error) {
 	if !idle {
 		if !backoff.Sleep(ctx, p.opts.PollInterval) {
-			return ctx.Err()
+			return false, ctx.Err()
 		}
-		return nil
+		return false, nil
 	}
 	cmd, err := c.Idle()
 	if err != nil {
-		return fmt.Errorf("start IDLE: %w", err)
+		return false, fmt.Errorf("start IDLE: %w", err)
 	}
 	t := time.NewTimer(p.opts.IdleRestart)
 	defer t.Stop()
 	select {
 	case <-newMail:
+		woken = true
 	case <-t.C:
 	case <-ctx.Done():
 	case <-c.Closed():
 	}
 	if err := cmd.Close(); err != nil {
-		return fmt.Errorf("end IDLE: %w", err)
+		return false, fmt.Errorf("end IDLE: %w", err)
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("IDLE: %w", err)
+		return false, fmt.Errorf("IDLE: %w", err)
 	}
-	return ctx.Err()
+	return woken, ctx.Err()
 }
 
 // dial connects to the server as Security says and waits for its greeting. newMail gets a

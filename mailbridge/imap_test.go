@@ -271,28 +271,54 @@ func TestIMAPPollingFallback(t *testing.T) {
 	s.waitOnce(t, "Polled 1", "Polled 2")
 }
 
-// TestIMAPIdleRestart: IDLE is ended and issued again after IdleRestart, and mail that
-// arrives after that is still seen at once (the poll interval is too long to find it).
-func TestIMAPIdleRestart(t *testing.T) {
+// TestIMAPIdle: with IDLE, mail is seen as the server reports it: with IdleRestart and
+// PollInterval far beyond the test's wait, nothing else could find it. And IDLE is ended and
+// issued again after IdleRestart, with no warnings, and mail after that is still seen.
+func TestIMAPIdle(t *testing.T) {
 	s := newIMAPSetup(t, dovecotOptions{}, "")
 	c := s.imap.client(t)
-	opts := s.options(mailbridge.IMAPMailbox{Address: "cases@agency.example"})
-	opts.IdleRestart, opts.PollInterval = 300*time.Millisecond, time.Hour
-	s.run(t, opts)
-	matrixtest.Eventually(t, func() error {
+	idling := func() error {
 		if !s.logs.has(func(r slog.Record) bool { return r.Message == "polling IMAP mailbox" && attr(r, "idle") == "true" }) {
 			return errors.New("the poller is not idling yet")
 		}
 		return nil
-	})
-	appendMail(t, c, "INBOX", imapMail("Idle 1"))
-	s.waitOnce(t, "Idle 1")
-	time.Sleep(time.Second) // several IDLE restarts; not a timing assertion
-	appendMail(t, c, "INBOX", imapMail("Idle 2"))
-	s.waitOnce(t, "Idle 1", "Idle 2")
-	if s.logs.has(func(r slog.Record) bool { return r.Level >= slog.LevelWarn }) {
-		t.Errorf("warnings while idling: %v", s.logs.messages())
 	}
+	t.Run("prompt", func(t *testing.T) {
+		opts := s.options(mailbridge.IMAPMailbox{Address: "cases@agency.example"})
+		opts.IdleRestart, opts.PollInterval = 29*time.Minute, time.Hour
+		stop := s.run(t, opts)
+		defer stop()
+		matrixtest.Eventually(t, idling)
+		appendMail(t, c, "INBOX", imapMail("Idle 1"))
+		s.waitOnce(t, "Idle 1")
+		appendMail(t, c, "INBOX", imapMail("Idle 2"))
+		s.waitOnce(t, "Idle 1", "Idle 2")
+	})
+	t.Run("restart", func(t *testing.T) {
+		opts := s.options(mailbridge.IMAPMailbox{Address: "cases@agency.example"})
+		opts.IdleRestart, opts.PollInterval = 200*time.Millisecond, time.Hour
+		s.run(t, opts)
+		restarts := func() int {
+			n := 0
+			for _, r := range s.logs.records() {
+				if r.Message == "IDLE ended after IdleRestart; mailbox selected again" {
+					n++
+				}
+			}
+			return n
+		}
+		matrixtest.Eventually(t, func() error {
+			if n := restarts(); n < 3 {
+				return fmt.Errorf("IDLE issued again %d times, want 3", n)
+			}
+			return nil
+		})
+		appendMail(t, c, "INBOX", imapMail("Idle 3"))
+		s.waitOnce(t, "Idle 1", "Idle 2", "Idle 3")
+		if s.logs.has(func(r slog.Record) bool { return r.Level >= slog.LevelWarn }) {
+			t.Errorf("warnings while idling: %v", s.logs.messages())
+		}
+	})
 }
 
 // tokenEndpoint is a fake OAuth 2.0 token introspection endpoint (RFC 7662) that Dovecot's
