@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/mail"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -255,15 +256,16 @@ func (d *Directory) evict() {
 			delete(d.cache, k)
 		}
 	}
-	for len(d.cache) > d.opts.MaxEntries/2 {
-		var oldest string
-		var at time.Time
-		for k, e := range d.cache {
-			if oldest == "" || e.expires.Before(at) {
-				oldest, at = k, e.expires
-			}
-		}
-		delete(d.cache, oldest)
+	if len(d.cache) <= d.opts.MaxEntries/2 {
+		return
+	}
+	keys := make([]string, 0, len(d.cache))
+	for k := range d.cache {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int { return d.cache[a].expires.Compare(d.cache[b].expires) })
+	for _, k := range keys[:len(keys)-d.opts.MaxEntries/2] {
+		delete(d.cache, k)
 	}
 }
 

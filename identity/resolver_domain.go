@@ -169,11 +169,13 @@ func (r *DomainResolver) wellKnown(ctx context.Context, server string) (string, 
 		return "", fmt.Errorf("%w: %s: %w", ErrWellKnown, url, err)
 	}
 	resp, err := hc.Do(req)
+	if errors.Is(err, ErrWellKnown) {
+		return "", err
+	}
 	if err != nil {
-		if errors.Is(err, ErrWellKnown) {
-			return "", err
-		}
-		return "", fmt.Errorf("%w: fetch %s: %w", ErrUnavailable, url, err)
+		// No web server for the name: no delegation, as in server discovery; the profile
+		// lookup decides.
+		return "", nil
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotFound {

@@ -14,6 +14,9 @@ import (
 // (/_matrix/client/v3/user_directory/search). The directory holds display names, not email
 // addresses, so a user is a match when their display name is the address, or holds it in
 // angle brackets ("Anna Berg <anna.berg@agency.se>"). Two such users are ErrAmbiguous.
+//
+// A server may list only the users who share a room with the account searching, or are in
+// public rooms (Dendrite does so): the resolver finds no one else.
 type UserDirectory struct {
 	c *matrix.Client
 }
@@ -32,7 +35,13 @@ func (u *UserDirectory) Resolve(ctx context.Context, addr Address) (Match, error
 	}
 	var found []id.UserID
 	for _, r := range resp.Results {
-		if displayNameHolds(r.DisplayName, addr.Key()) {
+		// The spec names the field display_name here (displayname in profiles); mautrix
+		// reads the latter and keeps the former in Extra.
+		name := r.DisplayName
+		if dn, ok := r.Extra["display_name"].(string); ok && name == "" {
+			name = dn
+		}
+		if displayNameHolds(name, addr.Key()) {
 			found = append(found, r.UserID)
 		}
 	}
