@@ -3,8 +3,8 @@ package identity
 import (
 	"context"
 	"crypto/tls"
-	"net"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
