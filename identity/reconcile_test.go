@@ -68,7 +68,7 @@ func newAgencies(t *testing.T) *agencies {
 	must(t, err)
 	b1 := ag.people["b1"]
 	created, err := b1.CreateRoom(ctx, &mautrix.ReqCreateRoom{Name: "r3", Preset: "private_chat",
-		Invite: slices.DeleteFunc(append([]id.UserID{ag.svc.UserID()}, everyone...), func(u id.UserID) bool { return u == b1.UserID }),
+		Invite:             slices.DeleteFunc(append([]id.UserID{ag.svc.UserID()}, everyone...), func(u id.UserID) bool { return u == b1.UserID }),
 		PowerLevelOverride: &event.PowerLevelsEventContent{Users: map[id.UserID]int{b1.UserID: 100, ag.svc.UserID(): 100}}})
 	must(t, err)
 	r3 := created.RoomID
@@ -304,4 +304,3 @@ func assertCannotDecrypt(t *testing.T, m *e2ee.Machine, holder *matrix.Client, r
 		t.Errorf("the removed member decrypting %s: %v, want ErrKeysMissing", evt, err)
 	}
 }
-
