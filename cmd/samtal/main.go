@@ -10,6 +10,10 @@
 //	samtal tail     print the messages arriving in rooms
 //	samtal e2ee     encryption: status, cross-signing bootstrap, recovery, verification
 //	samtal outbox   list the outbox, retry or drop items that failed
+//	samtal find     find a colleague's Matrix ID by email address
+//	samtal chat     send a message into the direct chat with a colleague found by email
+//	samtal offboard plan (--dry-run) or --apply the removal of people who left
+//	samtal audit    print the offboarding audit log
 //	samtal version  print samtal's version
 //
 // Flags may come anywhere on the line, before or after the arguments; after "--" everything
@@ -103,6 +107,11 @@ func commands() []command {
 		{"tail", "print the messages arriving in rooms until interrupted", runTail},
 		{"e2ee", "end-to-end encryption: status, bootstrap, recover, verify", runE2EE},
 		{"outbox", "list the outbox, retry or drop items that failed", runOutbox},
+		// identity (issue 11): directory, direct chats, offboarding.
+		{"find", "find a colleague's Matrix ID by email address", runFind},
+		{"chat", "send a message into the direct chat with a colleague found by email", runChat},
+		{"offboard", "plan (--dry-run) or --apply the removal of people who left", runOffboard},
+		{"audit", "print the offboarding audit log", runAudit},
 		{"version", "print samtal's version", runVersion},
 	}
 }
