@@ -15,6 +15,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || command -v initdb >/
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 # swaks: a real SMTP client for the mail gateway's tests (mailbridge).
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
+# slapd and ldap-utils: a real OpenLDAP server for the offboarding tests (identity).
+[ -x /usr/sbin/slapd ] || command -v slapd >/dev/null 2>&1 || need+=(slapd ldap-utils)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing Debian packages: ${need[*]}" >&2
