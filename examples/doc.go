@@ -7,6 +7,10 @@
 //     (Syncer, AutoJoinPolicy, Commands).
 //   - e2ee-bot: echo-bot in end-to-end encrypted rooms, with cross-signing, recovery and a
 //     trust policy (e2ee.Enable, Bootstrap, Recover, AcceptFrom).
+//   - find-colleague: find a colleague in any agency by email and start an encrypted direct
+//     chat (identity.Directory, StartChat).
+//   - offboarding: a daily reconcile against LDAP and a SCIM endpoint that removes people who
+//     left from the agency's rooms (identity.Reconciler, LDAPSource, SCIM).
 //
 // readme_test.go runs the Go code of the repository's README.md.
 //
