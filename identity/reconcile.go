@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"maunium.net/go/mautrix"
@@ -130,7 +131,7 @@ func (r *Reconciler) Plan(ctx context.Context) (*Plan, error) {
 		}
 		members = append(members, m)
 	}
-	return r.plan(roster, members, r.ownAdminDone(ctx))
+	return r.plan(r.c.UserID(), roster, members, r.ownAdminDone(ctx))
 }
 
 // roomMembers is what a plan needs to know of a room.
@@ -142,7 +143,7 @@ type roomMembers struct {
 }
 
 // plan is the pure part of Plan: who goes, and what is done.
-func (r *Reconciler) plan(roster Roster, rooms []roomMembers, adminDone func(ActionKind, id.UserID) bool) (*Plan, error) {
+func (r *Reconciler) plan(me id.UserID, roster Roster, rooms []roomMembers, adminDone func(ActionKind, id.UserID) bool) (*Plan, error) {
 	p := &Plan{RunID: newRunID(), At: time.Now().UTC(), Source: r.source.Name(), Rooms: len(rooms)}
 	known := make(map[id.UserID]Person, len(roster.People))
 	for _, person := range roster.People {
@@ -152,7 +153,6 @@ func (r *Reconciler) plan(roster Roster, rooms []roomMembers, adminDone func(Act
 	for _, s := range roster.Complete {
 		complete[s] = true
 	}
-	me := r.c.UserID()
 	why := func(u id.UserID) (string, bool) {
 		if u == me {
 			return "", false
@@ -160,7 +160,7 @@ func (r *Reconciler) plan(roster Roster, rooms []roomMembers, adminDone func(Act
 		if person, ok := known[u]; ok {
 			return person.Reason, !person.Active
 		}
-		if complete[u.Homeserver()] {
+		if complete[serverOf(u)] {
 			return "not in " + r.source.Name(), true
 		}
 		return "", false
@@ -189,14 +189,18 @@ func (r *Reconciler) plan(roster Roster, rooms []roomMembers, adminDone func(Act
 	if a := r.opts.Admin; a != nil {
 		// The agency's own people who are inactive lose their sessions even when they are in
 		// no managed room; those who are in rooms, once.
+		ownServer := a.ServerName()
 		var own []id.UserID
+		listed := map[id.UserID]bool{}
 		for _, person := range roster.People {
-			if !person.Active && person.UserID.Homeserver() == a.ServerName() {
+			if !person.Active && serverOf(person.UserID) == ownServer && !listed[person.UserID] {
+				listed[person.UserID] = true
 				own = append(own, person.UserID)
 			}
 		}
 		for _, u := range p.Leavers {
-			if u.Homeserver() == a.ServerName() && !slices.Contains(own, u) {
+			if serverOf(u) == ownServer && !listed[u] {
+				listed[u] = true
 				own = append(own, u)
 			}
 		}
@@ -294,7 +298,7 @@ func (r *Reconciler) Offboard(ctx context.Context, user id.UserID, reason string
 	one := *r
 	one.opts.Force = true
 	one.source = namedSource{name: r.source.Name(), person: Person{UserID: user, Reason: reason}}
-	p, err := one.plan(Roster{People: []Person{{UserID: user, Reason: reason}}}, members, r.ownAdminDone(ctx))
+	p, err := one.plan(r.c.UserID(), Roster{People: []Person{{UserID: user, Reason: reason}}}, members, r.ownAdminDone(ctx))
 	if err != nil {
 		return p, err
 	}
@@ -401,6 +405,13 @@ func (r *Reconciler) members(ctx context.Context, room id.RoomID) (roomMembers, 
 		rm.power[u] = lvl
 	}
 	return rm, nil
+}
+
+// serverOf is the server name of a user ID, without the validation of id.UserID.Homeserver,
+// which a plan over thousands of members cannot afford per member.
+func serverOf(u id.UserID) string {
+	_, server, _ := strings.Cut(string(u), ":")
+	return server
 }
 
 func newRunID() string {
