@@ -18,7 +18,8 @@
 // and localpart rule through a DomainTable, such as the federation list; the server's
 // .well-known/matrix/server is checked and the guess confirmed by a profile lookup over
 // federation), UserDirectory (the own server's user directory, by display name),
-// StaticDirectory (CSV or YAML). Answers are cached for DirectoryOptions.TTL. StartChat
+// StaticDirectory (CSV or YAML), LDAPDirectory (the agency's Active Directory: mail ->
+// account). Answers are cached for DirectoryOptions.TTL. StartChat
 // reuses the direct chat in m.direct or creates an encrypted one, and can send an email
 // invitation through an SMTP relay when nobody is found.
 //
@@ -42,6 +43,6 @@
 // Reconciler.Offboard.
 //
 // Not done here: admin adapters for Synapse, matrix-authentication-service and the spec's
-// v1.18 lock and suspend endpoints (Admin is the interface they will implement); an LDAP
-// directory resolver for email lookups; SCIM users and seen logout token IDs live in memory.
+// v1.18 lock and suspend endpoints (Admin is the interface they will implement); SCIM users
+// and seen logout token IDs live in memory.
 package identity

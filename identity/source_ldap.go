@@ -52,25 +52,11 @@ func (s *LDAPSource) Roster(ctx context.Context) (Roster, error) {
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
-	conn, err := ldap.DialURL(s.URL, ldap.DialWithDialer(dialerFor(ctx, timeout)), ldap.DialWithTLSConfig(s.TLS))
+	conn, stop, err := ldapConnect(ctx, s.URL, s.BindDN, s.BindPassword, s.StartTLS, s.TLS, timeout)
 	if err != nil {
-		return Roster{}, fmt.Errorf("%w: connect to %s: %w", ErrSourceUnavailable, s.URL, err)
+		return Roster{}, fmt.Errorf("%w: %w", ErrSourceUnavailable, err)
 	}
-	defer conn.Close()
-	conn.SetTimeout(timeout)
-	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
-	if s.StartTLS {
-		if err := conn.StartTLS(s.TLS); err != nil {
-			return Roster{}, fmt.Errorf("%w: StartTLS with %s: %w", ErrSourceUnavailable, s.URL, err)
-		}
-	}
-	if s.BindDN != "" {
-		if err := conn.Bind(s.BindDN, s.BindPassword); err != nil {
-			// The error names the DN, never the password.
-			return Roster{}, fmt.Errorf("%w: bind to %s as %s: %w", ErrSourceUnavailable, s.URL, s.BindDN, err)
-		}
-	}
 	filter := s.Filter
 	if filter == "" {
 		filter = "(objectClass=person)"
@@ -143,4 +129,29 @@ func dialerFor(ctx context.Context, timeout time.Duration) *net.Dialer {
 		d.Deadline = dl
 	}
 	return d
+}
+
+// ldapConnect dials, upgrades and binds; stop closes the connection. The errors name the DN,
+// never the password.
+func ldapConnect(ctx context.Context, url, bindDN, password string, startTLS bool, tlsConf *tls.Config, timeout time.Duration) (*ldap.Conn, func(), error) {
+	conn, err := ldap.DialURL(url, ldap.DialWithDialer(dialerFor(ctx, timeout)), ldap.DialWithTLSConfig(tlsConf))
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect to %s: %w", url, err)
+	}
+	conn.SetTimeout(timeout)
+	cancel := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	stop := func() { cancel(); _ = conn.Close() }
+	if startTLS {
+		if err := conn.StartTLS(tlsConf); err != nil {
+			stop()
+			return nil, nil, fmt.Errorf("StartTLS with %s: %w", url, err)
+		}
+	}
+	if bindDN != "" {
+		if err := conn.Bind(bindDN, password); err != nil {
+			stop()
+			return nil, nil, fmt.Errorf("bind to %s as %s: %w", url, bindDN, err)
+		}
+	}
+	return conn, stop, nil
 }

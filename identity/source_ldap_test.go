@@ -228,3 +228,29 @@ func TestLDAPSource(t *testing.T) {
 		}
 	})
 }
+
+func TestLDAPDirectory(t *testing.T) {
+	s := startSlapd(t)
+	s.addPerson(t, "anna")
+	s.addPerson(t, "bo")
+	s.add(t, "dn: uid=bo2,ou=people,"+slapdSuffix, "objectClass: inetOrgPerson", "uid: bo2", "cn: bo2", "sn: bo2", "mail: bo@agency-a.test")
+	d := &identity.LDAPDirectory{URL: s.URL, BindDN: s.rootDN, BindPassword: s.rootPW, BaseDN: slapdSuffix, ServerName: "agency-a.test"}
+	dir := identity.NewDirectory(identity.DirectoryOptions{TTL: -1, NotFoundTTL: -1}, d)
+	m, err := dir.Lookup(t.Context(), "Anna@agency-a.test")
+	if err != nil || m.UserID != "@anna:agency-a.test" || m.Source != "ldap" {
+		t.Fatalf("Lookup = %+v, %v", m, err)
+	}
+	if _, err := dir.Lookup(t.Context(), "bo@agency-a.test"); !errors.Is(err, identity.ErrAmbiguous) {
+		t.Fatalf("two entries: %v, want ErrAmbiguous", err)
+	}
+	if _, err := dir.Lookup(t.Context(), "x*)(uid=*@agency-a.test"); !errors.Is(err, identity.ErrNotFound) && !errors.Is(err, identity.ErrInvalidAddress) {
+		t.Fatalf("filter injection: %v", err)
+	}
+	if _, err := dir.Lookup(t.Context(), "nobody@agency-a.test"); !errors.Is(err, identity.ErrNotFound) {
+		t.Fatalf("unknown: %v, want ErrNotFound", err)
+	}
+	s.stop()
+	if _, err := dir.Lookup(t.Context(), "anna@agency-a.test"); !errors.Is(err, identity.ErrUnavailable) {
+		t.Fatalf("slapd down: %v, want ErrUnavailable", err)
+	}
+}
