@@ -2,9 +2,11 @@ package identity
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/smtp"
 	"strings"
 	"sync"
@@ -148,16 +150,62 @@ func (s *Chats) invite(ctx context.Context, email string) error {
 	if strings.ContainsAny(inv.From+subject, "\r\n") {
 		return fmt.Errorf("identity: invitation From and Subject must be one line each")
 	}
-	done := make(chan error, 1)
-	go func() { done <- smtp.SendMail(inv.Relay, inv.Auth, inv.From, []string{addr.String()}, []byte(msg)) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("%w: email invitation through %s: %w", ErrUnavailable, inv.Relay, err)
-		}
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := sendMail(ctx, inv, addr.String(), []byte(msg)); err != nil {
+		return fmt.Errorf("%w: email invitation through %s: %w", ErrUnavailable, inv.Relay, err)
 	}
 	s.log.Info("identity: nobody found; email invitation sent", "relay", inv.Relay)
 	return nil
+}
+
+// sendMail delivers one message through the relay, the connection bounded by ctx (net/smtp's
+// SendMail has no context).
+func sendMail(ctx context.Context, inv *MailInvitation, to string, msg []byte) error {
+	host, _, err := net.SplitHostPort(inv.Relay)
+	if err != nil {
+		return err
+	}
+	conn, err := (&net.Dialer{Timeout: 30 * time.Second}).DialContext(ctx, "tcp", inv.Relay)
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	} else {
+		_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	}
+	c, err := smtp.NewClient(conn, host)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	defer c.Close()
+	if ok, _ := c.Extension("STARTTLS"); ok {
+		if err := c.StartTLS(&tls.Config{ServerName: host}); err != nil {
+			return err
+		}
+	}
+	if inv.Auth != nil {
+		if err := c.Auth(inv.Auth); err != nil {
+			return err
+		}
+	}
+	if err := c.Mail(inv.From); err != nil {
+		return err
+	}
+	if err := c.Rcpt(to); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(msg); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return c.Quit()
 }
