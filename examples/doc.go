@@ -12,6 +12,10 @@
 //     Watcher, matrix.Options.CaseRoomACL).
 //   - mail-gateway: the email gateway in a program of its own: mail to an address is posted
 //     into a room, spooled durably first, stopped gracefully (mailbridge.New, Serve, Shutdown).
+//   - find-colleague: find a colleague in any agency by email and start an encrypted direct
+//     chat (identity.Directory, StartChat).
+//   - offboarding: a daily reconcile against LDAP and a SCIM endpoint that removes people who
+//     left from the agency's rooms (identity.Reconciler, LDAPSource, SCIM).
 //
 // readme_test.go runs the Go code of the repository's README.md.
 //

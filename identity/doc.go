@@ -2,5 +2,47 @@
 // OAuth 2.0 login, directory lookup of colleagues by email address, and offboarding of people
 // who left.
 //
-// Nothing is implemented yet.
+// # Directory and direct chats
+//
+// A Directory maps an email address to a Matrix ID through a chain of resolvers, tried in
+// order; each answer (a Match) names the resolver and how it knows. A not-found is a
+// *NotFoundError (errors.Is ErrNotFound), an outage ErrUnavailable: never a guess.
+//
+//	dir := identity.NewDirectory(identity.DirectoryOptions{},
+//		identity.NewDomainResolver(c, identity.StaticDomains{"agency-b.se": {ServerName: "matrix.agency-b.se"}}, identity.DomainOptions{}),
+//		identity.NewUserDirectory(c))
+//	chat, err := identity.NewChats(c, dir, identity.ChatOptions{}).StartChat(ctx, "karin.lund@agency-b.se")
+//
+// The resolvers: IdentityServer (the identity service API v2 hashed lookup, with terms,
+// pepper rotation and batches), DomainResolver (the email domain names the agency's server
+// and localpart rule through a DomainTable, such as the federation list; the server's
+// .well-known/matrix/server is checked and the guess confirmed by a profile lookup over
+// federation), UserDirectory (the own server's user directory, by display name),
+// StaticDirectory (CSV or YAML), LDAPDirectory (the agency's Active Directory: mail ->
+// account). Answers are cached for DirectoryOptions.TTL. StartChat
+// reuses the direct chat in m.direct or creates an encrypted one, and can send an email
+// invitation through an SMTP relay when nobody is found.
+//
+// # Offboarding
+//
+// A Reconciler compares who a Source (LDAPSource, StaticSource, SCIM) says is active with the
+// members of the rooms an agency manages (a Scope) and plans who must go; Apply lowers their
+// power levels, kicks them from every managed room on any server, and, with an Admin adapter
+// (Dendrite) for the agency's own server, ends their sessions. Every action is appended to the
+// AuditLog in the shared database; a plan that would remove more than
+// ReconcileOptions.MaxRemovePercent of the scope is refused; a Source that cannot answer stops
+// the run (ErrSourceUnavailable) rather than reading as "everyone left"; a second run does
+// nothing.
+//
+//	rec := identity.NewReconciler(svc, &identity.LDAPSource{...}, identity.Scope{Spaces: []id.RoomID{space}}, audit, identity.ReconcileOptions{Admin: identity.NewDendrite(svc)})
+//	plan, err := rec.Plan(ctx) // print it: plan.WriteTable(os.Stdout)
+//	err = rec.Apply(ctx, plan)
+//
+// SCIM is an http.Handler for an IdP's SCIM 2.0 pushes (PATCH active=false, DELETE) and
+// BackChannelLogout one for OIDC back-channel logout tokens; both offboard at once through
+// Reconciler.Offboard.
+//
+// Not done here: admin adapters for Synapse, matrix-authentication-service and the spec's
+// v1.18 lock and suspend endpoints (Admin is the interface they will implement); SCIM users
+// and seen logout token IDs live in memory.
 package identity

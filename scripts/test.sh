@@ -17,6 +17,8 @@ command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 # dovecot-imapd: a real IMAP server for the mail gateway's IMAP poller tests (mailbridge).
 command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd)
+# slapd and ldap-utils: a real OpenLDAP server for the offboarding tests (identity).
+[ -x /usr/sbin/slapd ] || command -v slapd >/dev/null 2>&1 || need+=(slapd ldap-utils)
 if ((${#need[@]})); then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing Debian packages: ${need[*]}" >&2

@@ -12,6 +12,10 @@
 //	samtal outbox   list the outbox, retry or drop items that failed
 //	samtal federation  the agencies' federation list: check servers, list members, sign
 //	samtal gateway  run the mail gateway (--config gateway.yaml); gateway spool list|show|retry
+//	samtal find     find a colleague's Matrix ID by email address
+//	samtal chat     send a message into the direct chat with a colleague found by email
+//	samtal offboard plan (--dry-run) or --apply the removal of people who left
+//	samtal audit    print the offboarding audit log
 //	samtal version  print samtal's version
 //
 // Flags may come anywhere on the line, before or after the arguments; after "--" everything
@@ -107,6 +111,11 @@ func commands() []command {
 		{"outbox", "list the outbox, retry or drop items that failed", runOutbox},
 		{"federation", "the agencies' federation list: check servers, list members, sign", runFederation},
 		{"gateway", "run the mail gateway (--config gateway.yaml); 'gateway spool list|show|retry' for its spool", runGateway},
+		// identity (issue 11): directory, direct chats, offboarding.
+		{"find", "find a colleague's Matrix ID by email address", runFind},
+		{"chat", "send a message into the direct chat with a colleague found by email", runChat},
+		{"offboard", "plan (--dry-run) or --apply the removal of people who left", runOffboard},
+		{"audit", "print the offboarding audit log", runAudit},
 		{"version", "print samtal's version", runVersion},
 	}
 }

@@ -136,12 +136,25 @@ func (s *Server) RegisterUser(tb testing.TB, localpart string) (id.UserID, strin
 	return reg.UserID, password
 }
 
+// RegisterAdmin is RegisterUser for a server administrator, who may call the server's admin
+// API (Dendrite's /_dendrite/admin/...). Client and NewClient log in as it afterwards.
+func (s *Server) RegisterAdmin(tb testing.TB, localpart string) (id.UserID, string) {
+	tb.Helper()
+	reg, password := s.registerAs(tb, localpart, true)
+	return reg.UserID, password
+}
+
 func (s *Server) register(tb testing.TB, localpart string) (*homeserver.Registration, string) {
+	tb.Helper()
+	return s.registerAs(tb, localpart, false)
+}
+
+func (s *Server) registerAs(tb testing.TB, localpart string, admin bool) (*homeserver.Registration, string) {
 	tb.Helper()
 	password := "pw-" + randomHex(12)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	reg, err := s.hs.Register(ctx, localpart, password, false)
+	reg, err := s.hs.Register(ctx, localpart, password, admin)
 	if err != nil {
 		tb.Fatalf("matrixtest: %v", err)
 	}
