@@ -1,11 +1,13 @@
 package identity_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -462,4 +464,120 @@ func hs256(t *testing.T, claims map[string]any) string {
 	}
 	raw, _ := jws.CompactSerialize()
 	return raw
+}
+
+// TestSignInLogsNoSecrets signs in, then fails three callbacks, with the sign-in's logger
+// captured: no token, code, state or nonce may appear in the log or in an error's text.
+func TestSignInLogsNoSecrets(t *testing.T) {
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ln, base := appListener(t)
+	op := startOP(t, storage.WebClient("web", "web-secret", base+"/callback"))
+	p, err := identity.Connect(context.Background(), identity.ProviderOptions{Issuer: op.Issuer, ClientID: "web", ClientSecret: "web-secret", Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var who *identity.Identity
+	var errs []error
+	var mu sync.Mutex
+	si, err := identity.NewSignIn(p, identity.SignInOptions{RedirectURL: base + "/callback",
+		CookieKey: []byte("0123456789abcdef0123456789abcdef"),
+		OnSignIn: func(w http.ResponseWriter, r *http.Request, i *identity.Identity) {
+			mu.Lock()
+			who = i
+			mu.Unlock()
+			// The application logs the identity as a user would: LogValue keeps tokens out.
+			logger.Info("session", "who", i)
+			io.WriteString(w, "ok")
+		},
+		OnError: func(w http.ResponseWriter, r *http.Request, err error) {
+			mu.Lock()
+			errs = append(errs, err)
+			mu.Unlock()
+			http.Error(w, "no", http.StatusBadRequest)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/login", si.Login())
+	mux.Handle("/callback", si.Callback())
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	defer srv.Close()
+	app := &webApp{URL: base}
+
+	b := newBrowser(t)
+	cb := stopAtCallback(t, app, b, "jane.smith")
+	b.stopAt = ""
+	getStatus(t, b.Client, cb)           // signs in
+	getStatus(t, b.Client, cb)           // replay without cookie
+	getStatus(t, http.DefaultClient, cb) // no cookie
+	b2 := newBrowser(t)
+	cb2 := stopAtCallback(t, app, b2, "jane.smith")
+	b2.stopAt = ""
+	getStatus(t, b2.Client, strings.Replace(cb2, "code=", "code=x", 1)) // a code the OP refuses
+	mu.Lock()
+	defer mu.Unlock()
+	if who == nil || len(errs) != 3 {
+		t.Fatalf("signed in: %v, %d errors: %v", who != nil, len(errs), errs)
+	}
+	u := mustURL(t, cb)
+	u2 := mustURL(t, cb2)
+	secrets := map[string]string{
+		"ID token": who.IDToken, "access token": who.Token.AccessToken,
+		"code": u.Query().Get("code"), "state": u.Query().Get("state"),
+		"second code": u2.Query().Get("code"), "second state": u2.Query().Get("state"),
+		"client secret": "web-secret",
+	}
+	if rt := who.Token.RefreshToken; rt != "" {
+		secrets["refresh token"] = rt
+	}
+	var texts strings.Builder
+	for _, e := range errs {
+		texts.WriteString(e.Error() + "\n")
+	}
+	for name, s := range secrets {
+		if s == "" {
+			t.Fatalf("no %s to look for", name)
+		}
+		if strings.Contains(logs.String(), s) {
+			t.Errorf("the log holds the %s", name)
+		}
+		if strings.Contains(texts.String(), s) {
+			t.Errorf("an error's text holds the %s", name)
+		}
+	}
+	if !strings.Contains(logs.String(), "sign-in refused") || !strings.Contains(logs.String(), "id-jane") {
+		t.Error("the log does not say what happened")
+	}
+}
+
+func FuzzCallbackQuery(f *testing.F) {
+	for _, s := range []string{"code=abc&state=xyz", "state=x&code=y&code=z", "error=access_denied&error_description=%ZZ",
+		"code=" + strings.Repeat("a", 3000) + "&state=s", "%", "code=&state=", ";;;", "state=\x00&code=\xff"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := identity.ParseCallbackQuery(raw)
+		if err != nil {
+			if !errors.Is(err, identity.ErrBadCallback) && !errors.Is(err, identity.ErrDenied) {
+				t.Fatalf("%q: untyped error %v", raw, err)
+			}
+			if len(err.Error()) > 300 {
+				t.Fatalf("%q: error text of %d bytes", raw, len(err.Error()))
+			}
+			return
+		}
+		if q.Code == "" || q.State == "" || len(q.Code) > 2048 || len(q.State) > 2048 {
+			t.Fatalf("%q: accepted %q %q", raw, q.Code, q.State)
+		}
+		vals, perr := url.ParseQuery(raw)
+		if perr != nil || vals.Get("code") != q.Code || vals.Get("state") != q.State {
+			t.Fatalf("%q: parsed %+v, url.ParseQuery says %v %v", raw, q, vals, perr)
+		}
+	})
 }
