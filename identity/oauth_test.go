@@ -1,0 +1,397 @@
+package identity_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/zitadel/oidc/v3/example/server/storage"
+	"github.com/zitadel/oidc/v3/pkg/oidc"
+	"github.com/zitadel/oidc/v3/pkg/op"
+	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/identity"
+	"github.com/samtalhq/samtal/matrix"
+)
+
+// No homeserver with the OAuth 2.0 API (MSC3861, matrix-authentication-service) runs on our
+// machines, and Dendrite has none. These tests use a test Matrix front instead: an httptest
+// server that serves auth_metadata naming the real OP of oidc_op_test.go as its authorization
+// server, registers clients into it, and accepts the OP's access tokens (asking the OP's
+// userinfo endpoint) on the few client-API endpoints the tests use: whoami and send.
+
+// dynClient is a client registered through the front: a native client of the example
+// storage with the grant types it asked for.
+type dynClient struct {
+	*storage.Client
+	grants []oidc.GrantType
+}
+
+func (c dynClient) GrantTypes() []oidc.GrantType { return c.grants }
+
+// registered holds the clients the front registered; opStorage asks it first.
+var registered sync.Map // client ID -> op.Client
+
+func (s *opStorage) GetClientByClientID(ctx context.Context, clientID string) (op.Client, error) {
+	if c, ok := registered.Load(clientID); ok {
+		return c.(op.Client), nil
+	}
+	return s.Storage.GetClientByClientID(ctx, clientID)
+}
+
+type matrixFront struct {
+	URL string
+	op  *testOP
+
+	mu      sync.Mutex
+	expired map[string]bool // access tokens the front refuses from now on (fault injection)
+	sent    []string        // bodies of the events sent, in order
+	seen    map[string]int  // how often each access token was used
+}
+
+func startFront(t testing.TB, o *testOP) *matrixFront {
+	f := &matrixFront{op: o, expired: map[string]bool{}, seen: map[string]int{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_matrix/client/v1/auth_metadata", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, map[string]any{
+			"issuer": o.Issuer, "authorization_endpoint": o.Issuer + "/auth", "token_endpoint": o.Issuer + "/oauth/token",
+			"registration_endpoint": f.URL + "/register", "revocation_endpoint": o.Issuer + "/revoke",
+			"device_authorization_endpoint": o.Issuer + "/device_authorization",
+			"response_types_supported":      []string{"code"}, "response_modes_supported": []string{"query", "fragment"},
+			"grant_types_supported":            []string{"authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:device_code"},
+			"code_challenge_methods_supported": []string{"S256"},
+			"account_management_uri":           o.Issuer + "/account",
+		})
+	})
+	mux.HandleFunc("POST /register", func(w http.ResponseWriter, r *http.Request) {
+		var meta struct {
+			RedirectURIs []string `json:"redirect_uris"`
+			GrantTypes   []string `json:"grant_types"`
+			ClientURI    string   `json:"client_uri"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&meta); err != nil || meta.ClientURI == "" {
+			writeJSON(w, 400, map[string]any{"error": "invalid_client_metadata"})
+			return
+		}
+		cid := "dyn-" + randomID()
+		var grants []oidc.GrantType
+		for _, g := range meta.GrantTypes {
+			grants = append(grants, oidc.GrantType(g))
+		}
+		registered.Store(cid, dynClient{storage.NativeClient(cid, meta.RedirectURIs...), grants})
+		writeJSON(w, 201, map[string]any{"client_id": cid, "redirect_uris": meta.RedirectURIs})
+	})
+	mux.HandleFunc("GET /_matrix/client/v3/account/whoami", func(w http.ResponseWriter, r *http.Request) {
+		sub, ok := f.auth(w, r)
+		if ok {
+			writeJSON(w, 200, map[string]any{"user_id": "@" + sub + ":front.test", "device_id": "FRONTDEV"})
+		}
+	})
+	mux.HandleFunc("PUT /_matrix/client/v3/rooms/{room}/send/{type}/{txn}", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := f.auth(w, r); !ok {
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		f.mu.Lock()
+		f.sent = append(f.sent, string(body))
+		f.mu.Unlock()
+		writeJSON(w, 200, map[string]any{"event_id": "$" + r.PathValue("txn")})
+	})
+	mux.HandleFunc("/_matrix/", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := f.auth(w, r); ok {
+			writeJSON(w, 404, map[string]any{"errcode": "M_NOT_FOUND", "error": "not here"})
+		}
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	f.URL = srv.URL
+	return f
+}
+
+// auth checks the bearer token with the OP's userinfo endpoint.
+func (f *matrixFront) auth(w http.ResponseWriter, r *http.Request) (string, bool) {
+	tok := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	f.mu.Lock()
+	f.seen[tok]++
+	expired := f.expired[tok]
+	f.mu.Unlock()
+	unknown := func() {
+		writeJSON(w, 401, map[string]any{"errcode": "M_UNKNOWN_TOKEN", "error": "unknown token", "soft_logout": true})
+	}
+	if tok == "" || expired {
+		unknown()
+		return "", false
+	}
+	req, _ := http.NewRequestWithContext(r.Context(), http.MethodGet, f.op.Issuer+"/userinfo", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		writeJSON(w, 502, map[string]any{"errcode": "M_UNKNOWN", "error": "op down"})
+		return "", false
+	}
+	defer resp.Body.Close()
+	var ui struct {
+		Sub string `json:"sub"`
+	}
+	if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&ui) != nil || ui.Sub == "" {
+		unknown()
+		return "", false
+	}
+	return ui.Sub, true
+}
+
+func (f *matrixFront) expire(tok string) {
+	f.mu.Lock()
+	f.expired[tok] = true
+	f.mu.Unlock()
+}
+
+func (f *matrixFront) sentBodies() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.sent...)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func randomID() string {
+	return fmt.Sprintf("%d", time.Now().UnixNano())
+}
+
+// browse signs in at the OP as username, starting at an authorization URL, and follows the
+// redirects to the end (the loopback listener).
+func browse(start, username string) error {
+	b := &browser{}
+	b.Client = &http.Client{Timeout: time.Minute}
+	resp, err := b.Get(start)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	authID := resp.Request.URL.Query().Get("authRequestID")
+	if authID == "" {
+		return fmt.Errorf("no login page: %d at %s", resp.StatusCode, resp.Request.URL.Path)
+	}
+	u := *resp.Request.URL
+	u.RawQuery = ""
+	resp, err = b.PostForm(u.String(), url.Values{"username": {username}, "password": {opPassword}, "id": {authID}})
+	if err != nil {
+		return err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "Signed in") {
+		return fmt.Errorf("the loopback did not confirm: %d %q", resp.StatusCode, body)
+	}
+	return nil
+}
+
+func openDB(t testing.TB) *dbutil.Database {
+	t.Helper()
+	db, err := matrix.OpenDatabase(context.Background(), filepath.Join(t.TempDir(), "samtal.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// oauthClient logs jane.smith in through the front with OAuth and returns the client and its
+// transport.
+func oauthClient(t *testing.T, f *matrixFront, db *dbutil.Database) (*matrix.Client, *identity.Transport) {
+	t.Helper()
+	ctx := context.Background()
+	tr, err := identity.NewTransport(ctx, db, "", identity.TransportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var opened string
+	c, err := matrix.New(ctx, matrix.Options{
+		HomeserverURL: f.URL, DB: db, HTTPClient: tr.Client(),
+		Login: identity.OAuth(identity.OAuthOptions{DB: db, Scopes: []string{"openid", "offline_access"},
+			Open: func(ctx context.Context, u string) error {
+				opened = u
+				return browse(u, "jane.smith")
+			}}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	q := mustURL(t, opened).Query()
+	if q.Get("code_challenge_method") != "S256" || !strings.HasPrefix(q.Get("redirect_uri"), "http://127.0.0.1:") {
+		t.Errorf("authorization URL without PKCE S256 or loopback redirect: %v", q)
+	}
+	if c.UserID() != "@id-jane:front.test" {
+		t.Errorf("logged in as %s", c.UserID())
+	}
+	return c, tr
+}
+
+func sendAndWait(t *testing.T, c *matrix.Client, text string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, err := c.Send(ctx, id.RoomID("!case:front.test"), matrix.Text(text), matrix.SendOptions{})
+	if err != nil {
+		return err
+	}
+	_, err = p.Wait(ctx)
+	return err
+}
+
+func TestOAuthLoginAndTransparentRefresh(t *testing.T) {
+	o := startOP(t)
+	f := startFront(t, o)
+	db := openDB(t)
+	c, _ := oauthClient(t, f, db)
+	if err := sendAndWait(t, c, "first"); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	// The homeserver stops accepting the access token: the next send refreshes and goes
+	// out, and Send never sees it.
+	first := c.Session().AccessToken
+	f.expire(first)
+	if err := sendAndWait(t, c, "after refresh"); err != nil {
+		t.Fatalf("send after the token expired: %v", err)
+	}
+	if got := f.sentBodies(); len(got) != 2 || !strings.Contains(got[1], "after refresh") {
+		t.Errorf("sent %q", got)
+	}
+	if err := c.Err(); err != nil {
+		t.Errorf("client error: %v", err)
+	}
+	u, err := identity.AccountManagementURL(context.Background(), c.Mautrix())
+	if err != nil || u != o.Issuer+"/account" {
+		t.Errorf("account management URL %q, %v", u, err)
+	}
+}
+
+// TestOAuthConcurrentRefresh: two processes share the database (two Transports, each with
+// its own memory, as two processes have) and find the token refused at once. One refreshes,
+// the other picks up the rotated pair; the OP's refresh token is single-use, so a second
+// refresh with the old one would log the session out.
+func TestOAuthConcurrentRefresh(t *testing.T) {
+	o := startOP(t)
+	f := startFront(t, o)
+	db := openDB(t)
+	c, _ := oauthClient(t, f, db)
+	f.expire(c.Session().AccessToken)
+	ctx := context.Background()
+	var trs [2]*identity.Transport
+	for i := range trs {
+		var err error
+		if trs[i], err = identity.NewTransport(ctx, db, "", identity.TransportOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(trs))
+	for i, tr := range trs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.URL+"/_matrix/client/v3/account/whoami", nil)
+			req.Header.Set("Authorization", "Bearer "+c.Session().AccessToken)
+			resp, err := tr.Client().Do(req)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				errs[i] = fmt.Errorf("status %d", resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("process %d: %v", i, err)
+		}
+	}
+	// Both carry on with the same, valid pair.
+	if err := sendAndWait(t, c, "still logged in"); err != nil {
+		t.Errorf("send: %v", err)
+	}
+}
+
+// TestOAuthRevokedTokenLogsOut: the session is revoked at the authorization server (by an
+// administrator, or from another device), and the homeserver refuses the access token: the
+// refresh is refused too, and the client is logged out with ErrUnknownToken.
+func TestOAuthRevokedTokenLogsOut(t *testing.T) {
+	o := startOP(t)
+	f := startFront(t, o)
+	db := openDB(t)
+	c, _ := oauthClient(t, f, db)
+	s := c.Session()
+	form := url.Values{"token": {s.RefreshToken}, "token_type_hint": {"refresh_token"}, "client_id": {clientIDOf(t, o, s.AccessToken)}}
+	resp, err := http.PostForm(o.Issuer+"/revoke", form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("revoke at the OP: %d", resp.StatusCode)
+	}
+	f.expire(s.AccessToken)
+	err = sendAndWait(t, c, "after revocation")
+	if !errors.Is(err, matrix.ErrUnknownToken) {
+		t.Fatalf("got %v, want ErrUnknownToken", err)
+	}
+	if !errors.Is(c.Err(), matrix.ErrUnknownToken) {
+		t.Errorf("Client.Err: %v", c.Err())
+	}
+}
+
+// TestOAuthLogoutRevokes: Transport.Revoke on logout ends the grant at the OP: the access
+// token no longer gets userinfo and the refresh token no longer refreshes.
+func TestOAuthLogoutRevokes(t *testing.T) {
+	o := startOP(t)
+	f := startFront(t, o)
+	db := openDB(t)
+	c, tr := oauthClient(t, f, db)
+	s := c.Session()
+	cid := clientIDOf(t, o, s.AccessToken)
+	if err := tr.Revoke(context.Background()); err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	resp, err := http.PostForm(o.Issuer+"/oauth/token", url.Values{"grant_type": {"refresh_token"},
+		"refresh_token": {s.RefreshToken}, "client_id": {cid}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode < 400 || resp.StatusCode >= 500 {
+		t.Errorf("the revoked refresh token still refreshes: %d", resp.StatusCode)
+	}
+}
+
+// clientIDOf is the client the front registered last (these tests do not run in parallel).
+func clientIDOf(t *testing.T, o *testOP, _ string) string {
+	t.Helper()
+	var last string
+	registered.Range(func(k, _ any) bool {
+		if k.(string) > last {
+			last = k.(string)
+		}
+		return true
+	})
+	return last
+}
