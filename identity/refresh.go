@@ -94,7 +94,9 @@ func NewTransport(ctx context.Context, db *dbutil.Database, sessionName string, 
 
 // Client returns an HTTP client over t with a 2-minute timeout per request, for
 // matrix.Options.HTTPClient.
-func (t *Transport) Client() *http.Client { return &http.Client{Transport: t, Timeout: 2 * time.Minute} }
+func (t *Transport) Client() *http.Client {
+	return &http.Client{Transport: t, Timeout: 2 * time.Minute}
+}
 
 // RoundTrip implements http.RoundTripper.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
