@@ -27,8 +27,9 @@ import (
 // login UI and in-memory storage) on a loopback port, with the signing keys held here so that
 // a test can rotate them, and can sign tokens of its own to show what the verifier refuses.
 type testOP struct {
-	Issuer string
-	store  *opStorage
+	Issuer  string
+	store   *opStorage
+	clients map[string]*storage.Client // the example storage's own table, written only before use
 }
 
 // opUser is a person the test OP knows; the password of every one is "verysecure".
@@ -40,6 +41,8 @@ var opUsers = []opUser{
 	{"id-jane", "jane.smith", "Jane", "Smith", "jane.smith@example.se"},
 	{"id-asa", "åsa.öberg", "Åsa", "Öberg", "asa.oberg@example.se"},
 	{"id-asa2", "Åsa Öberg", "Åsa", "Öberg", "asa.oberg@other.se"},
+	// The example OP's device grant takes the username as the subject.
+	{"officer", "officer", "Olle", "Officer", "olle.officer@example.se"},
 }
 
 const opPassword = "verysecure"
@@ -163,7 +166,7 @@ func startOP(t testing.TB, clients ...*storage.Client) *testOP {
 	srv.Config.Handler = exampleop.SetupServer(issuer, st, nil, false)
 	srv.Start()
 	t.Cleanup(srv.Close)
-	return &testOP{Issuer: issuer, store: st}
+	return &testOP{Issuer: issuer, store: st, clients: cs}
 }
 
 // sign returns a compact JWS of claims signed with key (the OP's current key when nil).
