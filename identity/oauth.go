@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
 
 	"go.mau.fi/util/dbutil"
@@ -318,11 +319,7 @@ type loopback struct {
 	ln       net.Listener
 	srv      *http.Server
 	redirect string
-	got      chan loopbackResult
-}
-
-type loopbackResult struct {
-	code, state, err string
+	got      chan url.Values
 }
 
 func listenLoopback() (*loopback, error) {
@@ -330,24 +327,23 @@ func listenLoopback() (*loopback, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity: loopback listener: %w", err)
 	}
-	lb := &loopback{ln: ln, redirect: "http://" + ln.Addr().String() + "/callback", got: make(chan loopbackResult, 1)}
+	lb := &loopback{ln: ln, redirect: "http://" + ln.Addr().String() + "/callback", got: make(chan url.Values, 1)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/callback", func(w http.ResponseWriter, r *http.Request) {
-		if len(r.URL.RawQuery) > maxQuery {
+		q, err := url.ParseQuery(r.URL.RawQuery)
+		if err != nil || len(r.URL.RawQuery) > maxQuery {
 			http.Error(w, "bad request", http.StatusBadRequest)
 			return
 		}
-		q := r.URL.Query()
-		res := loopbackResult{code: q.Get("code"), state: q.Get("state"), err: errorCode(q.Get("error"))}
 		select {
-		case lb.got <- res:
+		case lb.got <- q:
 		default:
 		}
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		msg := "Signed in. You can close this window."
-		if res.err != "" || res.code == "" {
-			msg = "Sign-in failed: " + res.err
+		if e := q.Get("error"); e != "" {
+			msg = "Sign-in failed: " + errorCode(e)
 		}
 		fmt.Fprintf(w, "<!doctype html><title>samtal</title><p>%s</p>", html.EscapeString(msg))
 	})
@@ -356,26 +352,33 @@ func listenLoopback() (*loopback, error) {
 	return lb, nil
 }
 
-// wait returns the code of the first callback whose state is state.
+// wait returns the code of the first callback, which must carry state.
 func (lb *loopback) wait(ctx context.Context, state string) (string, error) {
-	for {
-		select {
-		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return "", ErrLoginTimeout
-			}
-			return "", ctx.Err()
-		case res := <-lb.got:
-			switch {
-			case res.err != "":
-				return "", fmt.Errorf("%w: %s", ErrDenied, res.err)
-			case subtle.ConstantTimeCompare([]byte(res.state), []byte(state)) != 1:
-				return "", ErrState
-			case res.code == "":
-				return "", fmt.Errorf("%w: no code", ErrBadCallback)
-			}
-			return res.code, nil
+	q, err := lb.next(ctx)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case q.Get("error") != "":
+		return "", fmt.Errorf("%w: %s", ErrDenied, errorCode(q.Get("error")))
+	case subtle.ConstantTimeCompare([]byte(q.Get("state")), []byte(state)) != 1:
+		return "", ErrState
+	case q.Get("code") == "":
+		return "", fmt.Errorf("%w: no code", ErrBadCallback)
+	}
+	return q.Get("code"), nil
+}
+
+// next returns the query of the first callback.
+func (lb *loopback) next(ctx context.Context) (url.Values, error) {
+	select {
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, ErrLoginTimeout
 		}
+		return nil, ctx.Err()
+	case q := <-lb.got:
+		return q, nil
 	}
 }
 

@@ -192,8 +192,7 @@ func randomID() string {
 // browse signs in at the OP as username, starting at an authorization URL, and follows the
 // redirects to the end (the loopback listener).
 func browse(start, username string) error {
-	b := &browser{}
-	b.Client = &http.Client{Timeout: time.Minute}
+	b := newBrowser(nil)
 	resp, err := b.Get(start)
 	if err != nil {
 		return err
