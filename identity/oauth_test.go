@@ -173,6 +173,15 @@ func (f *matrixFront) expire(tok string) {
 	f.mu.Unlock()
 }
 
+// expireAll refuses every access token seen so far.
+func (f *matrixFront) expireAll() {
+	f.mu.Lock()
+	for tok := range f.seen {
+		f.expired[tok] = true
+	}
+	f.mu.Unlock()
+}
+
 func (f *matrixFront) sentBodies() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -229,7 +238,7 @@ func openDB(t testing.TB) *dbutil.Database {
 
 // oauthClient logs jane.smith in through the front with OAuth and returns the client and its
 // transport.
-func oauthClient(t *testing.T, f *matrixFront, db *dbutil.Database) (*matrix.Client, *identity.Transport) {
+func oauthClient(t testing.TB, f *matrixFront, db *dbutil.Database) (*matrix.Client, *identity.Transport) {
 	t.Helper()
 	ctx := context.Background()
 	tr, err := identity.NewTransport(ctx, db, "", identity.TransportOptions{})
@@ -259,7 +268,7 @@ func oauthClient(t *testing.T, f *matrixFront, db *dbutil.Database) (*matrix.Cli
 	return c, tr
 }
 
-func sendAndWait(t *testing.T, c *matrix.Client, text string) error {
+func sendAndWait(t testing.TB, c *matrix.Client, text string) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -178,11 +178,12 @@ type IDToken struct {
 // and issue time within the clock skew, and, when nonce is not "", the nonce, which may be
 // used once. Each refusal matches one of the Err* values of this package.
 func (p *Provider) Verify(ctx context.Context, raw, nonce string) (*IDToken, error) {
-	if err := p.checkHeader(raw); err != nil {
-		return nil, err
-	}
 	t, err := p.verifier.Verify(ctx, raw)
 	if err != nil {
+		// go-oidc accepts only p.algs (never "none"); the header tells why it refused.
+		if herr := p.checkHeader(raw); herr != nil {
+			return nil, herr
+		}
 		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
 	if t.Issuer != p.issuer {
@@ -222,8 +223,8 @@ func (p *Provider) Verify(ctx context.Context, raw, nonce string) (*IDToken, err
 	return &IDToken{IDToken: t, AuthorizedParty: extra.Azp}, nil
 }
 
-// checkHeader refuses a token whose JOSE header names an algorithm not allowed here, before
-// any key is looked at.
+// checkHeader reports a token that is not a compact JWS, or whose JOSE header names an
+// algorithm not allowed here.
 func (p *Provider) checkHeader(raw string) error {
 	dot := strings.IndexByte(raw, '.')
 	if dot <= 0 || strings.Count(raw, ".") != 2 {
