@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -481,4 +483,116 @@ func approveDevice(o *testOP, userCode, username string) error {
 		return fmt.Errorf("confirm: %d", resp.StatusCode)
 	}
 	return nil
+}
+
+// TestOAuthLogsNoTokens runs a login, a transparent refresh and a refused refresh with every
+// logger captured (the matrix client's, bridging mautrix's, the login's and the transport's):
+// no access or refresh token appears in the log or in an error's text.
+func TestOAuthLogsNoTokens(t *testing.T) {
+	var logs lockedBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	o := startOP(t)
+	f := startFront(t, o)
+	db := openDB(t)
+	ctx := context.Background()
+	tr, err := identity.NewTransport(ctx, db, "", identity.TransportOptions{Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := matrix.New(ctx, matrix.Options{HomeserverURL: f.URL, DB: db, HTTPClient: tr.Client(), Logger: logger,
+		Login: identity.OAuth(identity.OAuthOptions{DB: db, Scopes: []string{"openid", "offline_access"}, Logger: logger,
+			Open: func(ctx context.Context, u string) error { return browse(u, "jane.smith") }})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := c.Session()
+	f.expireAll()
+	if err := sendAndWait(t, c, "refreshed"); err != nil {
+		t.Fatal(err)
+	}
+	// Revoke the current refresh token at the OP, then refuse the access token: the refresh
+	// fails and the client is logged out.
+	var current string
+	if err := db.QueryRow(ctx, `SELECT refresh_token FROM samtal_identity_oauth WHERE name = 'default'`).Scan(&current); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.PostForm(o.Issuer+"/revoke", url.Values{"token": {current}, "client_id": {clientIDOf(t, o, "")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	f.mu.Lock()
+	seen := []string{current}
+	for tok := range f.seen {
+		seen = append(seen, tok)
+	}
+	f.mu.Unlock()
+	f.expireAll()
+	var errText strings.Builder
+	err = sendAndWait(t, c, "after revocation")
+	if !errors.Is(err, matrix.ErrUnknownToken) {
+		t.Fatalf("got %v, want ErrUnknownToken", err)
+	}
+	errText.WriteString(err.Error())
+	if c.Err() != nil {
+		errText.WriteString(c.Err().Error())
+	}
+	secrets := append([]string{s.AccessToken, s.RefreshToken}, seen...)
+	for _, sec := range secrets {
+		if sec == "" {
+			continue
+		}
+		if strings.Contains(logs.String(), sec) {
+			t.Errorf("the log holds a token")
+		}
+		if strings.Contains(errText.String(), sec) {
+			t.Errorf("an error's text holds a token")
+		}
+	}
+	if !strings.Contains(logs.String(), "access token refreshed") {
+		t.Error("the refresh is not in the log")
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestOAuthTokensStoredOwnerOnly: the tokens are in the shared database, whose file only its
+// owner can read.
+func TestOAuthTokensStoredOwnerOnly(t *testing.T) {
+	o := startOP(t)
+	f := startFront(t, o)
+	path := filepath.Join(t.TempDir(), "samtal.db")
+	db, err := matrix.OpenDatabase(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	oauthClient(t, f, db)
+	var n int
+	if err := db.QueryRow(context.Background(), `SELECT count(*) FROM samtal_identity_oauth WHERE refresh_token != ''`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("stored OAuth sessions with a refresh token: %d, %v", n, err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("database file mode %v, want 0600", fi.Mode().Perm())
+	}
 }
