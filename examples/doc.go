@@ -7,6 +7,8 @@
 //     (Syncer, AutoJoinPolicy, Commands).
 //   - e2ee-bot: echo-bot in end-to-end encrypted rooms, with cross-signing, recovery and a
 //     trust policy (e2ee.Enable, Bootstrap, Recover, AcceptFrom).
+//   - oidc-login: a web application that signs an officer in with the agency's OpenID provider
+//     and posts into a room as that officer (identity.SignIn, Mapper, an appservice login).
 //
 // readme_test.go runs the Go code of the repository's README.md.
 //
