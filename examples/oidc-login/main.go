@@ -86,7 +86,7 @@ type app struct {
 	log    *slog.Logger
 
 	mu       sync.Mutex
-	sessions map[string]id.UserID        // session cookie -> officer
+	sessions map[string]id.UserID         // session cookie -> officer
 	clients  map[id.UserID]*matrix.Client // one Matrix client per officer, opened at first use
 }
 
