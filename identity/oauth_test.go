@@ -26,6 +26,7 @@ import (
 
 	"github.com/samtalhq/samtal/identity"
 	"github.com/samtalhq/samtal/matrix"
+	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
 // No homeserver with the OAuth 2.0 API (MSC3861, matrix-authentication-service) runs on our
@@ -70,6 +71,9 @@ type matrixFront struct {
 	expired map[string]bool // access tokens the front refuses from now on (fault injection)
 	sent    []string        // bodies of the events sent, in order
 	seen    map[string]int  // how often each access token was used
+
+	tokenDown     bool // the token endpoint answers 503 (fault injection)
+	tokenFailures int
 }
 
 func startFront(t testing.TB, o *testOP) *matrixFront {
@@ -77,7 +81,7 @@ func startFront(t testing.TB, o *testOP) *matrixFront {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /_matrix/client/v1/auth_metadata", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, 200, map[string]any{
-			"issuer": o.Issuer, "authorization_endpoint": o.Issuer + "/auth", "token_endpoint": o.Issuer + "/oauth/token",
+			"issuer": o.Issuer, "authorization_endpoint": o.Issuer + "/auth", "token_endpoint": f.URL + "/token",
 			"registration_endpoint": f.URL + "/register", "revocation_endpoint": o.Issuer + "/revoke",
 			"device_authorization_endpoint": o.Issuer + "/device_authorization",
 			"response_types_supported":      []string{"code"}, "response_modes_supported": []string{"query", "fragment"},
@@ -85,6 +89,32 @@ func startFront(t testing.TB, o *testOP) *matrixFront {
 			"code_challenge_methods_supported": []string{"S256"},
 			"account_management_uri":           o.Issuer + "/account",
 		})
+	})
+	// The token endpoint is the OP's, through a proxy that can be made to fail (fault injection).
+	mux.HandleFunc("POST /token", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		down := f.tokenDown
+		if down {
+			f.tokenFailures++
+		}
+		f.mu.Unlock()
+		if down {
+			http.Error(w, "unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		req, _ := http.NewRequestWithContext(r.Context(), http.MethodPost, o.Issuer+"/oauth/token", r.Body)
+		req.Header = r.Header.Clone()
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			http.Error(w, "op down", http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
 	})
 	mux.HandleFunc("POST /register", func(w http.ResponseWriter, r *http.Request) {
 		var meta struct {
@@ -594,5 +624,45 @@ func TestOAuthTokensStoredOwnerOnly(t *testing.T) {
 	}
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("database file mode %v, want 0600", fi.Mode().Perm())
+	}
+}
+
+// TestOAuthRefreshOutage: while the token endpoint answers 503, a Send whose token the
+// homeserver refuses stays pending (the old tokens are kept, nobody is logged out); once the
+// endpoint is back, the send goes out with a refreshed token.
+func TestOAuthRefreshOutage(t *testing.T) {
+	o := startOP(t)
+	f := startFront(t, o)
+	db := openDB(t)
+	c, _ := oauthClient(t, f, db)
+	f.mu.Lock()
+	f.tokenDown = true
+	f.mu.Unlock()
+	f.expireAll()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	p, err := c.Send(ctx, id.RoomID("!case:front.test"), matrix.Text("during the outage"), matrix.SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	matrixtest.Eventually(t, func() error {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.tokenFailures < 2 {
+			return fmt.Errorf("%d refresh attempts so far", f.tokenFailures)
+		}
+		return nil
+	})
+	if err := c.Err(); err != nil {
+		t.Fatalf("logged out during a token endpoint outage: %v", err)
+	}
+	f.mu.Lock()
+	f.tokenDown = false
+	f.mu.Unlock()
+	if _, err := p.Wait(ctx); err != nil {
+		t.Fatalf("after the outage: %v", err)
+	}
+	if got := f.sentBodies(); len(got) != 1 || !strings.Contains(got[0], "during the outage") {
+		t.Errorf("sent %q", got)
 	}
 }
