@@ -8,6 +8,7 @@ import (
 // with a good token, and with a token the homeserver refuses before each Send, so that every
 // Send pays a refresh: the difference is the added latency of a transparent refresh.
 func BenchmarkSendRefresh(b *testing.B) {
+	quietOP(b)
 	for _, refresh := range []bool{false, true} {
 		name := "token-good"
 		if refresh {
