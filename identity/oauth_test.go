@@ -72,6 +72,9 @@ type matrixFront struct {
 	sent    []string        // bodies of the events sent, in order
 	seen    map[string]int  // how often each access token was used
 
+	timeline []map[string]any // events the next sync delivers
+	batch    int
+
 	tokenDown     bool // the token endpoint answers 503 (fault injection)
 	tokenFailures int
 }
@@ -155,6 +158,25 @@ func startFront(t testing.TB, o *testOP) *matrixFront {
 		f.sent = append(f.sent, string(body))
 		f.mu.Unlock()
 		writeJSON(w, 200, map[string]any{"event_id": "$" + r.PathValue("txn")})
+	})
+	mux.HandleFunc("GET /_matrix/client/v3/sync", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := f.auth(w, r); !ok {
+			return
+		}
+		f.mu.Lock()
+		evs := f.timeline
+		f.timeline = nil
+		f.batch++
+		next := fmt.Sprintf("s%d", f.batch)
+		f.mu.Unlock()
+		if len(evs) == 0 {
+			time.Sleep(100 * time.Millisecond) // a short long-poll: nothing to say
+		}
+		rooms := map[string]any{}
+		if len(evs) > 0 {
+			rooms["join"] = map[string]any{"!case:front.test": map[string]any{"timeline": map[string]any{"events": evs}}}
+		}
+		writeJSON(w, 200, map[string]any{"next_batch": next, "rooms": rooms})
 	})
 	mux.HandleFunc("/_matrix/", func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := f.auth(w, r); ok {
@@ -631,6 +653,9 @@ func TestOAuthTokensStoredOwnerOnly(t *testing.T) {
 // homeserver refuses stays pending (the old tokens are kept, nobody is logged out); once the
 // endpoint is back, the send goes out with a refreshed token.
 func TestOAuthRefreshOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the outbox's retries")
+	}
 	o := startOP(t)
 	f := startFront(t, o)
 	db := openDB(t)
@@ -665,4 +690,62 @@ func TestOAuthRefreshOutage(t *testing.T) {
 	if got := f.sentBodies(); len(got) != 1 || !strings.Contains(got[0], "during the outage") {
 		t.Errorf("sent %q", got)
 	}
+}
+
+// deliver makes the next sync carry a message from someone else.
+func (f *matrixFront) deliver(body string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.batch++
+	f.timeline = append(f.timeline, map[string]any{"type": "m.room.message", "event_id": fmt.Sprintf("$ev%d", f.batch),
+		"sender": "@colleague:front.test", "origin_server_ts": time.Now().UnixMilli(),
+		"content": map[string]any{"msgtype": "m.text", "body": body}})
+}
+
+// TestOAuthSyncerRefresh: the Syncer goes on through a refresh: the homeserver refuses the
+// token mid-sync, and the next message still arrives, with no error from Run.
+func TestOAuthSyncerRefresh(t *testing.T) {
+	o := startOP(t)
+	f := startFront(t, o)
+	db := openDB(t)
+	c, _ := oauthClient(t, f, db)
+	got := make(chan string, 10)
+	s := c.NewSyncer(matrix.SyncOptions{Timeout: time.Second})
+	s.OnMessage(func(ctx context.Context, evt *matrix.Event) error {
+		got <- evt.Content.AsMessage().Body
+		return nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- s.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	wait := func(want string) {
+		t.Helper()
+		select {
+		case b := <-got:
+			if b != want {
+				t.Fatalf("got %q, want %q", b, want)
+			}
+		case err := <-runErr:
+			t.Fatalf("the Syncer stopped: %v", err)
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("no %q", want)
+		}
+	}
+	matrixtest.Eventually(t, func() error {
+		if !c.Syncing() {
+			return errors.New("not syncing yet")
+		}
+		return nil
+	})
+	f.deliver("before")
+	wait("before")
+	f.expireAll()
+	f.deliver("after the refresh")
+	wait("after the refresh")
 }
