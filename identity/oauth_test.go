@@ -749,3 +749,29 @@ func TestOAuthSyncerRefresh(t *testing.T) {
 	f.deliver("after the refresh")
 	wait("after the refresh")
 }
+
+// TestTransportLeavesOtherTokens: a request with a token that is not the session's (another
+// account's, say) goes out as it is.
+func TestTransportLeavesOtherTokens(t *testing.T) {
+	o := startOP(t)
+	f := startFront(t, o)
+	db := openDB(t)
+	oauthClient(t, f, db)
+	tr, err := identity.NewTransport(context.Background(), db, "", identity.TransportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, f.URL+"/_matrix/client/v3/account/whoami", nil)
+	req.Header.Set("Authorization", "Bearer someone-elses-token")
+	resp, err := tr.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	f.mu.Lock()
+	n := f.seen["someone-elses-token"]
+	f.mu.Unlock()
+	if resp.StatusCode != http.StatusUnauthorized || n != 1 {
+		t.Errorf("status %d, the front saw the other token %d times", resp.StatusCode, n)
+	}
+}

@@ -3,6 +3,7 @@ package identity
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,8 +56,9 @@ type Transport struct {
 	log    *slog.Logger
 	holder string
 
-	mu  sync.Mutex // one refresh at a time in this process
-	cur *oauthRecord
+	mu   sync.Mutex // one refresh at a time in this process
+	cur  *oauthRecord
+	held map[string]struct{} // the access tokens this Transport held before cur's
 }
 
 // NewTransport returns the Transport of the OAuth session stored under sessionName (the
@@ -100,7 +102,8 @@ func (t *Transport) Client() *http.Client {
 
 // RoundTrip implements http.RoundTripper.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if !strings.HasPrefix(req.Header.Get("Authorization"), "Bearer ") {
+	bearer, ok := strings.CutPrefix(req.Header.Get("Authorization"), "Bearer ")
+	if !ok {
 		return t.base.RoundTrip(req)
 	}
 	ctx := req.Context()
@@ -108,8 +111,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cur == nil {
-		return t.base.RoundTrip(req) // not an OAuth session: leave it as it is
+	if cur == nil || !t.ours(bearer, cur) {
+		return t.base.RoundTrip(req) // not this OAuth session's token: leave it as it is
 	}
 	if !cur.ExpiresAt.IsZero() && t.opts.Now().Add(t.opts.RefreshBefore).After(cur.ExpiresAt) {
 		if fresh, err := t.refresh(ctx, cur.Generation); err == nil {
@@ -151,6 +154,19 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return t.send(retry, fresh.AccessToken)
 }
 
+// ours reports whether bearer is a token of the session: the login's (which matrix.Session
+// keeps), or one that this Transport has held.
+func (t *Transport) ours(bearer string, cur *oauthRecord) bool {
+	if subtle.ConstantTimeCompare([]byte(bearer), []byte(cur.AccessToken)) == 1 ||
+		subtle.ConstantTimeCompare([]byte(bearer), []byte(cur.LoginToken)) == 1 {
+		return true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.held[bearer]
+	return ok
+}
+
 func (t *Transport) send(req *http.Request, token string) (*http.Response, error) {
 	r := req.Clone(req.Context())
 	r.Header.Set("Authorization", "Bearer "+token)
@@ -189,7 +205,7 @@ func (t *Transport) refresh(ctx context.Context, gen int64) (*oauthRecord, error
 			return nil, fmt.Errorf("%w: no OAuth session %q is stored", matrix.ErrUnknownToken, t.name)
 		}
 		if r.Generation > gen {
-			t.cur = r
+			t.setCur(r)
 			t.log.DebugContext(ctx, "picked up tokens another process rotated", "generation", r.Generation)
 			return r, nil
 		}
@@ -204,7 +220,7 @@ func (t *Transport) refresh(ctx context.Context, gen int64) (*oauthRecord, error
 				if err != nil || r == nil {
 					return nil, fmt.Errorf("%w: OAuth session %q vanished: %v", matrix.ErrUnknownToken, t.name, err)
 				}
-				t.cur = r
+				t.setCur(r)
 				return r, nil
 			}
 			return t.rotate(ctx, r)
@@ -247,13 +263,24 @@ func (t *Transport) rotate(ctx context.Context, r *oauthRecord) (*oauthRecord, e
 		if err != nil || stored == nil {
 			return nil, fmt.Errorf("%w: OAuth session %q vanished", matrix.ErrUnknownToken, t.name)
 		}
-		t.cur = stored
+		t.setCur(stored)
 		return stored, nil
 	}
 	next.Generation = r.Generation + 1
-	t.cur = &next
+	t.setCur(&next)
 	t.log.InfoContext(ctx, "access token refreshed", "generation", next.Generation)
 	return &next, nil
+}
+
+// setCur makes r the current tokens, remembering the access token it replaces. t.mu is held.
+func (t *Transport) setCur(r *oauthRecord) {
+	if t.cur != nil && t.cur.AccessToken != r.AccessToken {
+		if t.held == nil || len(t.held) > 1000 {
+			t.held = map[string]struct{}{}
+		}
+		t.held[t.cur.AccessToken] = struct{}{}
+	}
+	t.cur = r
 }
 
 // Revoke ends the session at the authorization server (its refresh token, and with it the

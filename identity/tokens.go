@@ -27,6 +27,7 @@ type oauthRecord struct {
 	TokenEndpoint string
 	Revocation    string
 	AccessToken   string
+	LoginToken    string // the access token the login issued, which matrix.Session keeps
 	RefreshToken  string
 	ExpiresAt     time.Time
 	Generation    int64
@@ -48,9 +49,9 @@ func openTokenStore(ctx context.Context, db *dbutil.Database) (*tokenStore, erro
 func (s *tokenStore) load(ctx context.Context, name string) (*oauthRecord, error) {
 	var r oauthRecord
 	var exp int64
-	err := s.db.QueryRow(ctx, `SELECT client_id, token_endpoint, revocation, access_token, refresh_token, expires_at, generation
+	err := s.db.QueryRow(ctx, `SELECT client_id, token_endpoint, revocation, access_token, login_token, refresh_token, expires_at, generation
 		FROM samtal_identity_oauth WHERE name = $1`, name).
-		Scan(&r.ClientID, &r.TokenEndpoint, &r.Revocation, &r.AccessToken, &r.RefreshToken, &exp, &r.Generation)
+		Scan(&r.ClientID, &r.TokenEndpoint, &r.Revocation, &r.AccessToken, &r.LoginToken, &r.RefreshToken, &exp, &r.Generation)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -66,10 +67,10 @@ func (s *tokenStore) load(ctx context.Context, name string) (*oauthRecord, error
 // save stores a new login's session, replacing what was stored under name.
 func (s *tokenStore) save(ctx context.Context, name string, r *oauthRecord) error {
 	_, err := s.db.Exec(ctx, `INSERT INTO samtal_identity_oauth
-		(name, client_id, token_endpoint, revocation, access_token, refresh_token, expires_at, generation)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, 0)
+		(name, client_id, token_endpoint, revocation, access_token, login_token, refresh_token, expires_at, generation)
+		VALUES ($1, $2, $3, $4, $5, $5, $6, $7, 0)
 		ON CONFLICT (name) DO UPDATE SET client_id = excluded.client_id, token_endpoint = excluded.token_endpoint,
-			revocation = excluded.revocation, access_token = excluded.access_token,
+			revocation = excluded.revocation, access_token = excluded.access_token, login_token = excluded.login_token,
 			refresh_token = excluded.refresh_token, expires_at = excluded.expires_at,
 			generation = samtal_identity_oauth.generation + 1, lease_holder = '', lease_until = 0`,
 		name, r.ClientID, r.TokenEndpoint, r.Revocation, r.AccessToken, r.RefreshToken, unixMilli(r.ExpiresAt))

@@ -5,6 +5,7 @@ CREATE TABLE samtal_identity_oauth (
 	token_endpoint TEXT    NOT NULL,
 	revocation     TEXT    NOT NULL DEFAULT '',
 	access_token   TEXT    NOT NULL,
+	login_token    TEXT    NOT NULL DEFAULT '', -- the access token of the login, which the matrix session keeps
 	refresh_token  TEXT    NOT NULL,
 	expires_at     BIGINT  NOT NULL DEFAULT 0, -- unix ms; 0 when the token does not expire
 	generation     BIGINT  NOT NULL DEFAULT 0, -- incremented by each rotation
