@@ -16,6 +16,8 @@
 //     chat (identity.Directory, StartChat).
 //   - offboarding: a daily reconcile against LDAP and a SCIM endpoint that removes people who
 //     left from the agency's rooms (identity.Reconciler, LDAPSource, SCIM).
+//   - oidc-login: a web application that signs an officer in with the agency's OpenID provider
+//     and posts into a room as that officer (identity.SignIn, Mapper, an appservice login).
 //
 // readme_test.go runs the Go code of the repository's README.md.
 //

@@ -29,6 +29,9 @@ type account struct {
 	noE2EE     bool
 
 	m *e2ee.Machine // set by open when encryption is on
+
+	// identity (OAuth 2.0 login, login_oauth.go): told the database once it is open
+	onDB func(*dbutil.Database)
 }
 
 // accountFlags registers --homeserver, --db and --session on fs, with their defaults from the
@@ -156,6 +159,10 @@ func (a *account) openWith(ctx context.Context, e *env, login matrix.Login, user
 		SessionName:   a.session,
 		DeviceName:    deviceName(),
 		Logger:        e.log,
+	}
+	if opts.HTTPClient, err = a.httpClient(ctx, e, db); err != nil { // OAuth 2.0 refresh (login_oauth.go)
+		db.Close()
+		return nil, nil, err
 	}
 	if login != nil && opts.HomeserverURL == "" && opts.UserID == "" {
 		// The credentials can only be used with a homeserver; a stored session knows its own.

@@ -21,12 +21,17 @@ func runLogin(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "login")
 	acct := accountFlags(fs)
 	asJSON := fs.Bool("json", false, "print the result as JSON")
+	useOAuth := fs.Bool("oauth", false, "log in through the homeserver's OAuth 2.0 API in a browser (prints and opens the URL, listens on 127.0.0.1)")
+	useDevice := fs.Bool("device", false, "log in through the homeserver's OAuth 2.0 API with a code entered in a browser elsewhere")
 	setUsage(fs, "login [flags]", `Logs in with SAMTAL_USER and SAMTAL_PASSWORD (or SAMTAL_ACCESS_TOKEN) from the environment
 and stores the session in the database, where later commands find it. There is no password
 flag, because flags show in 'ps'. A stored session that still works is kept; run 'samtal
 logout' first to change accounts.`)
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
+	}
+	if *useOAuth || *useDevice {
+		return runLoginOAuth(ctx, e, acct, *useDevice, *asJSON)
 	}
 	login, user, err := credentials()
 	if err != nil {
@@ -98,6 +103,9 @@ func runLogout(ctx context.Context, e *env, args []string) error {
 	}
 	defer done()
 	user := c.UserID()
+	if err := acct.revokeOAuth(ctx, e, c.Database()); err != nil {
+		return err
+	}
 	if err := c.Logout(ctx); err != nil {
 		return err
 	}
