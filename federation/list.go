@@ -41,8 +41,8 @@ type Member struct {
 	EmailDomains []string `json:"email_domains"` // its mail domains, such as "skatteverket.se"
 	// Localpart is the rule that turns an email address of one of EmailDomains into the
 	// localpart of the user's Matrix ID: a template in which "{local}" stands for the
-	// address's local part, lower-cased, such as "{local}" (the default when empty) or
-	// "ext.{local}".
+	// address's local part, lower-cased, and "{domain}" for its domain, such as "{local}" (the
+	// default when empty), "ext.{local}" or, as Tchap does, "{local}-{domain}".
 	Localpart string `json:"localpart,omitempty"`
 	Contact   string `json:"contact"` // whom to call about its server, such as "matrix-drift@skatteverket.se"
 }
@@ -145,7 +145,7 @@ func (m Member) UserID(email string) (id.UserID, error) {
 	if rule == "" {
 		rule = "{local}"
 	}
-	localpart := strings.Replace(rule, "{local}", local, 1)
+	localpart := strings.NewReplacer("{local}", local, "{domain}", domain).Replace(rule)
 	if !validLocalpart(localpart) {
 		return "", fmt.Errorf("%w: %q gives the localpart %q, which Matrix does not allow", ErrInvalidAddress, email, localpart)
 	}
@@ -238,8 +238,8 @@ func (m *Member) check() error {
 		}
 	}
 	if m.Localpart != "" {
-		if strings.Count(m.Localpart, "{local}") != 1 || !validLocalpart(strings.Replace(m.Localpart, "{local}", "x", 1)) {
-			return fmt.Errorf("localpart rule %q must hold {local} once, and otherwise only a-z 0-9 . _ = - / +", m.Localpart)
+		if strings.Count(m.Localpart, "{local}") != 1 || !validLocalpart(strings.NewReplacer("{local}", "x", "{domain}", "x.example").Replace(m.Localpart)) {
+			return fmt.Errorf("localpart rule %q must hold {local} once, maybe {domain}, and otherwise only a-z 0-9 . _ = - / +", m.Localpart)
 		}
 	}
 	return nil

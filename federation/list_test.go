@@ -31,6 +31,10 @@ func TestListLookups(t *testing.T) {
 			t.Errorf("UserID(%q) = %v, want ErrInvalidAddress", bad, err)
 		}
 	}
+	m.Localpart = "{local}-{domain}" // as Tchap maps addresses
+	if u, err := m.UserID("Anna.Berg@post.a.example"); err != nil || u != "@anna.berg-post.a.example:matrix.a.example" {
+		t.Errorf("UserID with {domain} = %s, %v", u, err)
+	}
 	if b, ok := l.MemberByServer("b.example:8448"); !ok || b.EmailDomains[0] != "b.example" {
 		t.Errorf("MemberByServer = %+v, %v", b, ok)
 	}

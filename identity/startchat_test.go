@@ -1,11 +1,14 @@
 package identity_test
 
 import (
+	"crypto/ed25519"
 	"errors"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix/id"
 
+	"github.com/samtalhq/samtal/federation"
 	"github.com/samtalhq/samtal/identity"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
@@ -54,6 +57,34 @@ func TestCrossAgencyChat(t *testing.T) {
 		// A domain in no agency's table.
 		if _, err := dir.Lookup(ctx, "someone@elsewhere.test"); !errors.Is(err, identity.ErrNotFound) {
 			t.Fatalf("unknown domain: %v, want ErrNotFound", err)
+		}
+	})
+
+	t.Run("lookup through the federation list", func(t *testing.T) {
+		// The same lookup with the domain table read from a signed federation list.
+		ed := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
+		signed, err := federation.Sign(federation.Document{
+			Version: 1, IssuedAt: time.Now().Add(-time.Minute), ExpiresAt: time.Now().Add(time.Hour),
+			Members: []federation.Member{
+				{Name: "Agency A", OrgNumber: "202100-0001", Servers: []string{fed[0].ServerName}, EmailDomains: []string{"agency-a.test"}, Contact: "ops@agency-a.test"},
+				{Name: "Agency B", OrgNumber: "202100-0002", Servers: []string{fed[1].ServerName}, EmailDomains: []string{"agency-b.test"}, Contact: "ops@agency-b.test"},
+			},
+		}, ed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		list, err := federation.Parse(signed, ed.Public(), time.Now(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := identity.NewDirectory(identity.DirectoryOptions{}, identity.NewDomainResolver(a, identity.FederationMembers{List: list}, identity.DomainOptions{}))
+		m, err := dir.Lookup(ctx, "Karin.Lund@agency-b.test")
+		if err != nil || m.UserID != b.UserID() || m.Source != "domain" {
+			t.Fatalf("Lookup through the list = %+v, %v, want %s", m, err, b.UserID())
+		}
+		// agency-c.test is in the static table above, not in the list: unknown here.
+		if _, err := dir.Lookup(ctx, "per@agency-c.test"); !errors.Is(err, identity.ErrNotFound) {
+			t.Fatalf("a domain not in the list: %v, want ErrNotFound", err)
 		}
 	})
 

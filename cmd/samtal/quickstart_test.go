@@ -152,9 +152,10 @@ func quickStartRun(t *testing.T, root string, words []string, mailLine string) {
 		t.Fatal(err)
 	}
 	resp, err := mx.Login(ctx, &mautrix.ReqLogin{
-		Type:       mautrix.AuthTypePassword,
-		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: fields["user"]},
-		Password:   fields["password"],
+		Type:             mautrix.AuthTypePassword,
+		Identifier:       mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: fields["user"]},
+		Password:         fields["password"],
+		StoreCredentials: true,
 	})
 	if err != nil {
 		t.Fatalf("log in with the user and password `samtal dev` printed: %v", err)
@@ -167,7 +168,6 @@ func quickStartRun(t *testing.T, root string, words []string, mailLine string) {
 	if out, err := exec.CommandContext(ctx, "sh", "-c", mailLine).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", mailLine, err, out)
 	}
-	mx.SetCredentials(resp.UserID, resp.AccessToken)
 	matrixtest.WaitEvent(t, mx, id.RoomID(fields["mail"]), func(e *event.Event) bool {
 		return e.Type == event.EventMessage && strings.Contains(e.Content.AsMessage().Body, "Decision made: approved")
 	})
