@@ -51,6 +51,7 @@
 //	header that cannot be read                       550 5.6.0   DATA (ErrMalformed)
 //	DMARC fail on a SenderReject route               550 5.7.1   DATA (ErrSenderForged)
 //	DMARC temperror on a SenderReject route          451 4.4.3   DATA (ErrSenderUnverifiable)
+//	From not a verified member on a MembersOnly route 550 5.7.1  DATA (ErrNotMember)
 //	spool cannot commit                              451 4.3.0   DATA (ErrSpoolUnavailable)
 //
 // Commands out of order and bad syntax are answered by go-smtp itself (503, 501, 502); so is

@@ -53,6 +53,9 @@ type Options struct {
 	TrustedRelays   []netip.Prefix // clients whose Authentication-Results are kept and whose SPF verdict is taken; from others they are renamed
 	PostmasterRoom  string         // room (ID or alias) for postmaster@ of every routed domain without a postmaster route; "" means the domain's first route
 	AuthTimeout     time.Duration  // for the SPF, DKIM and DMARC checks of one mail; 0 means 30 s
+	// Federation answers, for routes with MembersOnly, whether an email domain is a member
+	// agency's: a *federation.Watcher or *federation.List. nil makes those routes take nothing.
+	Federation interface{ HasDomain(emailDomain string) bool }
 
 	// Operations (spool claims, metrics):
 	ClaimLease time.Duration // how long an instance holds the spool work it claimed (PostgreSQL, several instances); 0 means 30 s

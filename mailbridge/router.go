@@ -36,6 +36,10 @@ type Route struct {
 	// SenderPolicy is what the route does with mail whose sender fails DMARC: SenderMark
 	// (the default, ""), SenderReject or SenderAccept. See senderauth.go (issue 10, smtp).
 	SenderPolicy SenderPolicy
+	// MembersOnly takes mail only from the agencies of the federation (Options.Federation):
+	// the From domain must pass DMARC and be an email domain of a member, else 550 5.7.1
+	// (ErrNotMember). Without Options.Federation such a route takes no mail at all.
+	MembersOnly bool
 }
 
 // Match is where one recipient's mail goes.

@@ -65,6 +65,9 @@ const (
 var (
 	// ErrSenderForged: the route refuses mail whose sender fails DMARC (550 5.7.1).
 	ErrSenderForged = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Sender authentication failed (DMARC)"}
+	// ErrNotMember: a MembersOnly route refuses mail whose From is not an authenticated
+	// address of a member agency of the federation (550 5.7.1).
+	ErrNotMember = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Sender is not a verified member of the federation"}
 	// ErrSenderUnverifiable: the route refuses unauthenticated mail and DNS could not tell
 	// this time (451 4.4.3, try again later).
 	ErrSenderUnverifiable = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 3}, Message: "Sender authentication could not be completed, try again later"}

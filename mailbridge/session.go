@@ -31,6 +31,7 @@ type session struct {
 	hasFrom  bool
 	targets  []target       // one per room, in the order of the first recipient for it
 	policies []SenderPolicy // the SenderPolicy of the route of each target
+	members  bool           // a target's route is MembersOnly
 }
 
 func (g *Gateway) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -46,7 +47,7 @@ func (g *Gateway) newSession(c *smtp.Conn) (smtp.Session, error) {
 }
 
 func (s *session) Reset() {
-	s.from, s.hasFrom, s.targets, s.policies = "", false, nil, nil
+	s.from, s.hasFrom, s.targets, s.policies, s.members = "", false, nil, nil, false
 	s.g.conns.end(s) // ops: Shutdown closes the connection between transactions
 }
 
@@ -131,6 +132,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) (err error) {
 	}
 	s.targets = append(s.targets, t)
 	s.policies = append(s.policies, policy)
+	s.members = s.members || (m.Route.MembersOnly && !m.postmaster)
 	return nil
 }
 
@@ -213,6 +215,10 @@ func (s *session) Data(r io.Reader) (err error) {
 		g.log.Info("mail refused", "remote", s.remote, "reason", "sender authentication", "dmarc", v.dmarc, "from_domain", v.fromDomain)
 		return err
 	}
+	if err := s.checkMember(v); err != nil {
+		g.log.Info("mail refused", "remote", s.remote, "reason", "not a member of the federation", "dmarc", v.dmarc, "from_domain", v.fromDomain)
+		return err
+	}
 	class := Classify(s.from, raw)
 	raw = g.stamp(raw, env, v)
 
@@ -268,6 +274,20 @@ func (s *session) applyPolicy(v *verdict) error {
 		}
 	}
 	v.overridden = accept && (v.dmarc == "fail" || v.dmarc == "temperror" || v.dmarc == "permerror")
+	return nil
+}
+
+// checkMember refuses the mail when a route of its recipients is MembersOnly and its From
+// domain is not both authenticated (DMARC pass) and a member's (Options.Federation). An
+// authenticated submitter with Options.TrustSubmitters passes, as for every sender policy.
+func (s *session) checkMember(v verdict) error {
+	if !s.members || s.trustedSubmitter() {
+		return nil
+	}
+	fed := s.g.opts.Federation
+	if v.dmarc != "pass" || fed == nil || !fed.HasDomain(v.fromDomain) {
+		return ErrNotMember
+	}
 	return nil
 }
 
