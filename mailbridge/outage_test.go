@@ -1,13 +1,20 @@
 package mailbridge_test
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
 	"github.com/samtalhq/samtal/mailbridge"
+	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
@@ -96,7 +103,7 @@ func TestHomeserverOutage(t *testing.T) {
 	}
 	// The reader's own sync backs off while the server is down (up to a minute), so the wait
 	// fails only when nothing new arrived for a long time, not after a fixed time.
-	waitAll(t, inbox, sent)
+	waitAll(t, inbox, sent, func(missing []string) string { return onServer(t, officer, room, missing) })
 	for _, s := range sent {
 		if n := count(inbox, subjectLine(s)); n != 1 {
 			t.Errorf("%s posted %d times, want once", s, n)
@@ -107,24 +114,25 @@ func TestHomeserverOutage(t *testing.T) {
 
 // waitAll waits until every subject is in the recorder, and fails the test only when no new
 // event arrived for five minutes.
-func waitAll(t *testing.T, inbox *matrixtest.Recorder, subjects []string) {
+// explain, given the subjects still missing, says what is known of them (for the failure).
+func waitAll(t *testing.T, inbox *matrixtest.Recorder, subjects []string, explain func(missing []string) string) {
 	t.Helper()
 	last, since := -1, time.Now()
 	for {
 		events := inbox.Events()
-		missing := 0
+		var missing []string
 		for _, s := range subjects {
 			if count(inbox, subjectLine(s)) == 0 {
-				missing++
+				missing = append(missing, s)
 			}
 		}
-		if missing == 0 {
+		if len(missing) == 0 {
 			return
 		}
 		if len(events) != last {
 			last, since = len(events), time.Now()
 		} else if time.Since(since) > 5*time.Minute {
-			t.Fatalf("%d of %d mails missing, and no new event for five minutes", missing, len(subjects))
+			t.Fatalf("%d of %d mails missing, and no new event for five minutes: %s", len(missing), len(subjects), explain(missing))
 		}
 		select {
 		case <-t.Context().Done():
@@ -132,4 +140,42 @@ func waitAll(t *testing.T, inbox *matrixtest.Recorder, subjects []string) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// onServer says, for a failure, which of the missing subjects the homeserver has in room's
+// history (then the reader's sync missed them) and which it has not (then the gateway or its
+// outbox did not post them).
+func onServer(t *testing.T, reader *matrix.Client, room id.RoomID, missing []string) string {
+	found := map[string]bool{}
+	from := ""
+	for page := 0; page < 50; page++ {
+		resp, err := reader.Mautrix().Messages(context.Background(), room, from, "", mautrix.DirectionBackward, nil, 100)
+		if err != nil {
+			return fmt.Sprintf("%q (history not readable: %v)", missing, err)
+		}
+		for _, e := range resp.Chunk {
+			if e.Type != event.EventMessage {
+				continue
+			}
+			_ = e.Content.ParseRaw(e.Type)
+			for _, s := range missing {
+				if strings.Contains(e.Content.AsMessage().Body, "Subject: "+s+"\n") {
+					found[s] = true
+				}
+			}
+		}
+		if resp.End == "" || len(resp.Chunk) == 0 {
+			break
+		}
+		from = resp.End
+	}
+	var there, gone []string
+	for _, s := range missing {
+		if found[s] {
+			there = append(there, s)
+		} else {
+			gone = append(gone, s)
+		}
+	}
+	return fmt.Sprintf("in the room's history on the server but not synced: %q; not on the server: %q", there, gone)
 }
