@@ -122,6 +122,9 @@ func Load(ctx context.Context, listURL string, key crypto.PublicKey, opts Option
 
 // Current returns the list in use, or nil before the first good one.
 func (w *Watcher) Current() *List {
+	if w == nil {
+		return nil // no watcher has no list: every lookup says no, ServerACL ErrNoList
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.cur

@@ -281,3 +281,18 @@ func TestNewWatcherRefusesBadConfig(t *testing.T) {
 		t.Error("a non-key accepted")
 	}
 }
+
+// TestNilWatcher: a nil *Watcher, as a config without a list gives, knows nobody and no ACL,
+// rather than panic where it is used as a matrix.ServerACLSource or a domain table.
+func TestNilWatcher(t *testing.T) {
+	var w *federation.Watcher
+	if _, err := w.ServerACL(); !errors.Is(err, federation.ErrNoList) {
+		t.Errorf("ServerACL of a nil Watcher: %v, want ErrNoList", err)
+	}
+	if w.HasDomain("a.example") || w.HasServer("a.example") {
+		t.Error("a nil Watcher knows a member")
+	}
+	if _, ok := w.Member("a.example"); ok {
+		t.Error("a nil Watcher has a member")
+	}
+}
