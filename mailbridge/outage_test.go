@@ -103,7 +103,9 @@ func TestHomeserverOutage(t *testing.T) {
 	}
 	// The reader's own sync backs off while the server is down (up to a minute), so the wait
 	// fails only when nothing new arrived for a long time, not after a fixed time.
-	waitAll(t, inbox, sent, func(missing []string) string { return onServer(t, officer, room, missing) })
+	waitAll(t, inbox, sent, func(missing []string) string {
+		return onServer(t, officer, room, missing) + "; " + outboxNotSent(bot)
+	})
 	for _, s := range sent {
 		if n := count(inbox, subjectLine(s)); n != 1 {
 			t.Errorf("%s posted %d times, want once", s, n)
@@ -178,4 +180,20 @@ func onServer(t *testing.T, reader *matrix.Client, room id.RoomID, missing []str
 		}
 	}
 	return fmt.Sprintf("in the room's history on the server but not synced: %q; not on the server: %q", there, gone)
+}
+
+// outboxNotSent lists, for a failure, the items of c's outbox that are not sent, with their
+// state, attempts and error (never content).
+func outboxNotSent(c *matrix.Client) string {
+	var out []string
+	for _, state := range []string{"pending", "failed"} {
+		items, err := matrix.ListOutbox(context.Background(), c.Database(), c.SessionName(), state)
+		if err != nil {
+			return fmt.Sprintf("outbox not readable: %v", err)
+		}
+		for _, it := range items {
+			out = append(out, fmt.Sprintf("item %d %s after %d attempts: %v", it.ID, it.State, it.Attempts, it.Err))
+		}
+	}
+	return fmt.Sprintf("outbox items not sent: %q", out)
 }
