@@ -213,6 +213,13 @@ func TestRemovedMemberRejoins(t *testing.T) {
 	cr.a.got.wait(t, "rejoin: m2")
 	must(t, cr.bot.c.Invite(ctx, cr.room, cr.b.c.UserID()))
 	waitFor(t, time.Minute, "b to join again", func() bool { return cr.joined(cr.b) })
+	// The bot learns of the join through its own sync. A message it sends before that is not
+	// shared with b (as in every Matrix client), and b's key request for it is refused, since b
+	// was not a member when that key was made: so m3 waits until the bot has seen the join.
+	waitFor(t, time.Minute, "the bot's sync to show b's join", func() bool {
+		m, err := cr.bot.c.Mautrix().StateStore.GetMember(ctx, cr.room, cr.b.c.UserID())
+		return err == nil && m.Membership == event.MembershipJoin
+	})
 	send(t, cr.bot, cr.room, matrix.Text("rejoin: m3"))
 	cr.b.got.wait(t, "rejoin: m3")
 	// b asks everyone in the room for m2's key (mautrix does so for what it cannot decrypt);
