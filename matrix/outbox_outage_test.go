@@ -358,6 +358,6 @@ func TestIdempotencyKeyBoundToRoomAndContent(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	assertExactlyOnceInOrder(t, roomA, roomBodies(t, bob, roomA, alice.UserID()), []string{"update 3"})
-	assertExactlyOnceInOrder(t, roomB, roomBodies(t, bob, roomB, alice.UserID()), []string{"end"})
+	assertPosted(t, bob, roomA, alice.UserID(), []string{"update 3"})
+	assertPosted(t, bob, roomB, alice.UserID(), []string{"end"})
 }

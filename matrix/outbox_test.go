@@ -61,6 +61,13 @@ func roomBodies(t testing.TB, reader *mautrix.Client, room id.RoomID, sender id.
 }
 
 // assertExactlyOnceInOrder checks that got is want: every item once, in order.
+// assertPosted checks that sender's messages in room are want, each once, in order, once
+// the server's history (which lags behind the sends it acknowledged) has at least as many.
+func assertPosted(t *testing.T, reader *mautrix.Client, room id.RoomID, sender id.UserID, want []string) {
+	t.Helper()
+	assertExactlyOnceInOrder(t, room, waitBodies(t, reader, room, sender, len(want)), want)
+}
+
 func assertExactlyOnceInOrder(t testing.TB, room id.RoomID, got, want []string) {
 	t.Helper()
 	seen := map[string]int{}
@@ -157,7 +164,7 @@ func TestIdempotencyKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	matrixtest.WaitMessage(t, bob, room, "end")
-	assertExactlyOnceInOrder(t, room, roomBodies(t, bob, room, alice.UserID()), []string{"update 3 of case 4711", "end"})
+	assertPosted(t, bob, room, alice.UserID(), []string{"update 3 of case 4711", "end"})
 }
 
 func TestSendOrderAcrossRooms(t *testing.T) {
@@ -191,7 +198,7 @@ func TestSendOrderAcrossRooms(t *testing.T) {
 		want = append(want, fmt.Sprintf("msg %02d", i))
 	}
 	for _, r := range ids {
-		assertExactlyOnceInOrder(t, r, roomBodies(t, bob, r, alice.UserID()), want)
+		assertPosted(t, bob, r, alice.UserID(), want)
 	}
 }
 
@@ -334,7 +341,7 @@ func TestRateLimitedSends(t *testing.T) {
 		t.Fatal("the fault injector never limited a send")
 	}
 	for _, r := range rooms {
-		assertExactlyOnceInOrder(t, r, roomBodies(t, bob, r, alice.UserID()), want)
+		assertPosted(t, bob, r, alice.UserID(), want)
 	}
 }
 
@@ -382,6 +389,6 @@ func TestOutage(t *testing.T) {
 		}
 	}
 	for _, r := range rooms {
-		assertExactlyOnceInOrder(t, r, roomBodies(t, bob, r, alice.UserID()), want)
+		assertPosted(t, bob, r, alice.UserID(), want)
 	}
 }
