@@ -130,22 +130,11 @@ nobody is found: the directory never guesses.`)
 	if len(rest) != 1 {
 		return fmt.Errorf("%w: want one EMAIL", errUsage)
 	}
-	cfg, err := loadIdentityConfig(*cfgPath)
-	if err != nil {
-		return err
-	}
-	if _, err := identity.ParseAddress(rest[0]); err != nil {
-		return identityErr(err)
-	}
-	c, done, err := acct.open(ctx, e)
+	_, dir, done, err := openDirectory(ctx, e, acct, *cfgPath, rest[0])
 	if err != nil {
 		return err
 	}
 	defer done()
-	dir, err := cfg.directory(c, e)
-	if err != nil {
-		return err
-	}
 	m, err := dir.Lookup(ctx, rest[0])
 	if err != nil {
 		return identityErr(err)
@@ -180,22 +169,11 @@ A second chat with the same address uses the same room.`)
 	if strings.TrimSpace(text) == "" {
 		return fmt.Errorf("%w: empty MESSAGE", errUsage)
 	}
-	cfg, err := loadIdentityConfig(*cfgPath)
-	if err != nil {
-		return err
-	}
-	if _, err := identity.ParseAddress(rest[0]); err != nil {
-		return identityErr(err)
-	}
-	c, done, err := acct.open(ctx, e)
+	c, dir, done, err := openDirectory(ctx, e, acct, *cfgPath, rest[0])
 	if err != nil {
 		return err
 	}
 	defer done()
-	dir, err := cfg.directory(c, e)
-	if err != nil {
-		return err
-	}
 	chat, err := identity.NewChats(c, dir, identity.ChatOptions{Logger: e.log}).StartChat(ctx, rest[0])
 	if err != nil {
 		return identityErr(err)
@@ -353,4 +331,26 @@ func runAudit(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", en.At.UTC().Format(time.RFC3339), en.Actor, en.Action, en.Target, room, outcome, en.Reason)
 	}
 	return tw.Flush()
+}
+
+// openDirectory is what find and chat share before they look email up: the identity config,
+// the address checked before anything is opened, the account's client, its directory.
+func openDirectory(ctx context.Context, e *env, acct *account, cfgPath, email string) (*matrix.Client, *identity.Directory, func(), error) {
+	cfg, err := loadIdentityConfig(cfgPath)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if _, err := identity.ParseAddress(email); err != nil {
+		return nil, nil, nil, identityErr(err)
+	}
+	c, done, err := acct.open(ctx, e)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	dir, err := cfg.directory(c, e)
+	if err != nil {
+		done()
+		return nil, nil, nil, err
+	}
+	return c, dir, done, nil
 }
