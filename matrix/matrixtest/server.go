@@ -70,7 +70,9 @@ func WithMaxUpload(bytes int64) Option {
 }
 
 // NewServer starts a Dendrite homeserver for the test and stops it when the test ends, with its
-// data in a temporary directory. If the test fails, the end of the server's log is printed.
+// data in a temporary directory (in /dev/shm where the machine has one: stopping and restarting
+// the server keeps it, a reboot does not). If the test fails, the end of the server's log is
+// printed.
 //
 // The binary is $SAMTAL_DENDRITE, else dendrite on PATH, else one built once (with `go install`,
 // into the user cache directory) and reused by every later test on the machine.
