@@ -143,6 +143,9 @@ func (m *Machine) Encrypt(ctx context.Context, room id.RoomID, evtType event.Typ
 	if err := m.refreshRoom(ctx, room, rk); err != nil {
 		return nil, err
 	}
+	if err := m.newcomer(ctx, room, rk); err != nil {
+		return nil, err
+	}
 	enc, err := m.helper.Encrypt(ctx, room, evtType, content)
 	if err != nil {
 		return nil, fmt.Errorf("e2ee: encrypt for %s: %w", room, err)

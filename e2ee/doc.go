@@ -40,6 +40,11 @@
 //   - New devices: a client with a Syncer learns of them from sync; one without queries the
 //     members' devices on its first send into a room in each process and then at most every
 //     DeviceCheckInterval (10 s). A new device gets the next key.
+//   - New members: before every encrypted send, the room's members (as the state store has
+//     them: from sync, or from the member read above) are compared with who was there when
+//     the current key was started; anyone joined or invited since makes the message start a
+//     new key, which reaches them. This holds across restarts and whatever sync showed of
+//     the membership changes in between.
 //   - A member who rejoins gets keys for what is sent after the rejoin only; key requests are
 //     answered for this account's own verified devices, for devices that had the key, and for
 //     devices that were refused it while their user was in the room and now meet ShareWith.

@@ -323,3 +323,42 @@ func TestQueuedBeforeKick(t *testing.T) {
 	}
 	t.Logf("%d of %d queued messages went out after the kick", after, n)
 }
+
+// TestNewMemberWhileSenderWasDown: a send-only case system started a room key while b was out
+// of the room; while it was stopped b was invited back and joined. Its first message after the
+// restart must reach b. Before every send the members are compared with who was in the room
+// when the current key was started; the in-process "someone was added since the last read"
+// did not see b, since the process that read the members before was gone (and mautrix shares a
+// key only when it starts one).
+func TestNewMemberWhileSenderWasDown(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	cr := newCaseRoom(t, srv, srv, "down", false)
+	ctx := t.Context()
+	must(t, cr.bot.c.Kick(ctx, cr.room, cr.b.c.UserID(), ""))
+	m2 := send(t, cr.bot, cr.room, matrix.Text("down: m2"))
+	cr.a.got.wait(t, "down: m2")
+	cr.bot.close()
+
+	must(t, cr.a.c.Invite(ctx, cr.room, cr.b.c.UserID()))
+	waitFor(t, time.Minute, "b to join again", func() bool {
+		members, err := cr.a.c.Mautrix().JoinedMembers(ctx, cr.room)
+		if err != nil {
+			return false
+		}
+		_, ok := members.Joined[cr.b.c.UserID()]
+		return ok
+	})
+
+	cr.bot.start(e2ee.Options{PickleKey: testKey}) // the same database: m2's key is still the current one
+	m3 := send(t, cr.bot, cr.room, matrix.Text("down: m3"))
+	cr.b.got.wait(t, "down: m3")
+	cr.a.got.wait(t, "down: m3")
+	if s2, s3 := sessionOf(t, cr.bot, cr.room, m2), sessionOf(t, cr.bot, cr.room, m3); s2 == s3 {
+		t.Errorf("m3 reuses m2's room key %s, which b never got", s3)
+	}
+	// b still cannot read m2: it was not in the room when m2's key was started.
+	cannotRead(t, cr.b, cr.bot, cr.room, m2)
+	if got := cr.bot.m.Stats().Rotations[e2ee.RotationNewMember]; got == 0 {
+		t.Errorf("Stats().Rotations[new_member] = 0 after a rotation for b")
+	}
+}

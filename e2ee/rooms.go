@@ -51,6 +51,11 @@ type roomKeys struct {
 	devicesAt time.Time    // when the members' devices were last queried, in a client that does not sync
 	session   id.SessionID // the outbound session of the last message encrypted here
 	discarded bool         // this process discarded the session since then
+
+	// Who was in the room when the current outbound session was started (its rows in
+	// samtal_e2ee_session_member), read once per session: see newcomer.
+	snapSession id.SessionID
+	snapshot    map[id.UserID]bool
 }
 
 // counters are the Machine's statistics (Stats).
@@ -143,9 +148,9 @@ func (m *Machine) noteSession(rk *roomKeys, session id.SessionID) {
 // devices: what the store remembers may be from before a restart. After that, a client whose
 // Syncer is current (matrix.Client.Syncing) relies on sync for members and devices; one that
 // does not sync reads the members again when the last read is older than MemberCheckInterval
-// and the devices when older than DeviceCheckInterval. Whenever someone who was a member is gone, or the
-// current key was shared with someone who is no longer in the room, the key is discarded; when
-// someone new is there, too, so that the next key reaches them.
+// and the devices when older than DeviceCheckInterval. Whenever the current key was shared
+// with someone who is no longer in the room, the key is discarded. (Someone new is the
+// business of newcomer, for every client.)
 func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID, rk *roomKeys) error {
 	syncing := m.c.Syncing()
 	now := time.Now()
@@ -154,10 +159,6 @@ func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID, rk *roomKeys)
 	readDevices := !rk.loaded || (checks && now.Sub(rk.devicesAt) >= DeviceCheckInterval)
 	if !readMembers && !readDevices {
 		return nil
-	}
-	before, err := m.joinedOrInvited(ctx, room)
-	if err != nil {
-		return err
 	}
 	if readMembers {
 		if !rk.loaded {
@@ -175,13 +176,6 @@ func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID, rk *roomKeys)
 	if err != nil {
 		return err
 	}
-	added := false
-	for u := range after {
-		if !before[u] {
-			added = true
-			break
-		}
-	}
 	// Someone is gone if a device of theirs holds the current key and they are no longer in
 	// the room: decided from the crypto store, not from what the state store held before, so
 	// that nothing else refreshing the state store can hide a removal.
@@ -189,15 +183,9 @@ func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID, rk *roomKeys)
 	if err != nil {
 		return err
 	}
-	switch {
-	case gone:
+	if gone {
 		if err := m.discard(ctx, room, rk, RotationMemberGone); err != nil {
 			return fmt.Errorf("e2ee: discard the room key of %s after a member left: %w", room, err)
-		}
-	case added && rk.loaded:
-		// mautrix shares a key once; a newcomer gets the next one.
-		if err := m.discard(ctx, room, rk, RotationNewMember); err != nil {
-			return fmt.Errorf("e2ee: discard the room key of %s for a new member: %w", room, err)
 		}
 	}
 	if readDevices {
@@ -302,4 +290,67 @@ func (m *Machine) Stats() Stats {
 		ToDeviceRefused:     m.stats.toDeviceRefused.Load(),
 		ForwardedRefused:    m.stats.forwardedRefused.Load(),
 	}
+}
+
+// newcomer discards the room's outbound session when someone is joined or invited now who was
+// not when the session was started here, so that the next message's key reaches them; rk.mu is
+// held. It is checked before every encrypted send, syncing or not, against what the state
+// store says now.
+//
+// mautrix shares a session once, when it is started, and relies on membership events in sync
+// to discard it (except invite -> join: invitees had the key). That leaves two ways for a
+// newcomer to be passed over: a membership change the crypto machine did not see before the
+// send (a rejoin whose invite it missed), and a restart, after which the member snapshot used
+// for key requests would otherwise grow to include people who joined after the session began.
+func (m *Machine) newcomer(ctx context.Context, room id.RoomID, rk *roomKeys) error {
+	current, err := m.mach.CryptoStore.GetOutboundGroupSession(ctx, room)
+	if err != nil {
+		return fmt.Errorf("e2ee: current room key of %s: %w", room, err)
+	}
+	if current == nil {
+		return nil
+	}
+	if rk.snapSession != current.ID() {
+		snap, err := m.sessionMembers(ctx, current.ID())
+		if err != nil {
+			return err
+		}
+		rk.snapSession, rk.snapshot = current.ID(), snap
+	}
+	if len(rk.snapshot) == 0 {
+		return nil // started before samtal recorded members (an older version): nothing to compare with
+	}
+	members, err := m.joinedOrInvited(ctx, room)
+	if err != nil {
+		return err
+	}
+	for u := range members {
+		if !rk.snapshot[u] {
+			if err := m.discard(ctx, room, rk, RotationNewMember); err != nil {
+				return fmt.Errorf("e2ee: discard the room key of %s for a new member: %w", room, err)
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// sessionMembers is who was in the room when this device started session (see
+// recordSessionMembers).
+func (m *Machine) sessionMembers(ctx context.Context, session id.SessionID) (map[id.UserID]bool, error) {
+	rows, err := m.db.Query(ctx, `SELECT user_id FROM samtal_e2ee_session_member WHERE account_id = $1 AND session_id = $2`,
+		accountID(m.c), session)
+	if err != nil {
+		return nil, fmt.Errorf("e2ee: who was in the room when room key %s was started: %w", session, err)
+	}
+	defer rows.Close()
+	set := map[id.UserID]bool{}
+	for rows.Next() {
+		var u id.UserID
+		if err := rows.Scan(&u); err != nil {
+			return nil, err
+		}
+		set[u] = true
+	}
+	return set, rows.Err()
 }
