@@ -122,6 +122,10 @@ func (r *DomainResolver) Resolve(ctx context.Context, addr Address) (Match, erro
 	if err != nil {
 		return Match{}, err
 	}
+	clientAPI, err := r.ClientAPI(ctx, uid.Homeserver())
+	if err != nil {
+		return Match{}, err
+	}
 	lctx, cancel := context.WithTimeout(ctx, r.wait)
 	defer cancel()
 	_, err = r.c.Mautrix().GetProfile(lctx, uid)
@@ -141,6 +145,9 @@ func (r *DomainResolver) Resolve(ctx context.Context, addr Address) (Match, erro
 	detail := fmt.Sprintf("rule %s for %s, profile found on %s", tmpl, addr.Domain, uid.Homeserver())
 	if delegated != "" {
 		detail += " (served by " + delegated + ")"
+	}
+	if clientAPI != "" {
+		detail += ", client API at " + clientAPI
 	}
 	return Match{UserID: uid, Detail: detail}, nil
 }
@@ -171,6 +178,9 @@ func (r *DomainResolver) wellKnown(ctx context.Context, server string) (string, 
 	resp, err := hc.Do(req)
 	if errors.Is(err, ErrWellKnown) {
 		return "", err
+	}
+	if isTimeout(err) {
+		return "", fmt.Errorf("%w: %s timed out", ErrUnavailable, url)
 	}
 	if err != nil {
 		// No web server for the name: no delegation, as in server discovery; the profile
