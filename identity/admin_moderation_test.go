@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -138,7 +140,31 @@ func TestAccountModerationDendrite(t *testing.T) {
 	if len(plan.Missing) != 1 || plan.Missing[0].Capability != "m.account_moderation.lock" || plan.Missing[0].Action != identity.ActionLogout {
 		t.Fatalf("plan with the spec adapter on Dendrite: missing %v, want logout (m.account_moderation.lock)", plan.Missing)
 	}
+
+	// An adapter that does not ask first (the test hides Missing): the endpoint's answer at
+	// apply time is the typed error, and the audit log keeps its status and errcode; the kick
+	// is done all the same.
+	rec = identity.NewReconciler(svc, src, identity.Scope{Rooms: []id.RoomID{room}}, audit,
+		identity.ReconcileOptions{Admin: noProbe{m}, MaxRemovePercent: 100})
+	plan, err = rec.Plan(ctx)
+	must(t, err)
+	err = rec.Apply(ctx, plan)
+	if !errors.As(err, &ce) || !errors.Is(err, identity.ErrAdminUnsupported) {
+		t.Fatalf("Apply of a logout Dendrite cannot do = %v, want a CapabilityError", err)
+	}
+	entries, err := audit.List(ctx, identity.AuditFilter{RunID: plan.RunID})
+	must(t, err)
+	var outcomes []string
+	for _, e := range entries {
+		outcomes = append(outcomes, fmt.Sprintf("%s %s %d %s", e.Action, e.Outcome, e.Status, e.ErrCode))
+	}
+	if want := []string{"kick ok 0 ", "logout failed 404 M_UNRECOGNIZED"}; !slices.Equal(outcomes, want) {
+		t.Fatalf("audit = %q, want %q", outcomes, want)
+	}
 }
+
+// noProbe is an AccountAdmin without Missing: what a third-party adapter may be.
+type noProbe struct{ identity.AccountAdmin }
 
 func actionNames(kinds []identity.ActionKind) []string {
 	out := make([]string, len(kinds))
