@@ -75,7 +75,8 @@ func (r DomainRule) UserID(addr Address) (id.UserID, error) {
 
 // DomainOptions configure a DomainResolver. The zero value is a working default.
 type DomainOptions struct {
-	// HTTPClient fetches .well-known/matrix/server; nil means one with a 10-second timeout.
+	// HTTPClient fetches .well-known/matrix/server and /client; nil means one with a
+	// 10-second timeout.
 	HTTPClient *http.Client
 	// LookupTimeout bounds the profile lookup that confirms a guess; 0 means 15 seconds.
 	LookupTimeout time.Duration
@@ -83,7 +84,7 @@ type DomainOptions struct {
 
 // DomainResolver finds colleagues in other agencies: the email domain names the agency's
 // server and localpart rule (a DomainTable), the server is checked through its
-// .well-known/matrix/server, and the guessed ID is confirmed by a profile lookup through the
+// .well-known/matrix/server and .well-known/matrix/client (ClientAPI), and the guessed ID is confirmed by a profile lookup through the
 // own homeserver, which asks the other server over federation. A guess the other server does
 // not confirm is a not-found, never an answer.
 type DomainResolver struct {
