@@ -96,7 +96,8 @@ func (m *MAS) call(ctx context.Context, method, path string, in, out any) error 
 			return &AdminError{Method: http.MethodPost, Path: "(MAS token endpoint)", Status: status, ErrCode: re.ErrorCode,
 				Message: "client credentials grant refused"}
 		}
-		return fmt.Errorf("identity: MAS admin token: %w", errors.Unwrap(err))
+		// Such as the token endpoint unreachable: the error names its URL, never the secret.
+		return fmt.Errorf("identity: MAS admin token: %w", err)
 	}
 	return adminRequest(ctx, m.http, m.base, tok.AccessToken, method, "/api/admin/v1"+path, in, out)
 }

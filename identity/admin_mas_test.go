@@ -219,6 +219,15 @@ func TestMASAdmin(t *testing.T) {
 	if strings.Contains(err.Error(), "wrong-secret") || strings.Contains(err.Error(), masClientSecret) {
 		t.Fatalf("the error shows the client secret: %v", err)
 	}
+	// MAS down: the token endpoint does not answer.
+	down := httptest.NewServer(http.NotFoundHandler())
+	down.Close()
+	gone, err := identity.NewMAS(identity.MASOptions{URL: down.URL, ClientID: masClientID, ClientSecret: masClientSecret, ServerName: "agency-a.test"})
+	must(t, err)
+	err = gone.Lock(ctx, "@leaver:agency-a.test")
+	if err == nil || strings.Contains(err.Error(), masClientSecret) || strings.Contains(err.Error(), "%!") {
+		t.Fatalf("Lock with MAS down = %v, want a clean error without the secret", err)
+	}
 	if _, err := identity.NewMAS(identity.MASOptions{URL: "ftp://x", ClientID: "c", ClientSecret: "s", ServerName: "a"}); err == nil {
 		t.Fatal("NewMAS with an ftp URL: no error")
 	}
