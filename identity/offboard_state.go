@@ -24,6 +24,8 @@ const offboardVersionTable = "samtal_identity_offboard_version"
 
 // offboardDB brings the offboarding state tables up to date on first use, with the context of
 // that use (the handlers' constructors take none); a failed upgrade is tried again next time.
+// The lock is held across that one upgrade, as sync.Once would: requests that come meanwhile
+// need the tables too.
 type offboardDB struct {
 	mu    sync.Mutex
 	raw   *dbutil.Database
