@@ -1,17 +1,13 @@
 package identity
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"maunium.net/go/mautrix/id"
@@ -91,6 +87,34 @@ func (d *Dendrite) Evacuate(ctx context.Context, user id.UserID) error {
 	return adminCall(ctx, d.http, d.c, http.MethodPost, "/_dendrite/admin/evacuateUser/"+url.PathEscape(string(user)), nil, nil)
 }
 
+// Lock is not offered by Dendrite's admin API: a *CapabilityError.
+func (d *Dendrite) Lock(context.Context, id.UserID) error { return d.lacks(ActionLock) }
+
+// Suspend is not offered by Dendrite's admin API: a *CapabilityError.
+func (d *Dendrite) Suspend(context.Context, id.UserID) error { return d.lacks(ActionSuspend) }
+
+// Deactivate is not offered by Dendrite's admin API: a *CapabilityError.
+func (d *Dendrite) Deactivate(context.Context, id.UserID, bool) error {
+	return d.lacks(ActionDeactivate)
+}
+
+// Missing names the actions Dendrite's admin API has no endpoint for: lock, suspend and
+// deactivate (Logout's new random password keeps the leaver out instead).
+func (d *Dendrite) Missing(_ context.Context, kinds []ActionKind) ([]*CapabilityError, error) {
+	var out []*CapabilityError
+	for _, k := range kinds {
+		if k == ActionLock || k == ActionSuspend || k == ActionDeactivate {
+			out = append(out, d.lacks(k).(*CapabilityError))
+		}
+	}
+	return out, nil
+}
+
+func (d *Dendrite) lacks(k ActionKind) error {
+	return &CapabilityError{Server: d.ServerName(), Action: k, Capability: "a Dendrite admin endpoint to " + string(k),
+		Detail: "logout (resetPassword with logout_devices) keeps the leaver out instead"}
+}
+
 func (d *Dendrite) own(user id.UserID) error {
 	if user.Homeserver() != d.ServerName() {
 		return fmt.Errorf("%w: %s is not on %s", ErrAdminUnsupported, user, d.ServerName())
@@ -98,47 +122,7 @@ func (d *Dendrite) own(user id.UserID) error {
 	return nil
 }
 
-// adminCall makes an authenticated request to c's homeserver. The access token goes in the
-// header only; no error text holds it or the request body.
+// adminCall makes an authenticated request to c's homeserver as c.
 func adminCall(ctx context.Context, hc *http.Client, c *matrix.Client, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	base := strings.TrimRight(c.Mautrix().HomeserverURL.String(), "/")
-	req, err := http.NewRequestWithContext(ctx, method, base+path, body)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.Mautrix().AccessToken)
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("identity: admin API %s %s: %w", method, req.URL.Path, errors.Unwrap(err))
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode/100 != 2 {
-		ae := &AdminError{Method: method, Path: req.URL.Path, Status: resp.StatusCode}
-		var e struct {
-			ErrCode string `json:"errcode"`
-			Error   string `json:"error"`
-		}
-		if json.Unmarshal(data, &e) == nil {
-			ae.ErrCode, ae.Message = e.ErrCode, e.Error
-		}
-		return ae
-	}
-	if out != nil && len(data) > 0 {
-		if err := json.Unmarshal(data, out); err != nil {
-			return fmt.Errorf("identity: admin API %s %s: answer is not JSON: %w", method, req.URL.Path, err)
-		}
-	}
-	return nil
+	return adminRequest(ctx, hc, c.Mautrix().HomeserverURL.String(), c.Mautrix().AccessToken, method, path, in, out)
 }

@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -44,6 +44,11 @@ type BackChannelOptions struct {
 	// spec asks, and the IdP may retry.
 	OnLogout func(ctx context.Context, e LogoutEvent) error
 	Logger   *slog.Logger
+
+	// DB, the shared database (matrix.OpenDatabase), keeps the IDs of accepted tokens in
+	// samtal_identity_logout_jti: a token replayed after a restart, or to another instance
+	// sharing a PostgreSQL database, is refused. nil keeps them in memory.
+	DB *dbutil.Database
 }
 
 // BackChannelLogout is the http.Handler of an OIDC back-channel logout endpoint: the IdP
@@ -51,16 +56,15 @@ type BackChannelOptions struct {
 // keys, iss, aud, iat, the events claim, sid or sub, no nonce), refuses a token it has seen
 // (jti) and calls OnLogout.
 //
-// Seen token IDs are kept in memory for twice MaxAge; a token older than MaxAge is refused
-// anyway, so a restart opens no replay window longer than MaxAge.
+// Seen token IDs are kept (in BackChannelOptions.DB, or in memory) until the token would be
+// refused anyway: MaxAge after its iat, or at its exp if that is sooner, and a minute more for
+// clocks that differ.
 type BackChannelLogout struct {
 	opts     BackChannelOptions
 	verifier *oidc.IDTokenVerifier
 	log      *slog.Logger
 	now      func() time.Time
-
-	mu   sync.Mutex
-	seen map[string]time.Time // jti -> when it may be forgotten
+	seen     jtiStore
 }
 
 // NewBackChannelLogout returns the handler.
@@ -77,7 +81,11 @@ func NewBackChannelLogout(opts BackChannelOptions) (*BackChannelLogout, error) {
 	}
 	// Logout tokens need not carry exp: it is checked below when present.
 	v := oidc.NewVerifier(opts.Issuer, opts.Keys, &oidc.Config{ClientID: opts.ClientID, SkipExpiryCheck: true})
-	return &BackChannelLogout{opts: opts, verifier: v, log: log, now: time.Now, seen: map[string]time.Time{}}, nil
+	var seen jtiStore = &memoryJTI{seen: map[[2]string]time.Time{}}
+	if opts.DB != nil {
+		seen = &dbJTI{db: &offboardDB{raw: opts.DB}}
+	}
+	return &BackChannelLogout{opts: opts, verifier: v, log: log, now: time.Now, seen: seen}, nil
 }
 
 // ServeHTTP answers 200 to a verified token acted on, and 400 to anything else, as the spec
@@ -101,7 +109,7 @@ func (b *BackChannelLogout) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := b.opts.OnLogout(r.Context(), e); err != nil {
 		b.log.Error("identity: acting on a logout failed", "sub", e.Subject, "err", err)
-		b.forget(e.JTI) // let the IdP's retry through
+		b.forget(r.Context(), e) // let the IdP's retry through
 		logoutError(w, "logout could not be completed")
 		return
 	}
@@ -154,31 +162,25 @@ func (b *BackChannelLogout) Verify(ctx context.Context, raw string) (LogoutEvent
 	case c.Exp != nil && time.Unix(*c.Exp, 0).Before(now):
 		return LogoutEvent{}, fmt.Errorf("%w: expired", ErrLogoutToken)
 	}
-	if !b.remember(c.JTI, now) {
+	until := tok.IssuedAt.Add(b.opts.MaxAge)
+	if c.Exp != nil && time.Unix(*c.Exp, 0).Before(until) {
+		until = time.Unix(*c.Exp, 0)
+	}
+	fresh, err := b.seen.remember(ctx, tok.Issuer, c.JTI, now, until.Add(time.Minute))
+	if err != nil {
+		// Not knowing whether the token was seen, it is refused: the IdP may retry.
+		return LogoutEvent{}, fmt.Errorf("%w: cannot check for a replay: %w", ErrLogoutToken, err)
+	}
+	if !fresh {
 		return LogoutEvent{}, fmt.Errorf("%w: replayed (jti seen before)", ErrLogoutToken)
 	}
 	return LogoutEvent{Issuer: tok.Issuer, Subject: tok.Subject, SessionID: c.SID, JTI: c.JTI, IssuedAt: tok.IssuedAt}, nil
 }
 
-func (b *BackChannelLogout) remember(jti string, now time.Time) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for k, until := range b.seen {
-		if now.After(until) {
-			delete(b.seen, k)
-		}
+func (b *BackChannelLogout) forget(ctx context.Context, e LogoutEvent) {
+	if err := b.seen.forget(ctx, e.Issuer, e.JTI); err != nil {
+		b.log.Error("identity: forget a logout token that was not acted on", "err", err)
 	}
-	if _, dup := b.seen[jti]; dup {
-		return false
-	}
-	b.seen[jti] = now.Add(2 * b.opts.MaxAge)
-	return true
-}
-
-func (b *BackChannelLogout) forget(jti string) {
-	b.mu.Lock()
-	delete(b.seen, jti)
-	b.mu.Unlock()
 }
 
 // OffboardOnLogout adapts a Reconciler to OnLogout: the token's subject is mapped to a Matrix

@@ -16,8 +16,8 @@
 // The resolvers: IdentityServer (the identity service API v2 hashed lookup, with terms,
 // pepper rotation and batches), DomainResolver (the email domain names the agency's server
 // and localpart rule through a DomainTable, such as the federation list; the server's
-// .well-known/matrix/server is checked and the guess confirmed by a profile lookup over
-// federation), UserDirectory (the own server's user directory, by display name),
+// .well-known/matrix/server and /client are checked (ClientAPI: the published client API base
+// URL) and the guess confirmed by a profile lookup over federation), UserDirectory (the own server's user directory, by display name),
 // StaticDirectory (CSV or YAML), LDAPDirectory (the agency's Active Directory: mail ->
 // account). Answers are cached for DirectoryOptions.TTL. StartChat
 // reuses the direct chat in m.direct or creates an encrypted one, and can send an email
@@ -28,7 +28,11 @@
 // A Reconciler compares who a Source (LDAPSource, StaticSource, SCIM) says is active with the
 // members of the rooms an agency manages (a Scope) and plans who must go; Apply lowers their
 // power levels, kicks them from every managed room on any server, and, with an Admin adapter
-// (Dendrite) for the agency's own server, ends their sessions. Every action is appended to the
+// for the agency's own server (Dendrite, Synapse, MAS for servers that delegate their accounts
+// to matrix-authentication-service, AccountModeration for the spec's v1.18 lock and suspend),
+// ends their sessions and, as ReconcileOptions ask, locks, suspends or deactivates them. What
+// the own server does not offer is a *CapabilityError (ErrAdminUnsupported), and the plan
+// names it in Plan.Missing instead of trying. Every action is appended to the
 // AuditLog in the shared database; a plan that would remove more than
 // ReconcileOptions.MaxRemovePercent of the scope is refused; a Source that cannot answer stops
 // the run (ErrSourceUnavailable) rather than reading as "everyone left"; a second run does
@@ -40,11 +44,11 @@
 //
 // SCIM is an http.Handler for an IdP's SCIM 2.0 pushes (PATCH active=false, DELETE) and
 // BackChannelLogout one for OIDC back-channel logout tokens; both offboard at once through
-// Reconciler.Offboard.
+// Reconciler.Offboard. Given the shared database (SCIMOptions.DB, BackChannelOptions.DB), the
+// SCIM users and the IDs of accepted logout tokens survive a restart and are shared by
+// instances on one PostgreSQL database: a replayed token is refused by all of them.
 //
-// Not done here: admin adapters for Synapse, matrix-authentication-service and the spec's
-// v1.18 lock and suspend endpoints (Admin is the interface they will implement); SCIM users
-// and seen logout token IDs live in memory.
+// Not done here: SCIM Groups, filters and bulk operations (only /Users is served).
 // # Sign-in and Matrix login
 //
 // A web application signs its users in with the agency's OpenID provider:

@@ -44,6 +44,12 @@ type ReconcileOptions struct {
 	Force            bool   // apply a plan over the safety limit
 	Reason           string // the kick reason; "" means the source's reason
 	Logger           *slog.Logger
+
+	// Account actions on the own server (offboarding admin adapters): with an Admin that is an
+	// AccountAdmin, leavers there are also locked, suspended or deactivated (Erase: with GDPR
+	// erasure). An action the Admin's server does not offer is left out of the plan and named
+	// in Plan.Missing.
+	Lock, Suspend, Deactivate, Erase bool
 }
 
 // Reconciler compares who a Source says is active with who sits in the managed rooms, plans
@@ -81,6 +87,10 @@ const (
 	ActionKick     ActionKind = "kick"     // remove the leaver from a room
 	ActionLogout   ActionKind = "logout"   // end every session on the own server (Admin)
 	ActionEvacuate ActionKind = "evacuate" // leave every room on the own server (Admin)
+
+	ActionLock       ActionKind = "lock"       // lock the account on the own server (AccountAdmin)
+	ActionSuspend    ActionKind = "suspend"    // suspend the account on the own server (AccountAdmin)
+	ActionDeactivate ActionKind = "deactivate" // deactivate the account on the own server (AccountAdmin)
 )
 
 // Action is one step of a plan.
@@ -103,6 +113,9 @@ type Plan struct {
 	Percent     float64     `json:"percent"` // Leavers in rooms as a share of Members
 	OverLimit   bool        `json:"over_limit"`
 	LimitReason string      `json:"limit,omitempty"`
+	// Missing are the admin actions the options ask for that the own server does not offer:
+	// they are not in Actions.
+	Missing []*CapabilityError `json:"missing,omitempty"`
 }
 
 // Empty reports whether the plan does nothing.
@@ -131,7 +144,54 @@ func (r *Reconciler) Plan(ctx context.Context) (*Plan, error) {
 		}
 		members = append(members, m)
 	}
-	return r.plan(r.c.UserID(), roster, members, r.ownAdminDone(ctx))
+	missing, err := r.missingAdmin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return r.plan(r.c.UserID(), roster, members, r.ownAdminDone(ctx), missing)
+}
+
+// adminWanted lists the admin actions the options ask for, in plan order.
+func (r *Reconciler) adminWanted() []ActionKind {
+	if r.opts.Admin == nil {
+		return nil
+	}
+	want := map[ActionKind]bool{ActionLogout: true, ActionEvacuate: r.opts.Evacuate, ActionLock: r.opts.Lock,
+		ActionSuspend: r.opts.Suspend, ActionDeactivate: r.opts.Deactivate}
+	var out []ActionKind
+	for _, k := range adminKinds {
+		if want[k] {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// missingAdmin asks the Admin which of the wanted actions its server lacks.
+func (r *Reconciler) missingAdmin(ctx context.Context) (map[ActionKind]*CapabilityError, error) {
+	a := r.opts.Admin
+	if a == nil {
+		return nil, nil
+	}
+	missing := map[ActionKind]*CapabilityError{}
+	var ask []ActionKind
+	for _, k := range r.adminWanted() {
+		if _, ok := a.(AccountAdmin); !ok && (k == ActionLock || k == ActionSuspend || k == ActionDeactivate) {
+			missing[k] = &CapabilityError{Server: a.ServerName(), Action: k, Capability: fmt.Sprintf("%s in the admin adapter (%T is no AccountAdmin)", k, a)}
+			continue
+		}
+		ask = append(ask, k)
+	}
+	if cc, ok := a.(CapabilityChecker); ok && len(ask) > 0 {
+		found, err := cc.Missing(ctx, ask)
+		if err != nil {
+			return nil, fmt.Errorf("identity: what the admin API of %s offers: %w", a.ServerName(), err)
+		}
+		for _, ce := range found {
+			missing[ce.Action] = ce
+		}
+	}
+	return missing, nil
 }
 
 // roomMembers is what a plan needs to know of a room.
@@ -143,7 +203,7 @@ type roomMembers struct {
 }
 
 // plan is the pure part of Plan: who goes, and what is done.
-func (r *Reconciler) plan(me id.UserID, roster Roster, rooms []roomMembers, adminDone func(ActionKind, id.UserID) bool) (*Plan, error) {
+func (r *Reconciler) plan(me id.UserID, roster Roster, rooms []roomMembers, adminDone func(ActionKind, id.UserID) bool, missing map[ActionKind]*CapabilityError) (*Plan, error) {
 	p := &Plan{RunID: newRunID(), At: time.Now().UTC(), Source: r.source.Name(), Rooms: len(rooms)}
 	known := make(map[id.UserID]Person, len(roster.People))
 	for _, person := range roster.People {
@@ -204,16 +264,20 @@ func (r *Reconciler) plan(me id.UserID, roster Roster, rooms []roomMembers, admi
 				own = append(own, u)
 			}
 		}
+		wanted := r.adminWanted()
+		for _, k := range wanted {
+			if ce := missing[k]; ce != nil && len(own) > 0 {
+				p.Missing = append(p.Missing, ce)
+			}
+		}
 		for _, u := range own {
 			reason, _ := why(u)
 			added := false
-			if !adminDone(ActionLogout, u) {
-				p.Actions = append(p.Actions, Action{Kind: ActionLogout, User: u, Reason: reason})
-				added = true
-			}
-			if r.opts.Evacuate && !adminDone(ActionEvacuate, u) {
-				p.Actions = append(p.Actions, Action{Kind: ActionEvacuate, User: u, Reason: reason})
-				added = true
+			for _, k := range wanted {
+				if missing[k] == nil && !adminDone(k, u) {
+					p.Actions = append(p.Actions, Action{Kind: k, User: u, Reason: reason})
+					added = true
+				}
 			}
 			if added && !leaving[u] {
 				leaving[u] = true
@@ -253,8 +317,11 @@ func (r *Reconciler) Apply(ctx context.Context, p *Plan) error {
 		if err != nil {
 			entry.Outcome, entry.Status, entry.ErrCode = "failed", httpStatus(err), errCode(err)
 			var ae *AdminError
+			var ce *CapabilityError
 			if errors.As(err, &ae) {
 				entry.Status, entry.ErrCode = ae.Status, ae.ErrCode
+			} else if errors.As(err, &ce) {
+				entry.Status, entry.ErrCode = ce.Status, ce.ErrCode
 			}
 			entry.Error = err.Error()
 			errs = append(errs, fmt.Errorf("%s %s %s: %w", a.Kind, a.User, a.Room, err))
@@ -298,7 +365,11 @@ func (r *Reconciler) Offboard(ctx context.Context, user id.UserID, reason string
 	one := *r
 	one.opts.Force = true
 	one.source = namedSource{name: r.source.Name(), person: Person{UserID: user, Reason: reason}}
-	p, err := one.plan(r.c.UserID(), Roster{People: []Person{{UserID: user, Reason: reason}}}, members, r.ownAdminDone(ctx))
+	missing, err := r.missingAdmin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p, err := one.plan(r.c.UserID(), Roster{People: []Person{{UserID: user, Reason: reason}}}, members, r.ownAdminDone(ctx), missing)
 	if err != nil {
 		return p, err
 	}
@@ -329,6 +400,18 @@ func (r *Reconciler) act(ctx context.Context, a Action) error {
 		return r.opts.Admin.Logout(ctx, a.User)
 	case ActionEvacuate:
 		return r.opts.Admin.Evacuate(ctx, a.User)
+	case ActionLock, ActionSuspend, ActionDeactivate:
+		aa, ok := r.opts.Admin.(AccountAdmin)
+		if !ok {
+			return &CapabilityError{Server: r.opts.Admin.ServerName(), Action: a.Kind, Capability: string(a.Kind) + " in the admin adapter"}
+		}
+		switch a.Kind {
+		case ActionLock:
+			return aa.Lock(ctx, a.User)
+		case ActionSuspend:
+			return aa.Suspend(ctx, a.User)
+		}
+		return aa.Deactivate(ctx, a.User, r.opts.Erase)
 	}
 	return fmt.Errorf("identity: unknown action %q", a.Kind)
 }

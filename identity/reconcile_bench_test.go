@@ -39,7 +39,7 @@ func BenchmarkPlan(b *testing.B) {
 	var p *Plan
 	for b.Loop() {
 		var err error
-		p, err = r.plan("@svc:agency-a.test", roster, rms, done)
+		p, err = r.plan("@svc:agency-a.test", roster, rms, done, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 )
 
@@ -14,6 +15,9 @@ func (p *Plan) WriteTable(w io.Writer) error {
 		p.RunID, p.Source, p.Rooms, p.Members, len(p.Leavers), p.Percent)
 	if p.OverLimit {
 		fmt.Fprintf(tw, "REFUSED: %s\n", p.LimitReason)
+	}
+	for _, m := range p.Missing {
+		fmt.Fprintf(tw, "MISSING: %s\n", strings.TrimPrefix(m.Error(), "identity: "))
 	}
 	if p.Empty() {
 		fmt.Fprintln(tw, "nothing to do")

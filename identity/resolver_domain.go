@@ -75,7 +75,8 @@ func (r DomainRule) UserID(addr Address) (id.UserID, error) {
 
 // DomainOptions configure a DomainResolver. The zero value is a working default.
 type DomainOptions struct {
-	// HTTPClient fetches .well-known/matrix/server; nil means one with a 10-second timeout.
+	// HTTPClient fetches .well-known/matrix/server and /client; nil means one with a
+	// 10-second timeout.
 	HTTPClient *http.Client
 	// LookupTimeout bounds the profile lookup that confirms a guess; 0 means 15 seconds.
 	LookupTimeout time.Duration
@@ -83,7 +84,7 @@ type DomainOptions struct {
 
 // DomainResolver finds colleagues in other agencies: the email domain names the agency's
 // server and localpart rule (a DomainTable), the server is checked through its
-// .well-known/matrix/server, and the guessed ID is confirmed by a profile lookup through the
+// .well-known/matrix/server and .well-known/matrix/client (ClientAPI), and the guessed ID is confirmed by a profile lookup through the
 // own homeserver, which asks the other server over federation. A guess the other server does
 // not confirm is a not-found, never an answer.
 type DomainResolver struct {
@@ -122,6 +123,10 @@ func (r *DomainResolver) Resolve(ctx context.Context, addr Address) (Match, erro
 	if err != nil {
 		return Match{}, err
 	}
+	clientAPI, err := r.ClientAPI(ctx, uid.Homeserver())
+	if err != nil {
+		return Match{}, err
+	}
 	lctx, cancel := context.WithTimeout(ctx, r.wait)
 	defer cancel()
 	_, err = r.c.Mautrix().GetProfile(lctx, uid)
@@ -141,6 +146,9 @@ func (r *DomainResolver) Resolve(ctx context.Context, addr Address) (Match, erro
 	detail := fmt.Sprintf("rule %s for %s, profile found on %s", tmpl, addr.Domain, uid.Homeserver())
 	if delegated != "" {
 		detail += " (served by " + delegated + ")"
+	}
+	if clientAPI != "" {
+		detail += ", client API at " + clientAPI
 	}
 	return Match{UserID: uid, Detail: detail}, nil
 }
@@ -171,6 +179,9 @@ func (r *DomainResolver) wellKnown(ctx context.Context, server string) (string, 
 	resp, err := hc.Do(req)
 	if errors.Is(err, ErrWellKnown) {
 		return "", err
+	}
+	if isTimeout(err) {
+		return "", fmt.Errorf("%w: %s timed out", ErrUnavailable, url)
 	}
 	if err != nil {
 		// No web server for the name: no delegation, as in server discovery; the profile

@@ -12,8 +12,8 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/matrix"
@@ -60,6 +60,11 @@ type SCIMOptions struct {
 	// answer a 500, so that the IdP tries again.
 	OnDeprovision func(ctx context.Context, user id.UserID, reason string) error
 	Logger        *slog.Logger
+
+	// DB, the shared database (matrix.OpenDatabase), keeps the users in
+	// samtal_identity_scim_user: a restart forgets none, and instances sharing a PostgreSQL
+	// database serve the same users. nil keeps them in memory.
+	DB *dbutil.Database
 }
 
 // SCIM is an http.Handler for the /Users endpoint of SCIM 2.0 (RFC 7644) that an agency's IdP
@@ -67,14 +72,12 @@ type SCIMOptions struct {
 // deprovisions. Deactivating or deleting a user offboards them at once through
 // OnDeprovision. It is also a Source: Roster lists the users it holds.
 //
-// The users live in memory: after a restart the IdP's next full push (or the LDAP source) is
-// the truth again; a deprovisioning is acted on before it is answered, so none is lost.
+// The users live in SCIMOptions.DB, or in memory without one; either way a deprovisioning is
+// acted on before it is answered, so none is lost.
 type SCIM struct {
-	opts SCIMOptions
-	log  *slog.Logger
-
-	mu    sync.Mutex
-	users map[string]*SCIMUser
+	opts  SCIMOptions
+	log   *slog.Logger
+	users scimStore
 }
 
 // NewSCIM returns the handler. Mount it at the SCIM base URL: it serves /Users and /Users/{id}
@@ -90,18 +93,25 @@ func NewSCIM(opts SCIMOptions) (*SCIM, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &SCIM{opts: opts, log: log, users: map[string]*SCIMUser{}}, nil
+	var store scimStore = &memorySCIM{users: map[string]*SCIMUser{}}
+	if opts.DB != nil {
+		store = &dbSCIM{db: &offboardDB{raw: opts.DB}}
+	}
+	return &SCIM{opts: opts, log: log, users: store}, nil
 }
 
 // Name returns "scim".
 func (s *SCIM) Name() string { return "scim" }
 
-// Roster lists the users the IdP provisioned, active or not.
-func (s *SCIM) Roster(context.Context) (Roster, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// Roster lists the users the IdP provisioned, active or not. A database that cannot be read
+// is ErrSourceUnavailable.
+func (s *SCIM) Roster(ctx context.Context) (Roster, error) {
+	users, err := s.users.list(ctx)
+	if err != nil {
+		return Roster{}, fmt.Errorf("%w: %w", ErrSourceUnavailable, err)
+	}
 	var r Roster
-	for _, u := range s.users {
+	for _, u := range users {
 		p := Person{UserID: u.MatrixID, Active: u.Active}
 		if len(u.Emails) > 0 {
 			p.Email = u.Emails[0].Value
@@ -132,9 +142,9 @@ func (s *SCIM) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case rid == "" && r.Method == http.MethodPost:
 		s.create(w, r)
 	case rid == "" && r.Method == http.MethodGet:
-		s.list(w)
+		s.list(w, r)
 	case rid != "" && r.Method == http.MethodGet:
-		s.get(w, rid)
+		s.get(w, r, rid)
 	case rid != "" && r.Method == http.MethodPut:
 		s.replace(w, r, rid)
 	case rid != "" && r.Method == http.MethodPatch:
@@ -160,46 +170,50 @@ func (s *SCIM) create(w http.ResponseWriter, r *http.Request) {
 		scimError(w, http.StatusBadRequest, "invalidValue", err.Error())
 		return
 	}
-	s.mu.Lock()
-	for _, other := range s.users {
-		if other.UserName == u.UserName {
-			s.mu.Unlock()
-			scimError(w, http.StatusConflict, "uniqueness", "userName exists")
-			return
-		}
-	}
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
 	u.ID, u.MatrixID, u.Schemas = hex.EncodeToString(b), uid, []string{scimUserSchema}
-	s.users[u.ID] = &u
-	out := u
-	s.mu.Unlock()
-	scimJSON(w, http.StatusCreated, out)
+	ok, err := s.users.create(r.Context(), &u)
+	if err != nil {
+		s.storeFailed(w, err)
+		return
+	}
+	if !ok {
+		scimError(w, http.StatusConflict, "uniqueness", "userName exists")
+		return
+	}
+	scimJSON(w, http.StatusCreated, u)
 }
 
-func (s *SCIM) list(w http.ResponseWriter) {
-	s.mu.Lock()
-	res := make([]SCIMUser, 0, len(s.users))
-	for _, u := range s.users {
-		res = append(res, *u)
+// storeFailed answers 500 for a store that cannot be read or written: the IdP tries again.
+func (s *SCIM) storeFailed(w http.ResponseWriter, err error) {
+	s.log.Error("identity: SCIM store", "err", err)
+	scimError(w, http.StatusInternalServerError, "", "the user store is unavailable; try again")
+}
+
+func (s *SCIM) list(w http.ResponseWriter, r *http.Request) {
+	res, err := s.users.list(r.Context())
+	if err != nil {
+		s.storeFailed(w, err)
+		return
 	}
-	s.mu.Unlock()
+	if res == nil {
+		res = []SCIMUser{}
+	}
 	scimJSON(w, http.StatusOK, map[string]any{"schemas": []string{scimListSchema}, "totalResults": len(res), "Resources": res})
 }
 
-func (s *SCIM) get(w http.ResponseWriter, rid string) {
-	s.mu.Lock()
-	u, ok := s.users[rid]
-	var out SCIMUser
-	if ok {
-		out = *u
+func (s *SCIM) get(w http.ResponseWriter, r *http.Request, rid string) {
+	u, err := s.users.get(r.Context(), rid)
+	if err != nil {
+		s.storeFailed(w, err)
+		return
 	}
-	s.mu.Unlock()
-	if !ok {
+	if u == nil {
 		scimError(w, http.StatusNotFound, "", "no such user")
 		return
 	}
-	scimJSON(w, http.StatusOK, out)
+	scimJSON(w, http.StatusOK, u)
 }
 
 func (s *SCIM) replace(w http.ResponseWriter, r *http.Request, rid string) {
@@ -253,7 +267,7 @@ func (s *SCIM) patch(w http.ResponseWriter, r *http.Request, rid string) {
 		active, set = b, true
 	}
 	if !set {
-		s.get(w, rid)
+		s.get(w, r, rid)
 		return
 	}
 	s.setActive(w, r, rid, active, "deactivated through SCIM (PATCH)")
@@ -276,37 +290,42 @@ func scimBool(v any) (bool, bool) {
 }
 
 func (s *SCIM) setActive(w http.ResponseWriter, r *http.Request, rid string, active bool, reason string) {
-	s.mu.Lock()
-	u, ok := s.users[rid]
-	var uid id.UserID
-	if ok {
-		uid = u.MatrixID
+	u, err := s.users.get(r.Context(), rid)
+	if err != nil {
+		s.storeFailed(w, err)
+		return
 	}
-	s.mu.Unlock()
-	if !ok {
+	if u == nil {
 		scimError(w, http.StatusNotFound, "", "no such user")
 		return
 	}
 	// Deactivating twice offboards twice: harmless, since a second plan is empty.
 	if !active {
-		if err := s.opts.OnDeprovision(r.Context(), uid, reason); err != nil {
-			s.log.Error("identity: SCIM deprovisioning failed", "user", uid, "err", err)
+		if err := s.opts.OnDeprovision(r.Context(), u.MatrixID, reason); err != nil {
+			s.log.Error("identity: SCIM deprovisioning failed", "user", u.MatrixID, "err", err)
 			scimError(w, http.StatusInternalServerError, "", "deprovisioning failed; try again")
 			return
 		}
 	}
-	s.mu.Lock()
-	u.Active = active
-	out := *u
-	s.mu.Unlock()
+	out, err := s.users.setActive(r.Context(), rid, active)
+	if err != nil {
+		s.storeFailed(w, err)
+		return
+	}
+	if out == nil { // deleted meanwhile
+		scimError(w, http.StatusNotFound, "", "no such user")
+		return
+	}
 	scimJSON(w, http.StatusOK, out)
 }
 
 func (s *SCIM) delete(w http.ResponseWriter, r *http.Request, rid string) {
-	s.mu.Lock()
-	u, ok := s.users[rid]
-	s.mu.Unlock()
-	if !ok {
+	u, err := s.users.get(r.Context(), rid)
+	if err != nil {
+		s.storeFailed(w, err)
+		return
+	}
+	if u == nil {
 		scimError(w, http.StatusNotFound, "", "no such user")
 		return
 	}
@@ -315,9 +334,10 @@ func (s *SCIM) delete(w http.ResponseWriter, r *http.Request, rid string) {
 		scimError(w, http.StatusInternalServerError, "", "deprovisioning failed; try again")
 		return
 	}
-	s.mu.Lock()
-	delete(s.users, rid)
-	s.mu.Unlock()
+	if err := s.users.remove(r.Context(), rid); err != nil {
+		s.storeFailed(w, err)
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 

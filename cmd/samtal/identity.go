@@ -46,6 +46,15 @@ type identityConfig struct {
 			UserAttr         string `yaml:"user_attr"`
 			ServerName       string `yaml:"server_name"`
 		} `yaml:"ldap"`
+
+		// Offboarding admin adapters (issue 11): admin may also be synapse, mas or
+		// moderation (the spec's v1.18 lock and suspend); what else the own server does to
+		// leavers; MAS's admin API client (offboard_admin.go).
+		Lock       bool       `yaml:"lock"`
+		Suspend    bool       `yaml:"suspend"`
+		Deactivate bool       `yaml:"deactivate"`
+		Erase      bool       `yaml:"erase"`
+		MAS        *masConfig `yaml:"mas"`
 	} `yaml:"offboarding"`
 }
 
@@ -206,7 +215,8 @@ func runOffboard(ctx context.Context, e *env, args []string) error {
 	asJSON := fs.Bool("json", false, "print the plan as JSON instead of a table")
 	setUsage(fs, "offboard [flags] --dry-run|--apply", `Compares who the source of the identity configuration (offboarding: ldap or roster) says
 is active with the members of the managed rooms, and prints the plan: power levels lowered,
-kicks, sessions ended. With --apply it is carried out and every action goes into the audit
+kicks, sessions ended (and with lock, suspend or deactivate, what the admin adapter does;
+what its server lacks is listed as MISSING). With --apply it is carried out and every action goes into the audit
 log ('samtal audit'). A plan that removes more than max_remove_percent of the members is
 refused unless --force. A source that cannot be read stops the run, and nothing is removed.`)
 	if err := parseNoArgs(fs, args); err != nil {
@@ -233,13 +243,10 @@ refused unless --force. A source that cannot be read stops the run, and nothing 
 		return err
 	}
 	o := cfg.Offboarding
-	opts := identity.ReconcileOptions{MaxRemovePercent: o.MaxRemovePercent, Force: *force, Logger: e.log}
-	switch o.Admin {
-	case "":
-	case "dendrite":
-		opts.Admin = identity.NewDendrite(c)
-	default:
-		return fmt.Errorf("%w: offboarding.admin %q: want dendrite or nothing", errUsage, o.Admin)
+	opts := identity.ReconcileOptions{MaxRemovePercent: o.MaxRemovePercent, Force: *force, Logger: e.log,
+		Lock: o.Lock, Suspend: o.Suspend, Deactivate: o.Deactivate, Erase: o.Erase}
+	if opts.Admin, err = cfg.admin(c); err != nil {
+		return err
 	}
 	rec := identity.NewReconciler(c, src, identity.Scope{Rooms: o.Rooms, Spaces: o.Spaces, WherePowerful: o.WherePowerful}, audit, opts)
 	plan, planErr := rec.Plan(ctx)

@@ -106,7 +106,8 @@ func run(ctx context.Context, cfg config, reconciled func(*identity.Plan, error)
 	}
 	rec := identity.NewReconciler(c, cfg.Source, cfg.Scope, audit, identity.ReconcileOptions{Logger: log})
 
-	scim, err := identity.NewSCIM(identity.SCIMOptions{Token: cfg.SCIMToken, ServerName: c.UserID().Homeserver(), Logger: log,
+	// The provisioned users are kept in the database: a restart forgets none.
+	scim, err := identity.NewSCIM(identity.SCIMOptions{Token: cfg.SCIMToken, ServerName: c.UserID().Homeserver(), Logger: log, DB: db,
 		OnDeprovision: func(ctx context.Context, u id.UserID, reason string) error {
 			_, err := rec.Offboard(ctx, u, reason)
 			return err
