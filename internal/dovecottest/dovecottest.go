@@ -227,4 +227,3 @@ func Append(t testing.TB, c *imapclient.Client, mailbox, raw string) {
 		t.Fatalf("APPEND to %s: %v", mailbox, err)
 	}
 }
-
