@@ -34,13 +34,14 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 	}
 	fs := newFlags(e, "gateway")
 	path := fs.String("config", envOr("SAMTAL_GATEWAY_CONFIG", "gateway.yaml"), "the gateway's configuration (env SAMTAL_GATEWAY_CONFIG); see docs/gateway.example.yaml")
-	setUsage(fs, "gateway [--config FILE]\n       samtal gateway spool list|show ID|retry ID [--config FILE]",
+	setUsage(fs, "gateway [--config FILE]\n       samtal gateway spool list|show ID|retry ID [--config FILE]\n       samtal gateway hash-password < password.txt",
 		`Runs the mail gateway: mail received over SMTP is spooled durably and posted into the rooms
 that the routes in the configuration name. It serves /metrics, /healthz and /readyz on the
 configured HTTP address, and on SIGTERM finishes the SMTP transactions under way before it
 stops. The first start logs in with SAMTAL_USER and SAMTAL_PASSWORD (or SAMTAL_ACCESS_TOKEN),
 like every samtal command. 'spool list' shows the mail not delivered yet, 'spool show ID' one
-of them, 'spool retry ID' revives a dead-lettered mail.`)
+of them, 'spool retry ID' revives a dead-lettered mail. 'hash-password' prints the bcrypt hash
+of an SMTP submitter's password for smtp.auth.users.`)
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}

@@ -571,3 +571,44 @@ func wantSMTPCode(t *testing.T, what string, err error, code int, enh smtp.Enhan
 		t.Errorf("%s: %v, want %d %d.%d.%d", what, err, code, enh[0], enh[1], enh[2])
 	}
 }
+
+// TestGatewayExampleConfigSections: every commented-out setting of the documented example
+// configuration is a real key with a usable value: uncommented, the file loads (unknown keys
+// would be refused), its routes make a router and its IMAP entries make poller options.
+func TestGatewayExampleConfigSections(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join("..", "..", "docs", "gateway.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	setting := regexp.MustCompile(`(?m)^(\s*)# (\s*(?:[a-z_]+:|- ))`)
+	uncommented := setting.ReplaceAllString(string(raw), "$1$2")
+	if n := len(setting.FindAllString(string(raw), -1)); n < 30 {
+		t.Fatalf("only %d commented-out settings found; did the example's layout change?", n)
+	}
+	p := filepath.Join(t.TempDir(), "gateway.yaml")
+	writeConfig(t, p, uncommented)
+	for _, v := range []string{"CASESYSTEM_PASSWORD_HASH", "IMAP_PASSWORD", "IMAP_CLIENT_ID", "IMAP_CLIENT_SECRET"} {
+		t.Setenv(v, "x")
+	}
+	cfg, err := loadGatewayConfig(p)
+	if err != nil {
+		t.Fatalf("the example with every setting uncommented: %v", err)
+	}
+	if cfg.SMTP.TLS.Listen != "0.0.0.0:465" || cfg.DNS.Server != "127.0.0.53:53" || cfg.Federation.KeyFile == "" || len(cfg.SMTP.Auth.Users) != 1 {
+		t.Errorf("sections not read: %+v", cfg)
+	}
+	routes, err := cfg.routes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mailbridge.NewRouter(routes...); err != nil {
+		t.Error(err)
+	}
+	imap, err := cfg.pollerOptions(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(imap) != 2 || imap[0].Mailboxes[0].Flag != `\Seen` || imap[1].TokenSource == nil || imap[1].Mechanism != "XOAUTH2" {
+		t.Errorf("imap = %+v", imap)
+	}
+}
