@@ -55,10 +55,11 @@
 //	From not a verified member on a MembersOnly route 550 5.7.1  DATA (ErrNotMember)
 //	spool cannot commit                              451 4.3.0   DATA (ErrSpoolUnavailable)
 //
-// Commands out of order and bad syntax are answered by go-smtp itself (503, 501, 502); so is
-// "RCPT TO:<Postmaster>" without a domain, which go-smtp's parser refuses with 501 although RFC
-// 5321 asks servers to accept it. postmaster@ of every routed domain is accepted from every
-// sender and goes to Options.PostmasterRoom, or without it to the domain's first route. Only
+// Commands out of order and bad syntax are answered by go-smtp itself (503, 501, 502).
+// postmaster@ of every routed domain is accepted from every sender and goes to
+// Options.PostmasterRoom, or without it to the domain's first route; so does the bare
+// "RCPT TO:<Postmaster>" of RFC 5321 4.5.1, as postmaster@ of the first route's domain
+// (go-smtp from v0.26.0 passes it on; MAIL FROM:<Postmaster> stays a 501). Only
 // <CR><LF>.<CR><LF> ends DATA: bare LF and bare CR look-alikes of it (SMTP smuggling) stay
 // text of the mail, and mail with bare LF line ends is accepted as it is. 8-bit header text is
 // accepted and shown as UTF-8, best effort. A reused connection starts each mail clean (after

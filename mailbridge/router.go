@@ -230,6 +230,17 @@ func (m Match) Allows(sender string) bool {
 	return false
 }
 
+// qualifyPostmaster turns the bare "Postmaster" of RCPT TO:<Postmaster>, which RFC 5321
+// 4.1.1.3 and 4.5.1 ask every server to accept, into postmaster@ of the first route's domain;
+// any other recipient is returned as it is.
+func (r *Router) qualifyPostmaster(to string) string {
+	if !strings.EqualFold(to, "postmaster") || len(r.routes) == 0 {
+		return to
+	}
+	_, domain, _ := strings.Cut(strings.ToLower(r.routes[0].route.Address), "@")
+	return "postmaster@" + domain
+}
+
 // splitAddress lower-cases addr and splits it at its last '@'.
 func splitAddress(addr string) (local, domain string, ok bool) {
 	addr = strings.ToLower(strings.TrimSpace(addr))

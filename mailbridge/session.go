@@ -108,6 +108,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) (err error) {
 	if !s.hasFrom {
 		return errNoTransaction
 	}
+	to = s.g.router.qualifyPostmaster(to)
 	m, err := s.g.match(to)
 	if err != nil {
 		s.g.log.Info("recipient refused", "remote", s.remote, "reason", reasonOf(err))
@@ -143,8 +144,8 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) (err error) {
 
 // match routes a recipient: the Router, with postmaster@ of every routed domain sent to
 // Options.PostmasterRoom when set, and a domain that is not routed at all refused as
-// relaying. (A bare "RCPT TO:<Postmaster>", which RFC 5321 4.5.1 also asks for, is refused by
-// go-smtp's parser with 501 before it gets here.)
+// relaying. A bare "RCPT TO:<Postmaster>" (RFC 5321 4.5.1) arrives here qualified, see
+// Router.qualifyPostmaster.
 func (g *Gateway) match(to string) (Match, error) {
 	m, err := g.router.Match(to)
 	if err != nil {
