@@ -49,6 +49,9 @@ of an SMTP submitter's password for smtp.auth.users.`)
 	if err != nil {
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
+	if err := cfg.check(ctx, e.log); err != nil { // gwconfig part
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
 	a := cfg.account()
 	c, done, err := a.open(ctx, e)
 	if err != nil {

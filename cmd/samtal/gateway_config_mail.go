@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
@@ -148,7 +150,7 @@ func (cfg *gatewayConfig) mailOptions(opts *mailbridge.Options, log *slog.Logger
 		}
 		opts.Resolver = mailbridge.DNSServer(cfg.DNS.Server)
 	}
-	fed, err := cfg.Federation.load()
+	fed, err := cfg.Federation.load(log)
 	if err != nil {
 		return err
 	}
@@ -162,6 +164,19 @@ func (cfg *gatewayConfig) mailOptions(opts *mailbridge.Options, log *slog.Logger
 		}
 	}
 	return nil
+}
+
+// check runs the checks of startGateway before anything is opened, so that a configuration
+// that cannot work stops the command before it logs in or listens.
+func (cfg *gatewayConfig) check(ctx context.Context, log *slog.Logger) error {
+	if _, err := cfg.routes(); err != nil {
+		return err
+	}
+	if err := cfg.mailOptions(new(mailbridge.Options), log); err != nil {
+		return err
+	}
+	_, err := cfg.pollerOptions(ctx)
+	return err
 }
 
 // parsePrefix reads "192.0.2.0/24" or a single address.
@@ -212,7 +227,7 @@ func (a smtpAuthConfig) authFunc() (mailbridge.AuthFunc, error) {
 }
 
 // load reads and verifies the signed federation list, or returns nil when none is configured.
-func (f federationConfig) load() (*expiringList, error) {
+func (f federationConfig) load(log *slog.Logger) (*federationFile, error) {
 	if f.ListFile == "" && f.KeyFile == "" {
 		return nil, nil
 	}
@@ -227,23 +242,79 @@ func (f federationConfig) load() (*expiringList, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: federation.key_file: %w", errConfig, err)
 	}
-	signed, err := os.ReadFile(f.ListFile)
-	if err != nil {
+	ff := &federationFile{path: f.ListFile, key: key, log: log}
+	if ff.stamp, err = fileStamp(f.ListFile); err != nil {
 		return nil, fmt.Errorf("%w: federation.list_file: %w", errConfig, err)
 	}
-	list, err := federation.Parse(signed, key, time.Now(), 0)
-	if err != nil {
+	if ff.list, err = ff.read(); err != nil {
 		return nil, fmt.Errorf("%w: federation.list_file: %w", errConfig, err)
 	}
-	return &expiringList{list: list}, nil
+	ff.checked = time.Now()
+	return ff, nil
 }
 
-// expiringList is a federation list read once at start that names no member once it has
-// expired: a gateway left running on an old list stops trusting it, as a Watcher would.
-type expiringList struct{ list *federation.List }
+// federationFile is the federation list in a file, read again when the file changes (looked
+// at no more than once a second): a newer version, signed with the key, replaces the list in
+// use; anything else (a bad signature, an older version, a file half written) is logged and the
+// list in use kept. A list that has expired names no member, as with a federation.Watcher.
+type federationFile struct {
+	path string
+	key  crypto.PublicKey
+	log  *slog.Logger
 
-func (l *expiringList) HasDomain(emailDomain string) bool {
-	return time.Now().Before(l.list.ExpiresAt()) && l.list.HasDomain(emailDomain)
+	mu      sync.Mutex
+	list    *federation.List
+	stamp   string
+	checked time.Time
+}
+
+func (f *federationFile) read() (*federation.List, error) {
+	signed, err := os.ReadFile(f.path)
+	if err != nil {
+		return nil, err
+	}
+	return federation.Parse(signed, f.key, time.Now(), 0)
+}
+
+// current is the list in use, after a look at the file.
+func (f *federationFile) current() *federation.List {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if time.Since(f.checked) < time.Second {
+		return f.list
+	}
+	f.checked = time.Now()
+	stamp, err := fileStamp(f.path)
+	if err != nil || stamp == f.stamp {
+		return f.list
+	}
+	l, err := f.read()
+	switch {
+	case err != nil: // looked at again when it changes again (a file half written)
+		f.log.Warn("gateway: federation list file changed but cannot be used; keeping the list in use", "list_file", f.path, "version", f.list.Version(), "err", err)
+	case l.Version() <= f.list.Version():
+		f.log.Warn("gateway: federation list file holds no newer version; keeping the list in use", "list_file", f.path, "version", f.list.Version(), "file_version", l.Version())
+	default:
+		f.list = l
+		f.log.Info("gateway: federation list reloaded", "list_file", f.path, "version", l.Version())
+	}
+	f.stamp = stamp
+	return f.list
+}
+
+// HasDomain reports whether emailDomain is a member agency's, by the list in use.
+func (f *federationFile) HasDomain(emailDomain string) bool {
+	l := f.current()
+	return time.Now().Before(l.ExpiresAt()) && l.HasDomain(emailDomain)
+}
+
+// fileStamp says when and how a file last changed.
+func fileStamp(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%d/%d", fi.Size(), fi.ModTime().UnixNano()), nil
 }
 
 // pollerOptions maps the imap: section onto mailbridge.IMAPOptions, with their token sources.

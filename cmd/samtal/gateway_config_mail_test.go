@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -19,6 +20,7 @@ import (
 	"net/http/httptest"
 	"net/textproto"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -70,7 +72,7 @@ func TestGatewayConfigSections(t *testing.T) {
 	}
 	t.Setenv("GW_TEST_HASH", string(hash))
 
-	fedList, fedKey := writeFederationList(t, dir, "agency.example")
+	fedList, fedKey, fedSigner := writeFederationList(t, dir, "agency.example")
 
 	tokens := newTokenServer(t)
 	imap := dovecottest.Start(t, dovecottest.Options{Introspection: tokens.URL + "/introspect"})
@@ -205,6 +207,22 @@ routes:
 		}
 		arrives(t, "Submitted over implicit TLS")
 	})
+	t.Run("swaks starttls and auth", func(t *testing.T) {
+		out, err := exec.CommandContext(t.Context(), "swaks", "--server", smtpAddr, "--tls", "--auth", "PLAIN",
+			"--auth-user", "casesystem@agency.example", "--auth-password", "submit-secret-4711",
+			"--from", "casesystem@agency.example", "--to", "cases@agency.example", "--header", "Subject: Via swaks", "--body", "x").CombinedOutput()
+		if err != nil {
+			// Only the server's replies: swaks prints the credentials it sends.
+			var replies []string
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.HasPrefix(strings.TrimSpace(l), "<") {
+					replies = append(replies, l)
+				}
+			}
+			t.Fatalf("swaks: %v; the server answered:\n%s", err, strings.Join(replies, "\n"))
+		}
+		arrives(t, "Via swaks")
+	})
 	t.Run("tls certificate reloaded", func(t *testing.T) {
 		second := ca.issue(t, certFile, keyFile)
 		if second.Cmp(firstSerial) == 0 {
@@ -249,6 +267,14 @@ routes:
 		}
 		arrives(t, "From a member")
 		wantSMTPCode(t, "a verified domain outside the list", sendOn(c, "eve@outsider.example", "members@agency.example", mailText("Eve <eve@outsider.example>", "Outsider", "")), 550, smtp.EnhancedCode{5, 7, 1})
+	})
+	t.Run("federation list file reloaded", func(t *testing.T) {
+		writeListVersion(t, fedSigner, fedList, 2, "agency.example", "outsider.example")
+		c := dialSMTP(t, smtpAddr, "127.0.0.1")
+		matrixtest.Eventually(t, func() error {
+			return sendOn(c, "eve@outsider.example", "members@agency.example", mailText("Eve <eve@outsider.example>", "Outsider, now a member", ""))
+		})
+		arrives(t, "Outsider, now a member")
 	})
 	t.Run("limits", func(t *testing.T) {
 		c := dialSMTP(t, smtpAddr, "127.0.0.1")
@@ -339,6 +365,18 @@ func TestGatewayConfigSectionErrors(t *testing.T) {
 		if !errors.Is(err, errConfig) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want an error saying %q", tc.body, err, tc.want)
 		}
+	}
+}
+
+// TestGatewayConfigCheckedFirst: `samtal gateway` with a section that cannot work exits with
+// a usage error naming the key, before it logs in (there is no homeserver here to log in to).
+func TestGatewayConfigCheckedFirst(t *testing.T) {
+	clearEnv(t)
+	p := filepath.Join(t.TempDir(), "gateway.yaml")
+	writeConfig(t, p, "database: "+filepath.Join(t.TempDir(), "gw.db")+"\nmatrix: {homeserver: 'http://127.0.0.1:1'}\nroutes: [{address: a@b.example, room: '!r:b', members_only: true}]\n")
+	r := samtal(t, nil, "gateway", "--config", p)
+	if r.code != exitUsage || !strings.Contains(r.stderr, "routes[0].members_only") {
+		t.Errorf("exit %d, stderr %q; want a usage error naming routes[0].members_only", r.code, r.stderr)
 	}
 }
 
@@ -438,29 +476,35 @@ func writeConfig(t *testing.T, path, body string) {
 	}
 }
 
-// writeFederationList signs a federation list in which memberDomain is a member agency's
-// email domain, and writes it and the public key; it returns their paths.
-func writeFederationList(t *testing.T, dir, memberDomain string) (listFile, keyFile string) {
+// writeFederationList writes a new public key and a list signed with it in which the
+// domains are member agencies' email domains; it returns the files and the signer.
+func writeFederationList(t *testing.T, dir string, domains ...string) (listFile, keyFile string, signer crypto.Signer) {
 	t.Helper()
 	priv, pub, err := federation.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	signer, err := federation.ParsePrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signed, err := federation.Sign(federation.Document{
-		Version: 1, IssuedAt: time.Now().Add(-time.Minute), ExpiresAt: time.Now().Add(time.Hour),
-		Members: []federation.Member{{Name: "Agency", OrgNumber: "1", Servers: []string{"matrix." + memberDomain}, EmailDomains: []string{memberDomain}, Contact: "ops@" + memberDomain}},
-	}, signer)
-	if err != nil {
+	if signer, err = federation.ParsePrivateKey(priv); err != nil {
 		t.Fatal(err)
 	}
 	listFile, keyFile = filepath.Join(dir, "federation.jws"), filepath.Join(dir, "federation.pub.pem")
-	writeConfig(t, listFile, string(signed))
 	writeConfig(t, keyFile, string(pub))
-	return listFile, keyFile
+	writeListVersion(t, signer, listFile, 1, domains...)
+	return listFile, keyFile, signer
+}
+
+// writeListVersion writes a version of the federation list, one member agency per domain.
+func writeListVersion(t *testing.T, signer crypto.Signer, path string, version uint64, domains ...string) {
+	t.Helper()
+	doc := federation.Document{Version: version, IssuedAt: time.Now().Add(-time.Minute), ExpiresAt: time.Now().Add(time.Hour)}
+	for i, d := range domains {
+		doc.Members = append(doc.Members, federation.Member{Name: "Agency " + d, OrgNumber: fmt.Sprint(i + 1), Servers: []string{"matrix." + d}, EmailDomains: []string{d}, Contact: "ops@" + d})
+	}
+	signed, err := federation.Sign(doc, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeAtomic(t, path, signed)
 }
 
 // tokenServer is a fake OAuth 2.0 identity provider: a token endpoint that issues an access

@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 )
@@ -42,11 +41,11 @@ func newCertFiles(certPath, keyPath string, log *slog.Logger) (*certFiles, error
 func (c *certFiles) fileStamp() (string, error) {
 	var stamp string
 	for _, f := range []struct{ key, path string }{{"cert_file", c.certPath}, {"key_file", c.keyPath}} {
-		fi, err := os.Stat(f.path)
+		s, err := fileStamp(f.path)
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", f.key, err)
 		}
-		stamp += fmt.Sprintf("%d/%d;", fi.Size(), fi.ModTime().UnixNano())
+		stamp += s + ";"
 	}
 	return stamp, nil
 }
