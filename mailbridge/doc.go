@@ -26,7 +26,8 @@
 // An authenticated submitter is named in the mail's Authentication-Results (auth=pass). Whether
 // it may send for any route is one decision for the whole gateway: with
 // Options.TrustSubmitters its mail passes every route's AllowSenders and SenderPolicy (an
-// internal case system that submits for many addresses); without it, it is checked as anyone.
+// internal case system that submits for many addresses); without it, it is checked as anyone,
+// its AUTH name (when it is an address) counting as a proven sender for AllowSenders.
 //
 // Replies. Each refusal is an *smtp.SMTPError value of this package with the code below
 // (RFC 5321 reply codes, RFC 3463 enhanced codes). A 4xx reply means try again later; the

@@ -30,9 +30,9 @@ type Options struct {
 // Server is a real Dovecot IMAP server (Debian's dovecot-imapd) run by a test on loopback,
 // with one user whose mail is in a maildir in a temporary directory.
 type Server struct {
-	Addr     string
-	User     string
-	Password string
+	Addr     string // host:port of the IMAP listener, plain text (no TLS)
+	User     string // the one user, "cases"
+	Password string // its password, for LOGIN
 }
 
 // Start starts Dovecot for the test with a minimal configuration of its own and stops
