@@ -11,7 +11,7 @@
 // Receiving. The SMTP server (github.com/emersion/go-smtp) advertises SIZE, PIPELINING,
 // 8BITMIME, SMTPUTF8 and ENHANCEDSTATUSCODES, and answers with exact codes: an address no
 // route accepts gets 550 5.1.1 at RCPT (other recipients of the same mail are not affected), a
-// sender not on a route's allow-list 550 5.7.1, too many recipients 452 4.5.3, a mail over
+// sender not proven to be one on a route's allow-list 550 5.7.1 at DATA, too many recipients 452 4.5.3, a mail over
 // Options.MaxMessageBytes 552 5.3.4, a header over 256 KiB or Options.MaxHeaderFields 552
 // 5.3.4, a line over Options.MaxLineLength 500 5.5.2, an unreadable header 550 5.6.0, a
 // connection over Options.MaxConnections 421 4.7.0, and a spool that cannot commit 451 4.3.0,
@@ -26,7 +26,8 @@
 // An authenticated submitter is named in the mail's Authentication-Results (auth=pass). Whether
 // it may send for any route is one decision for the whole gateway: with
 // Options.TrustSubmitters its mail passes every route's AllowSenders and SenderPolicy (an
-// internal case system that submits for many addresses); without it, it is checked as anyone.
+// internal case system that submits for many addresses); without it, it is checked as anyone,
+// its AUTH name (when it is an address) counting as a proven sender for AllowSenders.
 //
 // Replies. Each refusal is an *smtp.SMTPError value of this package with the code below
 // (RFC 5321 reply codes, RFC 3463 enhanced codes). A 4xx reply means try again later; the
@@ -42,7 +43,6 @@
 //	SIZE= over MaxMessageBytes                       552 5.3.4   MAIL (ErrMessageTooLarge)
 //	recipient domain not routed (relaying)           550 5.7.1   RCPT (ErrRelayDenied)
 //	mailbox not routed in a routed domain            550 5.1.1   RCPT (ErrUnknownRecipient)
-//	sender not on the route's AllowSenders           550 5.7.1   RCPT (ErrSenderNotAllowed)
 //	recipients over MaxRecipients                    452 4.5.3   RCPT (ErrTooManyRecipients)
 //	mail over MaxMessageBytes                        552 5.3.4   DATA (ErrMessageTooLarge)
 //	line over MaxLineLength                          500 5.5.2   DATA (ErrLineTooLong)
@@ -51,13 +51,16 @@
 //	header that cannot be read                       550 5.6.0   DATA (ErrMalformed)
 //	DMARC fail on a SenderReject route               550 5.7.1   DATA (ErrSenderForged)
 //	DMARC temperror on a SenderReject route          451 4.4.3   DATA (ErrSenderUnverifiable)
+//	no proven sender on the route's AllowSenders     550 5.7.1   DATA (ErrSenderNotAllowed)
+//	AllowSenders lists the From, DMARC temperror     451 4.4.3   DATA (ErrSenderUnverifiable)
 //	From not a verified member on a MembersOnly route 550 5.7.1  DATA (ErrNotMember)
 //	spool cannot commit                              451 4.3.0   DATA (ErrSpoolUnavailable)
 //
-// Commands out of order and bad syntax are answered by go-smtp itself (503, 501, 502); so is
-// "RCPT TO:<Postmaster>" without a domain, which go-smtp's parser refuses with 501 although RFC
-// 5321 asks servers to accept it. postmaster@ of every routed domain is accepted from every
-// sender and goes to Options.PostmasterRoom, or without it to the domain's first route. Only
+// Commands out of order and bad syntax are answered by go-smtp itself (503, 501, 502).
+// postmaster@ of every routed domain is accepted from every sender and goes to
+// Options.PostmasterRoom, or without it to the domain's first route; so does the bare
+// "RCPT TO:<Postmaster>" of RFC 5321 4.5.1, as postmaster@ of the first route's domain
+// (go-smtp from v0.26.0 passes it on; MAIL FROM:<Postmaster> stays a 501). Only
 // <CR><LF>.<CR><LF> ends DATA: bare LF and bare CR look-alikes of it (SMTP smuggling) stay
 // text of the mail, and mail with bare LF line ends is accepted as it is. 8-bit header text is
 // accepted and shown as UTF-8, best effort. A reused connection starts each mail clean (after
@@ -100,7 +103,8 @@
 // (BulkMail), List-Id or Precedence list (ListMail), an empty return path (NullSender), or a
 // delivery status notification (Bounce, RFC 3464), which is read into a DSN: the reporting
 // MTA, the original envelope ID and Message-ID, and per recipient the action, status and
-// diagnostic. Bounces are accepted at MAIL FROM:<> by routes without AllowSenders.
+// diagnostic. Bounces are accepted at MAIL FROM:<>; a route with AllowSenders takes one only
+// when its From is proven and listed, as for any mail.
 //
 // Routing. A Router maps a recipient to a room: static addresses, "+subaddress" forms of them,
 // and patterns with a capture ("case-{id}@cases.example.se" to "#case-{id}:server"), whose room
@@ -194,9 +198,16 @@
 // (pg_try_advisory_lock) on a connection of its own while connected, and another instance's
 // poller waits and takes over when it is freed.
 //
-// Known limits: a route's AllowSenders checks the envelope sender (SMTP) or the Return-Path
-// (IMAP), which are not authenticated; pair it with SenderPolicy SenderReject for a list that
-// means something. An IMAP mail is flagged or moved once spooled, not once posted. The reply
+// Sender allow-lists. A route's AllowSenders is checked at DATA, once sender authentication
+// has run, against the senders the mail proves: the SMTP AUTH user (when it is an address),
+// and the From address when its domain passes DMARC, or publishes no DMARC record and has an
+// SPF pass or DKIM signature aligned with it (relaxed), or a trusted relay's top-most
+// Authentication-Results says dmarc=pass for it. The envelope sender alone proves nothing. As
+// for SenderPolicy, one route that refuses refuses the mail for all its recipients. With
+// Options.TrustSubmitters an authenticated submitter passes every list.
+//
+// Known limits: a route's AllowSenders checks the Return-Path (else From) for mail taken from
+// IMAP, which is not authenticated. An IMAP mail is flagged or moved once spooled, not once posted. The reply
 // counts of Options.Metrics cover the gateway's answers to MAIL, RCPT and DATA and connections
 // refused, not go-smtp's own answers to malformed commands.
 package mailbridge

@@ -12,7 +12,8 @@ import (
 var (
 	// ErrUnknownRecipient: no route accepts the address (550 5.1.1).
 	ErrUnknownRecipient = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "No such recipient here"}
-	// ErrSenderNotAllowed: the route's sender allow-list does not name the sender (550 5.7.1).
+	// ErrSenderNotAllowed: the route's sender allow-list names none of the senders the mail
+	// proves (Route.AllowSenders), answered at DATA (550 5.7.1).
 	ErrSenderNotAllowed = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Sender not allowed for this recipient"}
 	// ErrTooManyRecipients: more recipients in one mail than Options.MaxRecipients (452 4.5.3).
 	ErrTooManyRecipients = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "Too many recipients"}

@@ -156,7 +156,7 @@ func TestSMTPReplies(t *testing.T) {
 	}
 
 	wantCode(t, "unknown recipient", send(c, "a@agency.example", []string{"nobody@agency.example"}, "x"), 550, smtp.EnhancedCode{5, 1, 1})
-	wantCode(t, "sender not on the allow-list", send(c, "a@elsewhere.example", []string{"registry@agency.example"}, "x"), 550, smtp.EnhancedCode{5, 7, 1})
+	wantCode(t, "sender not on the allow-list", send(c, "a@elsewhere.example", []string{"registry@agency.example"}, mail("a@elsewhere.example", "not allowed", "", "x")), 550, smtp.EnhancedCode{5, 7, 1})
 	if err := c.Reset(); err != nil {
 		t.Fatal(err)
 	}

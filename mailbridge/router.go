@@ -29,9 +29,15 @@ type Route struct {
 	// mail for one that does not waits in the spool.
 	Create *matrix.RoomSpec
 	// AllowSenders limits who may mail this route: full addresses ("system@agency.example")
-	// or domains ("@agency.example"). Empty allows everyone. It is checked against the
-	// envelope sender (MAIL FROM), which is not authenticated: it keeps out stray mail, not an
-	// attacker.
+	// or domains ("@agency.example"). Empty allows everyone. Over SMTP it is checked at DATA
+	// against the senders the mail proves, never the envelope sender or a From header as
+	// such: the SMTP AUTH user (when it is an address), and the From address when its domain
+	// passes DMARC, or has no DMARC record and an aligned SPF or DKIM pass, or a trusted
+	// relay's Authentication-Results says dmarc=pass for it. Others get 550 5.7.1
+	// (ErrSenderNotAllowed), or 451 4.4.3 (ErrSenderUnverifiable) when the From address is
+	// listed but DNS could not tell this time. A domain proves the domain; the local part is
+	// as its own servers let it be written. Mail a Poller takes from IMAP is checked against
+	// its Return-Path (else From), which is not authenticated.
 	AllowSenders []string
 	// SenderPolicy is what the route does with mail whose sender fails DMARC: SenderMark
 	// (the default, ""), SenderReject or SenderAccept. See senderauth.go (issue 10, smtp).
@@ -201,10 +207,11 @@ func (r *Router) Match(recipient string) (Match, error) {
 	return Match{}, fmt.Errorf("recipient %q: %w", recipient, ErrUnknownRecipient)
 }
 
-// Allows reports whether the match's route takes mail from the envelope sender. An empty
-// sender (a bounce, MAIL FROM:<>) passes only routes without an allow-list. postmaster@ mail
-// that goes to its domain's first route passes whatever that route's allow-list says, since
-// postmaster must reach someone.
+// Allows reports whether sender is on the match's route's allow-list (AllowSenders): the
+// address, or its domain. It checks only the list, not who sent the mail: the Gateway asks it
+// for the senders a mail has proven (see Route.AllowSenders). An empty sender passes only
+// routes without an allow-list. postmaster@ mail that goes to its domain's first route passes
+// whatever that route's allow-list says, since postmaster must reach someone.
 func (m Match) Allows(sender string) bool {
 	if m.Route == nil || len(m.Route.AllowSenders) == 0 || m.postmaster {
 		return true
@@ -221,6 +228,17 @@ func (m Match) Allows(sender string) bool {
 		}
 	}
 	return false
+}
+
+// qualifyPostmaster turns the bare "Postmaster" of RCPT TO:<Postmaster>, which RFC 5321
+// 4.1.1.3 and 4.5.1 ask every server to accept, into postmaster@ of the first route's domain;
+// any other recipient is returned as it is.
+func (r *Router) qualifyPostmaster(to string) string {
+	if !strings.EqualFold(to, "postmaster") || len(r.routes) == 0 {
+		return to
+	}
+	_, domain, _ := strings.Cut(strings.ToLower(r.routes[0].route.Address), "@")
+	return "postmaster@" + domain
 }
 
 // splitAddress lower-cases addr and splits it at its last '@'.

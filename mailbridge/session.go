@@ -32,6 +32,9 @@ type session struct {
 	targets  []target       // one per room, in the order of the first recipient for it
 	policies []SenderPolicy // the SenderPolicy of the route of each target
 	members  bool           // a target's route is MembersOnly
+	// allowLists are the matches of the recipients whose route has AllowSenders, checked at
+	// DATA against the senders the mail proves (allow.go).
+	allowLists []Match
 }
 
 func (g *Gateway) newSession(c *smtp.Conn) (smtp.Session, error) {
@@ -48,6 +51,7 @@ func (g *Gateway) newSession(c *smtp.Conn) (smtp.Session, error) {
 
 func (s *session) Reset() {
 	s.from, s.hasFrom, s.targets, s.policies, s.members = "", false, nil, nil, false
+	s.allowLists = nil
 	s.g.conns.end(s) // ops: Shutdown closes the connection between transactions
 }
 
@@ -104,14 +108,16 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) (err error) {
 	if !s.hasFrom {
 		return errNoTransaction
 	}
+	to = s.g.router.qualifyPostmaster(to)
 	m, err := s.g.match(to)
 	if err != nil {
 		s.g.log.Info("recipient refused", "remote", s.remote, "reason", reasonOf(err))
 		return reply(err)
 	}
-	if !s.trustedSubmitter() && !m.Allows(s.from) {
-		s.g.log.Info("recipient refused", "remote", s.remote, "reason", "sender not allowed")
-		return ErrSenderNotAllowed
+	if len(m.Route.AllowSenders) > 0 && !m.postmaster {
+		// Who sent the mail is known only after DATA: see checkAllowed. Recorded before the
+		// room is deduplicated, so that the strictest list of a room's routes holds.
+		s.allowLists = append(s.allowLists, m)
 	}
 	for _, t := range s.targets {
 		if t.room == m.Room {
@@ -138,8 +144,8 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) (err error) {
 
 // match routes a recipient: the Router, with postmaster@ of every routed domain sent to
 // Options.PostmasterRoom when set, and a domain that is not routed at all refused as
-// relaying. (A bare "RCPT TO:<Postmaster>", which RFC 5321 4.5.1 also asks for, is refused by
-// go-smtp's parser with 501 before it gets here.)
+// relaying. A bare "RCPT TO:<Postmaster>" (RFC 5321 4.5.1) arrives here qualified, see
+// Router.qualifyPostmaster.
 func (g *Gateway) match(to string) (Match, error) {
 	m, err := g.router.Match(to)
 	if err != nil {
@@ -213,6 +219,10 @@ func (s *session) Data(r io.Reader) (err error) {
 	g.opts.Metrics.DMARC(v.results().DMARC)
 	if err != nil {
 		g.log.Info("mail refused", "remote", s.remote, "reason", "sender authentication", "dmarc", v.dmarc, "from_domain", v.fromDomain)
+		return err
+	}
+	if err := s.checkAllowed(proven(env, v, e.Header)); err != nil {
+		g.log.Info("mail refused", "remote", s.remote, "reason", "sender not allowed", "dmarc", v.dmarc, "from_domain", v.fromDomain)
 		return err
 	}
 	if err := s.checkMember(v); err != nil {

@@ -215,7 +215,7 @@ func TestTLSAndAuth(t *testing.T) {
 	inbox.Wait(t, subjectLine("Via implicit TLS"))
 
 	// Not authenticated, the same mail is refused: not on the allow-list.
-	wantCode(t, "unauthenticated", send(dial(t, addr), "noreply@case-system.example", []string{"registry@agency.example"}, "x"), 550, smtp.EnhancedCode{5, 7, 1})
+	wantCode(t, "unauthenticated", send(dial(t, addr), "noreply@case-system.example", []string{"registry@agency.example"}, mail("noreply@case-system.example", "Unauthenticated", "", "x")), 550, smtp.EnhancedCode{5, 7, 1})
 
 	// swaks: STARTTLS and AUTH PLAIN.
 	out, err := swaks(t, "--server", addr, "--tls", "--auth", "PLAIN", "--auth-user", "case-system", "--auth-password", "correct horse",

@@ -28,21 +28,28 @@ func runGateway(ctx context.Context, e *env, args []string) error {
 		if a == "spool" {
 			return runGatewaySpool(ctx, e, append(append([]string(nil), args[i+1:]...), args[:i]...))
 		}
+		if a == "hash-password" && i == 0 { // gwconfig part
+			return runGatewayHashPassword(e, args[1:])
+		}
 	}
 	fs := newFlags(e, "gateway")
 	path := fs.String("config", envOr("SAMTAL_GATEWAY_CONFIG", "gateway.yaml"), "the gateway's configuration (env SAMTAL_GATEWAY_CONFIG); see docs/gateway.example.yaml")
-	setUsage(fs, "gateway [--config FILE]\n       samtal gateway spool list|show ID|retry ID [--config FILE]",
+	setUsage(fs, "gateway [--config FILE]\n       samtal gateway spool list|show ID|retry ID [--config FILE]\n       samtal gateway hash-password < password.txt",
 		`Runs the mail gateway: mail received over SMTP is spooled durably and posted into the rooms
 that the routes in the configuration name. It serves /metrics, /healthz and /readyz on the
 configured HTTP address, and on SIGTERM finishes the SMTP transactions under way before it
 stops. The first start logs in with SAMTAL_USER and SAMTAL_PASSWORD (or SAMTAL_ACCESS_TOKEN),
 like every samtal command. 'spool list' shows the mail not delivered yet, 'spool show ID' one
-of them, 'spool retry ID' revives a dead-lettered mail.`)
+of them, 'spool retry ID' revives a dead-lettered mail. 'hash-password' prints the bcrypt hash
+of an SMTP submitter's password for smtp.auth.users.`)
 	if err := parseNoArgs(fs, args); err != nil {
 		return err
 	}
 	cfg, err := loadGatewayConfig(*path)
 	if err != nil {
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if err := cfg.check(ctx, e.log); err != nil { // gwconfig part
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
 	a := cfg.account()
@@ -55,7 +62,11 @@ of them, 'spool retry ID' revives a dead-lettered mail.`)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "samtal gateway is running.\n\n  smtp  %s\n  http  %s  (/metrics /healthz /readyz)\n\nStop with SIGTERM or Ctrl-C.\n", rg.smtpAddr, rg.httpAddr)
+	fmt.Fprintf(e.stdout, "samtal gateway is running.\n\n  smtp  %s\n", rg.smtpAddr)
+	if rg.smtpsAddr != "" { // gwconfig part
+		fmt.Fprintf(e.stdout, "  smtps %s  (implicit TLS)\n", rg.smtpsAddr)
+	}
+	fmt.Fprintf(e.stdout, "  http  %s  (/metrics /healthz /readyz)\n\nStop with SIGTERM or Ctrl-C.\n", rg.httpAddr)
 	<-ctx.Done()
 	return rg.stop()
 }
@@ -87,6 +98,10 @@ type runningGateway struct {
 	bg      sync.WaitGroup
 	once    sync.Once
 	stopErr error
+
+	// gwconfig part:
+	smtpsAddr string     // implicit TLS, or ""
+	servedTLS chan error // ServeTLS's result, when smtpsAddr is set
 }
 
 // startGateway starts the gateway of cfg for client c: SMTP, delivery, a Syncer for c (which
@@ -101,7 +116,7 @@ func startGateway(ctx context.Context, e *env, cfg *gatewayConfig, c *matrix.Cli
 		return nil, fmt.Errorf("%w: %w", errUsage, err)
 	}
 	metrics := newGatewayMetrics()
-	gw, err := mailbridge.New(ctx, mailbridge.Options{
+	opts := mailbridge.Options{
 		Client:          c,
 		Router:          router,
 		Domain:          cfg.SMTP.Domain,
@@ -115,9 +130,18 @@ func startGateway(ctx context.Context, e *env, cfg *gatewayConfig, c *matrix.Cli
 		ClaimLease:      time.Duration(cfg.Delivery.ClaimLease),
 		Metrics:         metrics,
 		Logger:          e.log,
-	})
+	}
+	if err := cfg.mailOptions(&opts, e.log); err != nil { // gwconfig part
+		return nil, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	gw, err := mailbridge.New(ctx, opts)
 	if err != nil {
 		return nil, err
+	}
+	pollers, err := newPollers(ctx, cfg, gw) // gwconfig part
+	if err != nil {
+		_ = gw.Close()
+		return nil, fmt.Errorf("%w: %w", errUsage, err)
 	}
 	metrics.reg.MustRegister(newSpoolCollector(gw))
 	rg := &runningGateway{e: e, gw: gw, served: make(chan error, 1), timeout: time.Duration(cfg.ShutdownTimeout)}
@@ -145,6 +169,13 @@ func startGateway(ctx context.Context, e *env, cfg *gatewayConfig, c *matrix.Cli
 		return nil, fmt.Errorf("listen for HTTP on %s: %w", httpAddr, err)
 	}
 	rg.smtpAddr, rg.httpAddr = sl.Addr().String(), hl.Addr().String()
+	tl, err := listenTLS(ctx, cfg) // gwconfig part: implicit TLS
+	if err != nil {
+		sl.Close()
+		hl.Close()
+		_ = gw.Close()
+		return nil, err
+	}
 
 	bg, stopBg := context.WithCancel(context.WithoutCancel(ctx))
 	rg.stopBg = stopBg
@@ -154,6 +185,7 @@ func startGateway(ctx context.Context, e *env, cfg *gatewayConfig, c *matrix.Cli
 		rg.served <- gw.Serve(context.WithoutCancel(ctx), sl)
 		rg.serving.Store(false)
 	}()
+	rg.serveTLS(ctx, tl, pollers, bg) // gwconfig part
 	syncer := c.NewSyncer(matrix.SyncOptions{})
 	rg.bg.Go(func() {
 		if err := syncer.Run(bg); err != nil && bg.Err() == nil {
@@ -212,6 +244,11 @@ func (rg *runningGateway) stop() error {
 		}
 		if serr := <-rg.served; !errors.Is(serr, mailbridge.ErrClosed) && err == nil {
 			err = serr
+		}
+		if rg.servedTLS != nil { // gwconfig part
+			if serr := <-rg.servedTLS; !errors.Is(serr, mailbridge.ErrClosed) && err == nil {
+				err = serr
+			}
 		}
 		rg.stopBg()
 		hctx, hcancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -32,6 +32,9 @@ type gatewayConfig struct {
 		MaxRecipients   int    `yaml:"max_recipients"`
 		MaxConnections  int    `yaml:"max_connections"`
 		MaxHeaderFields int    `yaml:"max_header_fields"`
+
+		// gwconfig part: the rest of mailbridge.Options (gateway_config_mail.go).
+		smtpMoreConfig `yaml:",inline"`
 	} `yaml:"smtp"`
 	HTTP struct {
 		Listen string `yaml:"listen"`
@@ -45,6 +48,11 @@ type gatewayConfig struct {
 	ShutdownTimeout duration                `yaml:"shutdown_timeout"`
 	Templates       map[string]roomTemplate `yaml:"templates"`
 	Routes          []routeConfig           `yaml:"routes"`
+
+	// gwconfig part (gateway_config_mail.go):
+	DNS        dnsConfig        `yaml:"dns"`
+	Federation federationConfig `yaml:"federation"`
+	IMAP       []imapConfig     `yaml:"imap"`
 }
 
 // routeConfig is one entry of routes: a mailbridge.Route, with its room template by name.
@@ -53,6 +61,10 @@ type routeConfig struct {
 	Room         string   `yaml:"room"`
 	Template     string   `yaml:"template"`
 	AllowSenders []string `yaml:"allow_senders"`
+
+	// gwconfig part:
+	SenderPolicy string `yaml:"sender_policy"`
+	MembersOnly  bool   `yaml:"members_only"`
 }
 
 // roomTemplate is a matrix.RoomSpec as written in YAML.
@@ -151,6 +163,12 @@ func (cfg *gatewayConfig) routes() ([]mailbridge.Route, error) {
 	var out []mailbridge.Route
 	for i, rc := range cfg.Routes {
 		r := mailbridge.Route{Address: rc.Address, Room: rc.Room, AllowSenders: rc.AllowSenders}
+		r.SenderPolicy, r.MembersOnly = mailbridge.SenderPolicy(rc.SenderPolicy), rc.MembersOnly // gwconfig part
+		switch r.SenderPolicy {
+		case "", mailbridge.SenderMark, mailbridge.SenderReject, mailbridge.SenderAccept:
+		default:
+			return nil, fmt.Errorf("%w: routes[%d].sender_policy: %q is not mark, reject or accept", errConfig, i, rc.SenderPolicy)
+		}
 		if rc.Template != "" {
 			t, ok := cfg.Templates[rc.Template]
 			if !ok {
