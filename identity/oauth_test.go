@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -474,6 +475,10 @@ func clientIDOf(t *testing.T, o *testOP, _ string) string {
 	return last
 }
 
+// TestOAuthDeviceGrant: a headless tool logs in with the device grant, and keeps working
+// across the expiry of its access token: the Transport's clock passes the token's expiry (the
+// homeserver refuses the old token from then on, as a real one would) and the next Send goes
+// out with a refreshed pair, without Send seeing it.
 func TestOAuthDeviceGrant(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the example OP polls every 5 seconds")
@@ -482,7 +487,9 @@ func TestOAuthDeviceGrant(t *testing.T) {
 	f := startFront(t, o)
 	db := openDB(t)
 	ctx := context.Background()
-	tr, err := identity.NewTransport(ctx, db, "", identity.TransportOptions{})
+	var skew atomic.Int64 // how far the Transport's clock is ahead
+	tr, err := identity.NewTransport(ctx, db, "", identity.TransportOptions{
+		Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -509,10 +516,35 @@ func TestOAuthDeviceGrant(t *testing.T) {
 	if c.UserID() != "@officer:front.test" {
 		t.Errorf("logged in as %s", c.UserID())
 	}
-	// (The refresh itself is tested with the code grant: the example storage refuses to
-	// refresh a device grant's token with invalid_grant.)
+	if c.Session().RefreshToken == "" || c.Session().ExpiresAt.IsZero() {
+		t.Fatalf("the device grant gave no refresh token or no expiry")
+	}
 	if err := sendAndWait(t, c, "from a headless tool"); err != nil {
-		t.Errorf("send: %v", err)
+		t.Fatalf("send: %v", err)
+	}
+
+	// The access token's lifetime passes.
+	skew.Store(int64(time.Until(c.Session().ExpiresAt) + time.Minute))
+	f.expireAll()
+	if err := sendAndWait(t, c, "after the token expired"); err != nil {
+		t.Fatalf("send after the access token expired: %v", err)
+	}
+	var gen int
+	var current string
+	if err := db.QueryRow(ctx, `SELECT generation, access_token FROM samtal_identity_oauth WHERE name = 'default'`).Scan(&gen, &current); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	used := f.seen[current]
+	f.mu.Unlock()
+	if gen != 1 || used == 0 {
+		t.Errorf("generation %d, the refreshed token used %d times: want one refresh, then its token", gen, used)
+	}
+	if got := f.sentBodies(); len(got) != 2 || !strings.Contains(got[1], "after the token expired") {
+		t.Errorf("sent %q", got)
+	}
+	if err := c.Err(); err != nil {
+		t.Errorf("client error: %v", err)
 	}
 }
 

@@ -125,6 +125,21 @@ func (s *opStorage) KeySet(context.Context) ([]op.Key, error) {
 	return ks, nil
 }
 
+// CreateAccessAndRefreshTokens gives the device grant refresh tokens that refresh: the example
+// storage files a device grant's refresh token under no client (it knows the client of a code
+// grant and of a refresh only), so that a refresh by the client that holds it is refused with
+// invalid_grant. Here a device grant is handed on as the refresh request of its own client and
+// subject, from which the storage makes a new pair.
+func (s *opStorage) CreateAccessAndRefreshTokens(ctx context.Context, request op.TokenRequest, currentRefreshToken string) (string, string, time.Time, error) {
+	if d, ok := request.(*op.DeviceAuthorizationState); ok && currentRefreshToken == "" {
+		request = storage.RefreshTokenRequestFromBusiness(&storage.RefreshToken{
+			ApplicationID: d.ClientID, UserID: d.Subject, Audience: d.Audience, Scopes: d.Scopes,
+			AuthTime: d.AuthTime, AMR: d.AMR,
+		})
+	}
+	return s.Storage.CreateAccessAndRefreshTokens(ctx, request, currentRefreshToken)
+}
+
 // current is the key the OP signs with now.
 func (o *testOP) current() *signKey {
 	o.store.mu.Lock()
