@@ -11,15 +11,16 @@ import (
 	"github.com/zitadel/oidc/v3/example/server/storage"
 
 	"github.com/samtalhq/samtal/identity"
+	"github.com/samtalhq/samtal/internal/oidctest"
 )
 
 // BenchmarkVerifyIDToken compares Provider.Verify with go-oidc's own verifier on the same
 // token and the same provider, each with its JWKS cached (fetched before the timer starts).
 func BenchmarkVerifyIDToken(b *testing.B) {
 	quietOP(b)
-	o := startOP(b, storage.WebClient("web", "web-secret", "http://127.0.0.1/callback"))
+	o := oidctest.Start(b, storage.WebClient("web", "web-secret", "http://127.0.0.1/callback"))
 	now := time.Now()
-	raw := o.sign(b, nil, map[string]any{"iss": o.Issuer, "sub": "id-jane", "aud": "web", "azp": "web",
+	raw := o.Sign(b, nil, map[string]any{"iss": o.Issuer, "sub": "id-jane", "aud": "web", "azp": "web",
 		"exp": now.Add(time.Hour).Unix(), "iat": now.Unix()})
 	ctx := context.Background()
 

@@ -2,6 +2,8 @@ package identity_test
 
 import (
 	"testing"
+
+	"github.com/samtalhq/samtal/internal/oidctest"
 )
 
 // BenchmarkSendRefresh measures a Send (to the homeserver's acceptance) through the Transport
@@ -15,8 +17,8 @@ func BenchmarkSendRefresh(b *testing.B) {
 			name = "token-refused-each-send"
 		}
 		b.Run(name, func(b *testing.B) {
-			o := startOP(b)
-			f := startFront(b, o)
+			o := oidctest.Start(b)
+			f := oidctest.StartFront(b, o)
 			db := openDB(b)
 			c, _ := oauthClient(b, f, db)
 			if err := sendAndWait(b, c, "warm"); err != nil {
@@ -25,7 +27,7 @@ func BenchmarkSendRefresh(b *testing.B) {
 			for b.Loop() {
 				if refresh {
 					b.StopTimer()
-					f.expireAll()
+					f.ExpireAll()
 					b.StartTimer()
 				}
 				if err := sendAndWait(b, c, "x"); err != nil {

@@ -258,7 +258,10 @@ func signInCallback(t *testing.T, issuer string, client *http.Client) error {
 	app := httptest.NewUnstartedServer(nil)
 	base := "http://" + app.Listener.Addr().String()
 	si, err := NewSignIn(p, SignInOptions{RedirectURL: base + "/callback", CookieKey: make([]byte, 32),
-		OnError: func(w http.ResponseWriter, r *http.Request, err error) { got <- err; http.Error(w, "no", http.StatusBadGateway) }})
+		OnError: func(w http.ResponseWriter, r *http.Request, err error) {
+			got <- err
+			http.Error(w, "no", http.StatusBadGateway)
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
