@@ -25,7 +25,8 @@ const FrontServerName = "front.test"
 // matrix-authentication-service) runs on our machines, and Dendrite has none; a Front serves
 // auth_metadata naming the OP as its authorization server, registers clients into the OP
 // (dynamic client registration), and accepts the OP's access tokens (asking the OP's
-// userinfo endpoint) on the few client-API endpoints tests use: whoami, send and sync. Its
+// userinfo endpoint) on the few client-API endpoints tests use: whoami, joined_rooms (the one
+// room !case:front.test), send and sync. Its
 // token endpoint is the OP's through a proxy that can be made to fail.
 type Front struct {
 	URL string
@@ -86,6 +87,11 @@ func StartFront(t testing.TB, o *OP) *Front {
 		f.sent = append(f.sent, string(body))
 		f.mu.Unlock()
 		writeJSON(w, 200, map[string]any{"event_id": "$" + r.PathValue("txn")})
+	})
+	mux.HandleFunc("GET /_matrix/client/v3/joined_rooms", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := f.auth(w, r); ok {
+			writeJSON(w, 200, map[string]any{"joined_rooms": []string{"!case:" + FrontServerName}})
+		}
 	})
 	mux.HandleFunc("GET /_matrix/client/v3/sync", func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := f.auth(w, r); !ok {
