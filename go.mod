@@ -21,6 +21,7 @@ require (
 	github.com/yuin/goldmark v1.8.6
 	github.com/zitadel/oidc/v3 v3.52.0
 	go.mau.fi/util v0.11.0
+	go.uber.org/goleak v1.3.0
 	go.yaml.in/yaml/v3 v3.0.6
 	golang.org/x/crypto v0.58.0
 	golang.org/x/net v0.61.0

@@ -67,7 +67,9 @@
 // SignIn.LogoutURL is RP-initiated logout. A Mapper turns the claims into a Matrix ID from a
 // template ({{.preferred_username}}, or {{tchap .email}}: jane.smith@example.se becomes
 // jane.smith-example.se), normalised to the localpart grammar (Localpart), with a collision
-// policy and a display name template.
+// policy and a display name template. Mapper.Accounts remembers who holds which localpart:
+// OpenAccounts keeps it in the shared database, the same after a restart, with the collision
+// policy enforced by the database for several instances at once (nil keeps it in memory).
 //
 // A Matrix client logs in through the homeserver's OAuth 2.0 API (spec v1.15) with OAuth
 // (authorization code with PKCE and a loopback redirect on 127.0.0.1, for CLIs and desktops)
@@ -84,7 +86,10 @@
 // m.login.token, with the same loopback helper), matrix.JWT or matrix.Password.
 //
 // Tokens are never logged nor put in an error's text; Identity logs without them. Every
-// request has a timeout.
+// request has a timeout (ProviderOptions.Timeout, OAuthOptions.HTTPTimeout,
+// TransportOptions.Timeout, SSOOptions.HTTPTimeout; DefaultHTTPTimeout by default), also
+// through an http.Client without one: a server that takes a request and does not answer gives
+// ErrTimeout, naming the step.
 //
 // Not done here: the provider side (this package is a client of an OP), token storage in the
 // browser (the application keeps Identity's tokens server side), and the refresh of the

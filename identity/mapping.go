@@ -64,7 +64,8 @@ type Mapper struct {
 	Collision   CollisionPolicy // what a second subject mapping to a held localpart gets
 	// Accounts remembers which subject holds which localpart, so that the same person keeps
 	// the same ID even when the claims change, and two people never share one. nil means an
-	// in-memory table (MemoryAccounts), lost on restart.
+	// in-memory table (MemoryAccounts), lost on restart; OpenAccounts keeps it in the shared
+	// database, for restarts and for several instances.
 	Accounts Accounts
 
 	once      sync.Once
@@ -152,6 +153,12 @@ func (m *Mapper) Map(ctx context.Context, subject string, claims map[string]any)
 		}
 		if ok {
 			return Mapping{UserID: id.NewUserID(lp, m.Server), DisplayName: name}, nil
+		}
+		// Another instance may have just mapped this same subject (with other claims).
+		if held, err := m.defaultAc.Lookup(ctx, subject); err != nil {
+			return Mapping{}, fmt.Errorf("identity: look up account: %w", err)
+		} else if held != "" {
+			return Mapping{UserID: id.NewUserID(held, m.Server), DisplayName: name}, nil
 		}
 		if m.Collision == CollisionRefuse {
 			return Mapping{}, fmt.Errorf("%w: %s", ErrCollision, lp)

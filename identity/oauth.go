@@ -36,6 +36,7 @@ type OAuthOptions struct {
 	ClientURI   string           // the client's home page (the spec requires one); "" means samtal's
 	Scopes      []string         // more scopes than the spec's API and device scopes (such as openid)
 	Timeout     time.Duration    // how long the user has to sign in; 0 means DefaultSignInTimeout
+	HTTPTimeout time.Duration    // of each request to the homeserver and its authorization server; 0 means DefaultHTTPTimeout
 	Logger      *slog.Logger     // nil means slog.Default()
 	// Open shows the authorization URL to the user (OAuth): print it and open a browser. The
 	// URL carries no secret.
@@ -70,6 +71,9 @@ func (o *OAuthOptions) defaults() error {
 	if o.Timeout == 0 {
 		o.Timeout = DefaultSignInTimeout
 	}
+	if o.HTTPTimeout <= 0 {
+		o.HTTPTimeout = DefaultHTTPTimeout
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -88,7 +92,7 @@ func OAuth(opts OAuthOptions) matrix.Login {
 		if opts.Open == nil {
 			return nil, errors.New("identity: OAuthOptions.Open is required")
 		}
-		meta, err := metadata(ctx, hs)
+		meta, err := metadata(ctx, hs, opts.HTTPTimeout)
 		if err != nil {
 			return nil, err
 		}
@@ -102,11 +106,13 @@ func OAuth(opts OAuthOptions) matrix.Login {
 			return nil, err
 		}
 		device := newDeviceID()
-		auth, err := hs.OAuthGetAuthorizationURL(ctx, oauth.GetAuthorizationURLParams{
-			RedirectURI: lb.redirect, Scopes: scopes(opts, device), ClientID: clientID, ResponseMode: oauth.ResponseModeQuery,
+		auth, err := call(ctx, opts.HTTPTimeout, "auth_metadata", func(ctx context.Context) (*oauth.AuthorizationCodeResponse, error) {
+			return hs.OAuthGetAuthorizationURL(ctx, oauth.GetAuthorizationURLParams{
+				RedirectURI: lb.redirect, Scopes: scopes(opts, device), ClientID: clientID, ResponseMode: oauth.ResponseModeQuery,
+			})
 		})
 		if err != nil {
-			return nil, fmt.Errorf("%w: authorization URL: %w", matrix.ErrLogin, err)
+			return nil, loginErr("authorization URL", err)
 		}
 		if err := opts.Open(ctx, auth.URL); err != nil {
 			return nil, fmt.Errorf("%w: show the authorization URL: %w", matrix.ErrLogin, err)
@@ -117,11 +123,13 @@ func OAuth(opts OAuthOptions) matrix.Login {
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", matrix.ErrLogin, err)
 		}
-		tok, err := hs.OAuthExchangeToken(ctx, oauth.ExchangeTokenParams{
-			CodeVerifier: auth.CodeVerifier, RedirectURI: lb.redirect, Code: code, ClientID: clientID,
+		tok, err := call(ctx, opts.HTTPTimeout, "token endpoint", func(ctx context.Context) (*oauth.TokenResponse, error) {
+			return hs.OAuthExchangeToken(ctx, oauth.ExchangeTokenParams{
+				CodeVerifier: auth.CodeVerifier, RedirectURI: lb.redirect, Code: code, ClientID: clientID,
+			})
 		})
 		if err != nil {
-			return nil, fmt.Errorf("%w: exchange the code: %s", matrix.ErrLogin, oauthErrText(err))
+			return nil, loginErr("exchange the code", err)
 		}
 		return finishOAuth(ctx, hs, opts, meta, clientID, device, tok)
 	})
@@ -138,7 +146,7 @@ func OAuthDevice(opts OAuthOptions) matrix.Login {
 		if opts.ShowCode == nil {
 			return nil, errors.New("identity: OAuthOptions.ShowCode is required")
 		}
-		meta, err := metadata(ctx, hs)
+		meta, err := metadata(ctx, hs, opts.HTTPTimeout)
 		if err != nil {
 			return nil, err
 		}
@@ -150,9 +158,11 @@ func OAuthDevice(opts OAuthOptions) matrix.Login {
 			return nil, err
 		}
 		device := newDeviceID()
-		dc, err := hs.OAuthGenerateDeviceCode(ctx, oauth.GenerateDeviceCodeParams{Scopes: scopes(opts, device), ClientID: clientID})
+		dc, err := call(ctx, opts.HTTPTimeout, "device authorization endpoint", func(ctx context.Context) (*oauth.DeviceCodeResponse, error) {
+			return hs.OAuthGenerateDeviceCode(ctx, oauth.GenerateDeviceCodeParams{Scopes: scopes(opts, device), ClientID: clientID})
+		})
 		if err != nil {
-			return nil, fmt.Errorf("%w: device code: %s", matrix.ErrLogin, oauthErrText(err))
+			return nil, loginErr("device code", err)
 		}
 		expires := time.Now().Add(dc.ExpiresIn.Duration)
 		if err := opts.ShowCode(ctx, DeviceCode{UserCode: dc.UserCode, VerificationURI: dc.VerificationURI,
@@ -167,7 +177,9 @@ func OAuthDevice(opts OAuthOptions) matrix.Login {
 		wctx, cancel := context.WithDeadline(ctx, deadline)
 		defer cancel()
 		for {
-			tok, err := hs.OAuthPollDeviceCode(wctx, oauth.PollDeviceCodeParams{DeviceCode: dc.DeviceCode, ClientID: clientID})
+			tok, err := call(wctx, opts.HTTPTimeout, "token endpoint (device polling)", func(ctx context.Context) (*oauth.TokenResponse, error) {
+				return hs.OAuthPollDeviceCode(ctx, oauth.PollDeviceCodeParams{DeviceCode: dc.DeviceCode, ClientID: clientID})
+			})
 			if err == nil {
 				return finishOAuth(ctx, hs, opts, meta, clientID, device, tok)
 			}
@@ -179,7 +191,7 @@ func OAuthDevice(opts OAuthOptions) matrix.Login {
 				if wctx.Err() != nil {
 					return nil, fmt.Errorf("%w: %w", matrix.ErrLogin, ErrLoginTimeout)
 				}
-				return nil, fmt.Errorf("%w: device grant: %s", matrix.ErrLogin, oauthErrText(err))
+				return nil, loginErr("device grant", err)
 			}
 			select {
 			case <-wctx.Done():
@@ -191,17 +203,21 @@ func OAuthDevice(opts OAuthOptions) matrix.Login {
 }
 
 // AccountManagementURL is where the user manages their account (devices, sessions, password)
-// at the homeserver's authorization server; "" when it names none.
+// at the homeserver's authorization server; "" when it names none. The request has
+// DefaultHTTPTimeout.
 func AccountManagementURL(ctx context.Context, hs *mautrix.Client) (string, error) {
-	meta, err := metadata(ctx, hs)
+	meta, err := metadata(ctx, hs, DefaultHTTPTimeout)
 	if err != nil {
 		return "", err
 	}
 	return meta.AccountManagementURI, nil
 }
 
-func metadata(ctx context.Context, hs *mautrix.Client) (*oauth.ServerMetadata, error) {
-	meta, err := hs.OAuthGetServerMetadata(ctx)
+func metadata(ctx context.Context, hs *mautrix.Client, d time.Duration) (*oauth.ServerMetadata, error) {
+	meta, err := call(ctx, d, "auth_metadata", hs.OAuthGetServerMetadata)
+	if errors.Is(err, ErrTimeout) {
+		return nil, loginErr("", err)
+	}
 	if err != nil {
 		var he mautrix.HTTPError
 		if errors.As(err, &he) && he.Response != nil && (he.Response.StatusCode == http.StatusNotFound || he.IsStatus(http.StatusBadRequest)) {
@@ -219,13 +235,15 @@ func metadata(ctx context.Context, hs *mautrix.Client) (*oauth.ServerMetadata, e
 }
 
 func register(ctx context.Context, hs *mautrix.Client, opts OAuthOptions, deviceName string, grants []oauth.GrantType, redirects []string) (string, error) {
-	resp, err := hs.OAuthRegisterClient(ctx, &oauth.ClientMetadata{
-		ApplicationType: oauth.ApplicationTypeNative, ClientName: opts.ClientName + " (" + deviceName + ")",
-		ClientURI: opts.ClientURI, GrantTypes: grants, RedirectURIs: redirects,
-		ResponseTypes: []oauth.ResponseType{oauth.ResponseTypeCode}, TokenEndpointAuthMethod: oauth.AuthMethodNone,
+	resp, err := call(ctx, opts.HTTPTimeout, "registration endpoint", func(ctx context.Context) (*oauth.ClientMetadata, error) {
+		return hs.OAuthRegisterClient(ctx, &oauth.ClientMetadata{
+			ApplicationType: oauth.ApplicationTypeNative, ClientName: opts.ClientName + " (" + deviceName + ")",
+			ClientURI: opts.ClientURI, GrantTypes: grants, RedirectURIs: redirects,
+			ResponseTypes: []oauth.ResponseType{oauth.ResponseTypeCode}, TokenEndpointAuthMethod: oauth.AuthMethodNone,
+		})
 	})
 	if err != nil {
-		return "", fmt.Errorf("%w: register the client: %s", matrix.ErrLogin, oauthErrText(err))
+		return "", loginErr("register the client", err)
 	}
 	if resp == nil || resp.ClientID == "" {
 		return "", fmt.Errorf("%w: the registration gave no client_id", matrix.ErrLogin)
@@ -248,10 +266,10 @@ func finishOAuth(ctx context.Context, hs *mautrix.Client, opts OAuthOptions, met
 		return nil, fmt.Errorf("%w: the token response has no access token", matrix.ErrLogin)
 	}
 	hs.AccessToken = tok.AccessToken
-	who, err := hs.Whoami(ctx)
+	who, err := call(ctx, opts.HTTPTimeout, "whoami", hs.Whoami)
 	hs.AccessToken = ""
 	if err != nil {
-		return nil, fmt.Errorf("%w: whoami with the new token: %s", matrix.ErrLogin, oauthErrText(err))
+		return nil, loginErr("whoami with the new token", err)
 	}
 	if who.DeviceID != "" {
 		device = who.DeviceID
@@ -271,6 +289,15 @@ func finishOAuth(ctx context.Context, hs *mautrix.Client, opts OAuthOptions, met
 	opts.Logger.InfoContext(ctx, "logged in through OAuth 2.0", "user", who.UserID, "device", device, "client_id", clientID)
 	return &matrix.Session{HomeserverURL: hs.HomeserverURL.String(), UserID: who.UserID, DeviceID: device,
 		AccessToken: tok.AccessToken, RefreshToken: tok.RefreshToken, ExpiresAt: expires}, nil
+}
+
+// loginErr is a failed login step: a timeout as it is (ErrTimeout names the step), any other
+// error described without what a body could hold.
+func loginErr(step string, err error) error {
+	if errors.Is(err, ErrTimeout) {
+		return fmt.Errorf("%w: %w", matrix.ErrLogin, err)
+	}
+	return fmt.Errorf("%w: %s: %s", matrix.ErrLogin, step, oauthErrText(err))
 }
 
 // oauthErrCode is the OAuth error code in an error from mautrix's OAuth calls.

@@ -53,7 +53,8 @@ type ProviderOptions struct {
 	ClientID     string        // this application's client ID at the provider
 	ClientSecret string        // "" for a public client (PKCE only)
 	ClockSkew    time.Duration // tolerated clock difference; 0 means DefaultClockSkew
-	HTTPClient   *http.Client  // nil means a client with DefaultHTTPTimeout
+	HTTPClient   *http.Client  // nil means http.DefaultClient's transport
+	Timeout      time.Duration // of each request to the provider (also through HTTPClient); 0 means DefaultHTTPTimeout
 	Logger       *slog.Logger  // nil means slog.Default()
 	Now          func() time.Time
 }
@@ -71,6 +72,7 @@ type Provider struct {
 	skew       time.Duration
 	now        func() time.Time
 	client     *http.Client
+	timeout    time.Duration
 	log        *slog.Logger
 	endSession string
 	revocation string
@@ -85,9 +87,15 @@ func Connect(ctx context.Context, opts ProviderOptions) (*Provider, error) {
 	if opts.ClockSkew == 0 {
 		opts.ClockSkew = DefaultClockSkew
 	}
-	if opts.HTTPClient == nil {
-		opts.HTTPClient = &http.Client{Timeout: DefaultHTTPTimeout}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultHTTPTimeout
 	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = &http.Client{}
+	}
+	// Every request, including go-oidc's later key fetches, which carry no deadline of a
+	// caller, ends after Timeout.
+	opts.HTTPClient = withTimeout(opts.HTTPClient, opts.Timeout)
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -97,9 +105,12 @@ func Connect(ctx context.Context, opts ProviderOptions) (*Provider, error) {
 	// go-oidc keeps this context for its later key fetches: it must carry the client and
 	// must not end with the caller's request.
 	keyCtx := oidc.ClientContext(context.WithoutCancel(ctx), opts.HTTPClient)
-	reqCtx, cancel := context.WithTimeout(oidc.ClientContext(ctx, opts.HTTPClient), DefaultHTTPTimeout)
+	reqCtx, cancel := context.WithTimeout(oidc.ClientContext(ctx, opts.HTTPClient), opts.Timeout)
 	defer cancel()
 	p, err := oidc.NewProvider(reqCtx, opts.Issuer)
+	if isTimeout(ctx, err) {
+		return nil, timeoutError("discover provider "+opts.Issuer, opts.Timeout)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("identity: discover provider %s: %w", opts.Issuer, err)
 	}
@@ -107,6 +118,7 @@ func Connect(ctx context.Context, opts ProviderOptions) (*Provider, error) {
 		Algs       []string `json:"id_token_signing_alg_values_supported"`
 		EndSession string   `json:"end_session_endpoint"`
 		Revocation string   `json:"revocation_endpoint"`
+		JWKS       string   `json:"jwks_uri"`
 	}
 	if err := p.Claims(&meta); err != nil {
 		return nil, fmt.Errorf("identity: discovery document of %s: %w", opts.Issuer, err)
@@ -125,13 +137,14 @@ func Connect(ctx context.Context, opts ProviderOptions) (*Provider, error) {
 	}
 	pr := &Provider{
 		p: p, issuer: opts.Issuer, clientID: opts.ClientID, secret: opts.ClientSecret,
-		algs: algs, skew: opts.ClockSkew, now: opts.Now, client: opts.HTTPClient,
+		algs: algs, skew: opts.ClockSkew, now: opts.Now, client: opts.HTTPClient, timeout: opts.Timeout,
 		log: opts.Logger, endSession: meta.EndSession, revocation: meta.Revocation,
 	}
 	// The signature (and the algorithm, and the key's presence in the JWKS) is go-oidc's to
 	// check; the claims are checked here, with the skew and with errors a caller can tell
 	// apart.
-	pr.verifier = p.VerifierContext(keyCtx, &oidc.Config{
+	keys := timedKeySet{oidc.NewRemoteKeySet(keyCtx, meta.JWKS)}
+	pr.verifier = oidc.NewVerifier(opts.Issuer, keys, &oidc.Config{
 		ClientID: opts.ClientID, SupportedSigningAlgs: algs,
 		SkipClientIDCheck: true, SkipExpiryCheck: true, SkipIssuerCheck: true,
 	})
@@ -178,11 +191,15 @@ type IDToken struct {
 // and issue time within the clock skew, and, when nonce is not "", the nonce, which may be
 // used once. Each refusal matches one of the Err* values of this package.
 func (p *Provider) Verify(ctx context.Context, raw, nonce string) (*IDToken, error) {
-	t, err := p.verifier.Verify(ctx, raw)
+	var fetch keyFetch
+	t, err := p.verifier.Verify(context.WithValue(ctx, keyFetchKey{}, &fetch), raw)
 	if err != nil {
 		// go-oidc accepts only p.algs (never "none"); the header tells why it refused.
 		if herr := p.checkHeader(raw); herr != nil {
 			return nil, herr
+		}
+		if fetch.timedOut {
+			return nil, timeoutError("the provider's key set", p.timeout)
 		}
 		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
@@ -293,4 +310,23 @@ func (s *seen) first(v string, expiry, now time.Time) bool {
 	}
 	s.until[v] = expiry
 	return true
+}
+
+// timedKeySet is the provider's key set, telling Verify when a fetch of the keys timed out
+// (go-oidc keeps only the text of the key set's error).
+type timedKeySet struct{ oidc.KeySet }
+
+type keyFetchKey struct{}
+
+// keyFetch is how one Verify learns that its key fetch timed out.
+type keyFetch struct{ timedOut bool }
+
+func (k timedKeySet) VerifySignature(ctx context.Context, jwt string) ([]byte, error) {
+	b, err := k.KeySet.VerifySignature(ctx, jwt)
+	if err != nil && isTimeout(ctx, err) {
+		if f, ok := ctx.Value(keyFetchKey{}).(*keyFetch); ok {
+			f.timedOut = true
+		}
+	}
+	return b, err
 }

@@ -325,6 +325,9 @@ func tokenRequest(ctx context.Context, c *http.Client, endpoint string, form url
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
 	resp, err := c.Do(req)
+	if isTimeout(ctx, err) {
+		return nil, fmt.Errorf("%w: %w", ErrRefreshUnavailable, timeoutError("token endpoint", c.Timeout))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s", ErrRefreshUnavailable, redactURLError(err))
 	}
@@ -351,6 +354,9 @@ func revoke(ctx context.Context, c *http.Client, endpoint, clientID, token, hint
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, err := c.Do(req)
+	if isTimeout(ctx, err) {
+		return fmt.Errorf("identity: revoke %s: %w", hint, timeoutError("revocation endpoint", c.Timeout))
+	}
 	if err != nil {
 		return fmt.Errorf("identity: revoke %s: %s", hint, redactURLError(err))
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/samtalhq/samtal/identity"
+	"github.com/samtalhq/samtal/internal/oidctest"
 	"github.com/samtalhq/samtal/matrix"
 )
 
@@ -24,8 +25,8 @@ func TestRefreshAcrossProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two processes")
 	}
-	o := startOP(t)
-	f := startFront(t, o)
+	o := oidctest.Start(t)
+	f := oidctest.StartFront(t, o)
 	path := filepath.Join(t.TempDir(), "samtal.db")
 	db, err := matrix.OpenDatabase(context.Background(), path)
 	if err != nil {
@@ -34,7 +35,7 @@ func TestRefreshAcrossProcesses(t *testing.T) {
 	defer db.Close()
 	c, _ := oauthClient(t, f, db)
 	stale := c.Session().AccessToken
-	f.expireAll()
+	f.ExpireAll()
 
 	var wg sync.WaitGroup
 	outs := make([]string, 2)

@@ -275,6 +275,9 @@ func (s *SignIn) finish(ctx context.Context, r *http.Request) (*Identity, error)
 			}
 			return nil, fmt.Errorf("%w: %s (status %d)", ErrCodeExchange, errorCode(re.ErrorCode), re.Response.StatusCode)
 		}
+		if isTimeout(ctx, err) {
+			return nil, fmt.Errorf("%w: %w", ErrCodeExchange, timeoutError("token endpoint", s.p.timeout))
+		}
 		return nil, fmt.Errorf("%w: %s", ErrCodeExchange, redactURLError(err))
 	}
 	raw, _ := tok.Extra("id_token").(string)
@@ -311,6 +314,9 @@ func (s *SignIn) userinfo(ctx context.Context, tok *oauth2.Token, sub string, cl
 		return nil
 	}
 	ui, err := s.p.p.UserInfo(s.p.Context(ctx), oauth2.StaticTokenSource(tok))
+	if isTimeout(ctx, err) {
+		return timeoutError("userinfo", s.p.timeout)
+	}
 	if err != nil {
 		return fmt.Errorf("identity: userinfo: %s", redactURLError(err))
 	}

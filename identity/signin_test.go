@@ -21,12 +21,13 @@ import (
 	"github.com/zitadel/oidc/v3/example/server/storage"
 
 	"github.com/samtalhq/samtal/identity"
+	"github.com/samtalhq/samtal/internal/oidctest"
 )
 
 // webApp is a web application that signs its users in with the test OP.
 type webApp struct {
 	URL    string
-	op     *testOP
+	op     *oidctest.OP
 	p      *identity.Provider
 	signIn *identity.SignIn
 
@@ -64,13 +65,13 @@ func appListener(t testing.TB) (net.Listener, string) {
 func startApp(t testing.TB, mapper *identity.Mapper) *webApp {
 	t.Helper()
 	ln, base := appListener(t)
-	op := startOP(t,
+	op := oidctest.Start(t,
 		storage.WebClient("web", "web-secret", base+"/callback"),
 		storage.WebClient("other", "other-secret", base+"/callback"))
 	return startAppWith(t, op, ln, base, "web", "web-secret", mapper)
 }
 
-func startAppWith(t testing.TB, op *testOP, ln net.Listener, base, clientID, secret string, mapper *identity.Mapper) *webApp {
+func startAppWith(t testing.TB, op *oidctest.OP, ln net.Listener, base, clientID, secret string, mapper *identity.Mapper) *webApp {
 	t.Helper()
 	ctx := context.Background()
 	p, err := identity.Connect(ctx, identity.ProviderOptions{Issuer: op.Issuer, ClientID: clientID, ClientSecret: secret})
@@ -113,8 +114,8 @@ func startAppWith(t testing.TB, op *testOP, ln net.Listener, base, clientID, sec
 func TestSignInEndToEnd(t *testing.T) {
 	mapper := &identity.Mapper{Server: "example.se", IDTemplate: identity.TchapIDTemplate}
 	app := startApp(t, mapper)
-	b := newBrowser(t)
-	resp := b.loginAtOP(t, app.URL+"/login?return_to=/cases/4711", "jane.smith")
+	b := oidctest.NewBrowser()
+	resp := b.LoginAtOP(t, app.URL+"/login?return_to=/cases/4711", "jane.smith")
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || string(body) != "home /cases/4711" {
@@ -144,7 +145,7 @@ func TestSignInEndToEnd(t *testing.T) {
 
 func TestSignInCookieAttributes(t *testing.T) {
 	app := startApp(t, nil)
-	b := newBrowser(t)
+	b := oidctest.NewBrowser()
 	b.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	resp, err := b.Get(app.URL + "/login")
 	if err != nil {
@@ -178,10 +179,10 @@ func TestSignInCookieAttributes(t *testing.T) {
 
 // stopAtCallback signs in at the OP and returns the callback URL the OP sent the browser to,
 // without following it.
-func stopAtCallback(t *testing.T, app *webApp, b *browser, user string) string {
+func stopAtCallback(t *testing.T, app *webApp, b *oidctest.Browser, user string) string {
 	t.Helper()
-	b.stopAt = "/callback"
-	return callbackURL(t, b.loginAtOP(t, app.URL+"/login", user))
+	b.StopAt = "/callback"
+	return oidctest.CallbackURL(t, b.LoginAtOP(t, app.URL+"/login", user))
 }
 
 func getStatus(t *testing.T, c *http.Client, u string) int {
@@ -199,7 +200,7 @@ func TestSignInCallbackRefusals(t *testing.T) {
 	app := startApp(t, nil)
 
 	t.Run("without cookie", func(t *testing.T) {
-		b := newBrowser(t)
+		b := oidctest.NewBrowser()
 		cb := stopAtCallback(t, app, b, "jane.smith")
 		if st := getStatus(t, http.DefaultClient, cb); st != http.StatusBadRequest {
 			t.Errorf("status %d", st)
@@ -209,10 +210,10 @@ func TestSignInCallbackRefusals(t *testing.T) {
 		}
 	})
 	t.Run("wrong state", func(t *testing.T) {
-		b := newBrowser(t)
+		b := oidctest.NewBrowser()
 		cb := stopAtCallback(t, app, b, "jane.smith")
 		cb = strings.Replace(cb, "state=", "state=x", 1)
-		b.stopAt = ""
+		b.StopAt = ""
 		if st := getStatus(t, b.Client, cb); st != http.StatusBadRequest {
 			t.Errorf("status %d", st)
 		}
@@ -221,16 +222,16 @@ func TestSignInCallbackRefusals(t *testing.T) {
 		}
 	})
 	t.Run("replayed callback", func(t *testing.T) {
-		b := newBrowser(t)
+		b := oidctest.NewBrowser()
 		cb := stopAtCallback(t, app, b, "jane.smith")
 		jar := b.Jar.Cookies(mustURL(t, cb))
-		b.stopAt = "/"
+		b.StopAt = "/"
 		getStatus(t, b.Client, cb)
 		if n := len(app.signedIn()); n == 0 {
 			t.Fatalf("first callback refused: %v", app.lastErr())
 		}
 		// An attacker who copied the cookie and the callback URL tries again.
-		b2 := newBrowser(t)
+		b2 := oidctest.NewBrowser()
 		b2.Jar.SetCookies(mustURL(t, cb), jar)
 		getStatus(t, b2.Client, cb)
 		if err := app.lastErr(); !errors.Is(err, identity.ErrReplayed) {
@@ -240,10 +241,10 @@ func TestSignInCallbackRefusals(t *testing.T) {
 	t.Run("replayed code at another instance", func(t *testing.T) {
 		// A second instance of the application (no shared memory of states) gets the code
 		// a second time: the OP refuses it.
-		b := newBrowser(t)
+		b := oidctest.NewBrowser()
 		cb := stopAtCallback(t, app, b, "jane.smith")
 		jar := b.Jar.Cookies(mustURL(t, cb))
-		b.stopAt = "/"
+		b.StopAt = "/"
 		getStatus(t, b.Client, cb)
 		twin := &webApp{}
 		var err error
@@ -268,7 +269,7 @@ func TestSignInCallbackRefusals(t *testing.T) {
 		}
 	})
 	t.Run("altered cookie", func(t *testing.T) {
-		b := newBrowser(t)
+		b := oidctest.NewBrowser()
 		cb := stopAtCallback(t, app, b, "jane.smith")
 		u := mustURL(t, cb)
 		cs := b.Jar.Cookies(u)
@@ -297,14 +298,14 @@ func TestSignInCallbackRefusals(t *testing.T) {
 // this application's callback, gives an ID token for the other client, which is refused.
 func TestSignInOtherClientsToken(t *testing.T) {
 	ln, base := appListener(t)
-	op := startOP(t,
+	op := oidctest.Start(t,
 		storage.WebClient("web", "web-secret", base+"/callback"),
 		storage.WebClient("other", "other-secret", base+"/callback"))
 	other := startAppWith(t, op, ln, base, "other", "other-secret", nil)
 	// A token of "other" handed to the verifier of "web".
-	b := newBrowser(t)
-	b.stopAt = "/"
-	resp := b.loginAtOP(t, other.URL+"/login", "jane.smith")
+	b := oidctest.NewBrowser()
+	b.StopAt = "/"
+	resp := b.LoginAtOP(t, other.URL+"/login", "jane.smith")
 	resp.Body.Close()
 	who := other.signedIn()
 	if len(who) != 1 {
@@ -323,22 +324,22 @@ func TestSignInOtherClientsToken(t *testing.T) {
 func TestSignInKeyRotation(t *testing.T) {
 	app := startApp(t, nil)
 	for i := 0; i < 2; i++ {
-		b := newBrowser(t)
-		b.stopAt = "/"
-		resp := b.loginAtOP(t, app.URL+"/login", "jane.smith")
+		b := oidctest.NewBrowser()
+		b.StopAt = "/"
+		resp := b.LoginAtOP(t, app.URL+"/login", "jane.smith")
 		resp.Body.Close()
 		if n := len(app.signedIn()); n != i+1 {
 			t.Fatalf("sign-in %d refused: %v", i+1, app.lastErr())
 		}
-		app.op.rotate(t) // the next sign-in is signed by a key the verifier has not seen
+		app.op.Rotate(t) // the next sign-in is signed by a key the verifier has not seen
 	}
 }
 
 func TestSignInLogoutURL(t *testing.T) {
 	app := startApp(t, nil)
-	b := newBrowser(t)
-	b.stopAt = "/"
-	resp := b.loginAtOP(t, app.URL+"/login", "jane.smith")
+	b := oidctest.NewBrowser()
+	b.StopAt = "/"
+	resp := b.LoginAtOP(t, app.URL+"/login", "jane.smith")
 	resp.Body.Close()
 	who := app.signedIn()
 	if len(who) != 1 {
@@ -351,7 +352,7 @@ func TestSignInLogoutURL(t *testing.T) {
 	if !strings.HasPrefix(u, app.op.Issuer) {
 		t.Fatalf("logout URL %q is not at the OP", u)
 	}
-	b.stopAt = ""
+	b.StopAt = ""
 	resp, err = b.Get(u)
 	if err != nil {
 		t.Fatal(err)
@@ -382,32 +383,32 @@ func TestVerifyRefusals(t *testing.T) {
 	}
 	ctx := context.Background()
 	// The good token verifies, so each refusal below is for its one difference.
-	if _, err := app.p.Verify(ctx, op.sign(t, nil, good()), "n-1"); err != nil {
+	if _, err := app.p.Verify(ctx, op.Sign(t, nil, good()), "n-1"); err != nil {
 		t.Fatalf("good token refused: %v", err)
 	}
-	stranger := newSignKey(t)
+	stranger := oidctest.NewKey(t)
 	cases := []struct {
 		name  string
 		raw   string
 		nonce string
 		want  error
 	}{
-		{"wrong issuer", op.sign(t, nil, with("iss", "https://idp.evil.example")), "n-2", identity.ErrIssuer},
-		{"wrong audience", op.sign(t, nil, with("aud", []string{"someone-else"})), "n-2", identity.ErrAudience},
-		{"for another client (azp)", op.sign(t, nil, func() map[string]any {
+		{"wrong issuer", op.Sign(t, nil, with("iss", "https://idp.evil.example")), "n-2", identity.ErrIssuer},
+		{"wrong audience", op.Sign(t, nil, with("aud", []string{"someone-else"})), "n-2", identity.ErrAudience},
+		{"for another client (azp)", op.Sign(t, nil, func() map[string]any {
 			c := with("aud", []string{"web", "other"})
 			c["azp"] = "other"
 			return c
 		}()), "n-2", identity.ErrAuthorizedParty},
-		{"expired", op.sign(t, nil, with("exp", now.Add(-2*time.Minute).Unix())), "n-2", identity.ErrExpired},
-		{"no expiry", op.sign(t, nil, with("exp", nil)), "n-2", identity.ErrExpired},
-		{"issued in the future", op.sign(t, nil, with("iat", now.Add(10*time.Minute).Unix())), "n-2", identity.ErrNotYetValid},
-		{"wrong nonce", op.sign(t, nil, good()), "n-other", identity.ErrNonce},
-		{"replayed nonce", op.sign(t, nil, good()), "n-1", identity.ErrReplayed},
+		{"expired", op.Sign(t, nil, with("exp", now.Add(-2*time.Minute).Unix())), "n-2", identity.ErrExpired},
+		{"no expiry", op.Sign(t, nil, with("exp", nil)), "n-2", identity.ErrExpired},
+		{"issued in the future", op.Sign(t, nil, with("iat", now.Add(10*time.Minute).Unix())), "n-2", identity.ErrNotYetValid},
+		{"wrong nonce", op.Sign(t, nil, good()), "n-other", identity.ErrNonce},
+		{"replayed nonce", op.Sign(t, nil, good()), "n-1", identity.ErrReplayed},
 		{"alg none", unsigned(good()), "n-2", identity.ErrAlgorithm},
 		{"alg HS256", hs256(t, good()), "n-2", identity.ErrAlgorithm},
-		{"key not in JWKS", op.sign(t, stranger, good()), "n-2", identity.ErrSignature},
-		{"known kid, other key", op.sign(t, &signKey{id: op.current().id, key: stranger.key}, good()), "n-2", identity.ErrSignature},
+		{"key not in JWKS", op.Sign(t, stranger, good()), "n-2", identity.ErrSignature},
+		{"known kid, other key", op.Sign(t, stranger.WithID(op.CurrentKey().ID()), good()), "n-2", identity.ErrSignature},
 		{"garbage", "not.a.token", "", identity.ErrMalformedToken},
 	}
 	for _, c := range cases {
@@ -427,7 +428,7 @@ func TestVerifyClockSkew(t *testing.T) {
 	app := startApp(t, nil)
 	now := time.Now()
 	// Expired 30 seconds ago, issued 30 seconds "in the future": within the minute of skew.
-	raw := app.op.sign(t, nil, map[string]any{"iss": app.op.Issuer, "sub": "s", "aud": "web",
+	raw := app.op.Sign(t, nil, map[string]any{"iss": app.op.Issuer, "sub": "s", "aud": "web",
 		"exp": now.Add(-30 * time.Second).Unix(), "iat": now.Add(30 * time.Second).Unix()})
 	if _, err := app.p.Verify(context.Background(), raw, ""); err != nil {
 		t.Fatalf("token within the skew refused: %v", err)
@@ -472,7 +473,7 @@ func TestSignInLogsNoSecrets(t *testing.T) {
 	var logs bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ln, base := appListener(t)
-	op := startOP(t, storage.WebClient("web", "web-secret", base+"/callback"))
+	op := oidctest.Start(t, storage.WebClient("web", "web-secret", base+"/callback"))
 	p, err := identity.Connect(context.Background(), identity.ProviderOptions{Issuer: op.Issuer, ClientID: "web", ClientSecret: "web-secret", Logger: logger})
 	if err != nil {
 		t.Fatal(err)
@@ -510,15 +511,15 @@ func TestSignInLogsNoSecrets(t *testing.T) {
 	defer srv.Close()
 	app := &webApp{URL: base}
 
-	b := newBrowser(t)
+	b := oidctest.NewBrowser()
 	cb := stopAtCallback(t, app, b, "jane.smith")
-	b.stopAt = ""
+	b.StopAt = ""
 	getStatus(t, b.Client, cb)           // signs in
 	getStatus(t, b.Client, cb)           // replay without cookie
 	getStatus(t, http.DefaultClient, cb) // no cookie
-	b2 := newBrowser(t)
+	b2 := oidctest.NewBrowser()
 	cb2 := stopAtCallback(t, app, b2, "jane.smith")
-	b2.stopAt = ""
+	b2.StopAt = ""
 	getStatus(t, b2.Client, strings.Replace(cb2, "code=", "code=x", 1)) // a code the OP refuses
 	mu.Lock()
 	defer mu.Unlock()

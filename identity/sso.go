@@ -22,6 +22,8 @@ type SSOOptions struct {
 	Open    func(ctx context.Context, url string) error
 	Timeout time.Duration // how long the user has to sign in; 0 means DefaultSignInTimeout
 	IDP     string        // the identity provider's ID among the server's, "" for the server's choice
+	// HTTPTimeout bounds each request to the homeserver; 0 means DefaultHTTPTimeout.
+	HTTPTimeout time.Duration
 }
 
 // LegacySSO logs in with the homeserver's own single sign-on, for servers without the OAuth
@@ -36,9 +38,12 @@ func LegacySSO(opts SSOOptions) matrix.Login {
 		if opts.Timeout == 0 {
 			opts.Timeout = DefaultSignInTimeout
 		}
-		flows, err := hs.GetLoginFlows(ctx)
+		if opts.HTTPTimeout <= 0 {
+			opts.HTTPTimeout = DefaultHTTPTimeout
+		}
+		flows, err := call(ctx, opts.HTTPTimeout, "login flows", hs.GetLoginFlows)
 		if err != nil {
-			return nil, fmt.Errorf("%w: login flows: %s", matrix.ErrLogin, oauthErrText(err))
+			return nil, loginErr("login flows", err)
 		}
 		if !flows.HasFlow(mautrix.AuthTypeSSO) || !flows.HasFlow(mautrix.AuthTypeToken) {
 			return nil, fmt.Errorf("%w: %w", matrix.ErrLogin, ErrNoSSO)
@@ -71,6 +76,8 @@ func LegacySSO(opts SSOOptions) matrix.Login {
 		if token == "" || len(token) > maxParam {
 			return nil, fmt.Errorf("%w: %w: no loginToken", matrix.ErrLogin, ErrBadCallback)
 		}
-		return matrix.LoginToken(token).Login(ctx, hs, deviceName)
+		return call(ctx, opts.HTTPTimeout, "m.login.token", func(ctx context.Context) (*matrix.Session, error) {
+			return matrix.LoginToken(token).Login(ctx, hs, deviceName)
+		})
 	})
 }

@@ -2,6 +2,8 @@ package identity_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -14,6 +16,7 @@ import (
 	"github.com/zitadel/oidc/v3/example/server/storage"
 
 	"github.com/samtalhq/samtal/identity"
+	"github.com/samtalhq/samtal/internal/oidctest"
 	"github.com/samtalhq/samtal/matrix"
 )
 
@@ -33,7 +36,7 @@ type ssoFront struct {
 func startSSOFront(t *testing.T) *ssoFront {
 	t.Helper()
 	ln, base := appListener(t)
-	o := startOP(t, storage.WebClient("homeserver", "hs-secret", base+"/callback"))
+	o := oidctest.Start(t, storage.WebClient("homeserver", "hs-secret", base+"/callback"))
 	f := &ssoFront{URL: base, pending: map[string]string{}, tokens: map[string]string{}, sessions: map[string]string{}}
 	p, err := identity.Connect(context.Background(), identity.ProviderOptions{Issuer: o.Issuer, ClientID: "homeserver", ClientSecret: "hs-secret"})
 	if err != nil {
@@ -116,7 +119,7 @@ func TestLegacySSO(t *testing.T) {
 	db := openDB(t)
 	c, err := matrix.New(context.Background(), matrix.Options{HomeserverURL: f.URL, DB: db,
 		Login: identity.LegacySSO(identity.SSOOptions{Open: func(ctx context.Context, u string) error {
-			return browse(u, "jane.smith")
+			return oidctest.Browse(u, "jane.smith")
 		}})})
 	if err != nil {
 		t.Fatal(err)
@@ -155,4 +158,16 @@ func TestOAuthFallsBackWhenAbsent(t *testing.T) {
 	if !errors.Is(err, identity.ErrNoOAuth) {
 		t.Fatalf("got %v, want ErrNoOAuth", err)
 	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }

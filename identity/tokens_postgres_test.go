@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/samtalhq/samtal/identity"
+	"github.com/samtalhq/samtal/internal/oidctest"
 	"github.com/samtalhq/samtal/internal/pgtest"
 	"github.com/samtalhq/samtal/matrix"
 )
@@ -19,8 +20,8 @@ func TestTokensPostgres(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts PostgreSQL")
 	}
-	o := startOP(t)
-	f := startFront(t, o)
+	o := oidctest.Start(t)
+	f := oidctest.StartFront(t, o)
 	db, err := matrix.OpenDatabase(context.Background(), pgtest.New(t))
 	if err != nil {
 		t.Fatal(err)
@@ -28,7 +29,7 @@ func TestTokensPostgres(t *testing.T) {
 	defer db.Close()
 	c, _ := oauthClient(t, f, db)
 	stale := c.Session().AccessToken
-	f.expireAll()
+	f.ExpireAll()
 	var wg sync.WaitGroup
 	errs := make([]error, 4)
 	for i := range errs {

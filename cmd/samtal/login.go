@@ -23,6 +23,9 @@ func runLogin(ctx context.Context, e *env, args []string) error {
 	asJSON := fs.Bool("json", false, "print the result as JSON")
 	useOAuth := fs.Bool("oauth", false, "log in through the homeserver's OAuth 2.0 API in a browser (prints and opens the URL, listens on 127.0.0.1)")
 	useDevice := fs.Bool("device", false, "log in through the homeserver's OAuth 2.0 API with a code entered in a browser elsewhere")
+	var scopes []string
+	fs.Func("scope", "with --oauth or --device: one more `SCOPE` to ask for, such as openid or offline_access where the authorization server wants them (repeatable)",
+		func(v string) error { scopes = append(scopes, v); return nil })
 	setUsage(fs, "login [flags]", `Logs in with SAMTAL_USER and SAMTAL_PASSWORD (or SAMTAL_ACCESS_TOKEN) from the environment
 and stores the session in the database, where later commands find it. There is no password
 flag, because flags show in 'ps'. A stored session that still works is kept; run 'samtal
@@ -31,7 +34,7 @@ logout' first to change accounts.`)
 		return err
 	}
 	if *useOAuth || *useDevice {
-		return runLoginOAuth(ctx, e, acct, *useDevice, *asJSON)
+		return runLoginOAuth(ctx, e, acct, *useDevice, scopes, *asJSON)
 	}
 	login, user, err := credentials()
 	if err != nil {

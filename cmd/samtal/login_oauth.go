@@ -19,12 +19,12 @@ import (
 // runLoginOAuth is 'samtal login --oauth' (authorization code with a loopback redirect: the
 // URL is printed and opened in a browser) and 'samtal login --device' (a code to enter in a
 // browser elsewhere), through the homeserver's OAuth 2.0 API.
-func runLoginOAuth(ctx context.Context, e *env, acct *account, device, asJSON bool) error {
+func runLoginOAuth(ctx context.Context, e *env, acct *account, device bool, scopes []string, asJSON bool) error {
 	if acct.homeserver == "" {
 		return fmt.Errorf("%w: name the homeserver with --homeserver or SAMTAL_HOMESERVER", errUsage)
 	}
 	oauthLogin := func(db *dbutil.Database) matrix.Login {
-		opts := identity.OAuthOptions{DB: db, SessionName: acct.session, Logger: e.log,
+		opts := identity.OAuthOptions{DB: db, SessionName: acct.session, Logger: e.log, Scopes: scopes,
 			Open: func(ctx context.Context, u string) error {
 				fmt.Fprintf(e.stderr, "Open this address in a browser to log in:\n\n  %s\n\n", u)
 				openBrowser(u)

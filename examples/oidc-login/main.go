@@ -106,11 +106,18 @@ func newApp(ctx context.Context, cfg config) (*app, error) {
 		db.Close()
 		return nil, err
 	}
+	// Who holds which Matrix ID is kept in the database: an officer keeps theirs when their
+	// address changes, and a second person with the same address never gets it.
+	accounts, err := identity.OpenAccounts(ctx, db)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	a := &app{cfg: cfg, db: db, log: cfg.Log, sessions: map[string]id.UserID{}, clients: map[id.UserID]*matrix.Client{}}
 	a.signIn, err = identity.NewSignIn(p, identity.SignInOptions{
 		RedirectURL: strings.TrimRight(cfg.BaseURL, "/") + "/callback",
 		CookieKey:   cfg.CookieKey,
-		Mapper:      &identity.Mapper{Server: cfg.ServerName, IDTemplate: identity.TchapIDTemplate},
+		Mapper:      &identity.Mapper{Server: cfg.ServerName, IDTemplate: identity.TchapIDTemplate, Accounts: accounts},
 		OnSignIn:    a.startSession,
 		Logger:      cfg.Log,
 	})

@@ -5,36 +5,19 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/zitadel/oidc/v3/example/server/exampleop"
 	"github.com/zitadel/oidc/v3/example/server/storage"
-	"golang.org/x/text/language"
 	"maunium.net/go/mautrix/appservice"
 
+	"github.com/samtalhq/samtal/internal/oidctest"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
-
-// users is the agency's directory at the test OP.
-type users map[string]*storage.User
-
-func (u users) GetUserByID(id string) *storage.User { return u[id] }
-func (u users) GetUserByUsername(name string) *storage.User {
-	for _, v := range u {
-		if v.Username == name {
-			return v
-		}
-	}
-	return nil
-}
-func (users) ExampleClientID() string { return "service" }
 
 // TestOIDCLogin: an officer signs in at the agency's OP (zitadel's example OP, in this process)
 // and posts through the application; a colleague in the room, on a real Dendrite, reads the
@@ -59,19 +42,10 @@ func TestOIDCLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := "http://" + ln.Addr().String()
-	opLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	issuer := "http://" + opLn.Addr().String()
-	st := storage.NewStorageWithClients(users{"id-jane": {ID: "id-jane", Username: "jane", Password: "verysecure",
-		FirstName: "Jane", LastName: "Smith", Email: "jane.smith@example.se", EmailVerified: true, PreferredLanguage: language.Swedish}},
-		map[string]*storage.Client{"case-desk": storage.WebClient("case-desk", "desk-secret", base+"/callback")})
-	op := httptest.NewUnstartedServer(exampleop.SetupServer(issuer, st, nil, false))
-	op.Listener.Close()
-	op.Listener = opLn
-	op.Start()
-	defer op.Close()
+	// The agency's OP: zitadel's example OP in this process (internal/oidctest), which knows
+	// jane.smith (jane.smith@example.se) and the application as a web client.
+	op := oidctest.Start(t, storage.WebClient("case-desk", "desk-secret", base+"/callback"))
+	issuer := op.Issuer
 
 	a, err := newApp(t.Context(), config{Issuer: issuer, ClientID: "case-desk", ClientSecret: "desk-secret", BaseURL: base,
 		Homeserver: srv.URL, ServerName: srv.ServerName, ASToken: reg.AppToken, Room: room,
@@ -88,21 +62,8 @@ func TestOIDCLogin(t *testing.T) {
 	defer app.Close()
 
 	// The officer's browser: sign in at the OP, back to the application.
-	jar, _ := cookiejar.New(nil)
-	browser := &http.Client{Jar: jar, Timeout: time.Minute}
-	resp, err := browser.Get(base + "/login")
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	loginPage := *resp.Request.URL
-	authID := loginPage.Query().Get("authRequestID")
-	loginPage.RawQuery = ""
-	resp, err = browser.PostForm(loginPage.String(), url.Values{"username": {"jane"}, "password": {"verysecure"}, "id": {authID}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	browser := oidctest.NewBrowser()
+	resp := browser.LoginAtOP(t, base+"/login", "jane.smith")
 	home, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	officer := srv.UserID("jane.smith-example.se")
