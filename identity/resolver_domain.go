@@ -180,7 +180,7 @@ func (r *DomainResolver) wellKnown(ctx context.Context, server string) (string, 
 	if errors.Is(err, ErrWellKnown) {
 		return "", err
 	}
-	if isTimeout(err) {
+	if isTimeout(context.Background(), err) {
 		return "", fmt.Errorf("%w: %s timed out", ErrUnavailable, url)
 	}
 	if err != nil {

@@ -85,7 +85,7 @@ func (r *DomainResolver) fetchSameHost(ctx context.Context, url, host string) ([
 	switch {
 	case errors.Is(err, ErrWellKnown):
 		return nil, 0, err
-	case isTimeout(err):
+	case isTimeout(context.Background(), err):
 		return nil, 0, fmt.Errorf("%w: %s timed out", ErrUnavailable, url)
 	case err != nil && ctx.Err() != nil:
 		return nil, 0, fmt.Errorf("%w: %s: %w", ErrUnavailable, url, ctx.Err())
@@ -94,7 +94,7 @@ func (r *DomainResolver) fetchSameHost(ctx context.Context, url, host string) ([
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxWellKnown+1))
-	if isTimeout(err) {
+	if isTimeout(context.Background(), err) {
 		return nil, 0, fmt.Errorf("%w: reading %s timed out", ErrUnavailable, url)
 	}
 	if err != nil {
@@ -104,14 +104,4 @@ func (r *DomainResolver) fetchSameHost(ctx context.Context, url, host string) ([
 		return nil, 0, fmt.Errorf("%w: %s is over %d bytes", ErrWellKnown, url, maxWellKnown)
 	}
 	return body, resp.StatusCode, nil
-}
-
-// isTimeout reports whether err is a request that ran out of time (the client's timeout or a
-// deadline), as opposed to one refused at once.
-func isTimeout(err error) bool {
-	if err == nil {
-		return false
-	}
-	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
