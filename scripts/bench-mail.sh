@@ -17,8 +17,9 @@ echo "== spool ceiling: durable commits of the same mails, no SMTP"
 go test -tags goolm -run '^$' -bench BenchmarkSpoolCommit -benchtime 10s ./mailbridge/ | grep -E '^Benchmark|^cpu'
 
 HSPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+DNSPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 SMTPPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$WORK/samtal" --log-level warn dev -dir "$WORK/dev" -port "$HSPORT" -smtp-port "$SMTPPORT" > "$WORK/dev.out" 2> "$WORK/dev.err" &
+"$WORK/samtal" --log-level warn dev -dir "$WORK/dev" -port "$HSPORT" -smtp-port "$SMTPPORT" -dns "127.0.0.1:$DNSPORT" > "$WORK/dev.out" 2> "$WORK/dev.err" &
 DEV=$!
 trap 'kill $DEV 2>/dev/null; wait $DEV 2>/dev/null || true' EXIT
 while ! grep -q swaks "$WORK/dev.out" 2>/dev/null; do
@@ -28,7 +29,9 @@ done
 SMTP=$(sed -n 's/^  mail *smtp \([^,]*\),.*/\1/p' "$WORK/dev.out")
 ROOM=$(cat "$WORK/dev/gateway/room")
 export MAILLOAD_PASSWORD=$(cat "$WORK/dev/demo.password")
-LOAD="$WORK/mailload -wait ${WAIT:-5m} -smtp $SMTP -to demo@samtal.localhost -homeserver http://127.0.0.1:$HSPORT -user demo -room $ROOM -pid $DEV"
+# The gateway's SPF and DMARC lookups go to mailload's loopback DNS server (-dns), which
+# passes the sender: the machine's resolver is not what is measured.
+LOAD="$WORK/mailload -dns 127.0.0.1:$DNSPORT -wait ${WAIT:-5m} -smtp $SMTP -to demo@samtal.localhost -homeserver http://127.0.0.1:$HSPORT -user demo -room $ROOM -pid $DEV"
 
 # The steady load first, while the spool is empty; the saturating one after it leaves a
 # backlog that would be measured as latency.

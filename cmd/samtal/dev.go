@@ -37,6 +37,7 @@ func runDev(ctx context.Context, e *env, args []string) error {
 	port := fs.Int("port", 8008, "client API port on loopback")
 	user := fs.String("user", "demo", "demo user to create")
 	smtpPort := fs.Int("smtp-port", 2525, "SMTP port of the mail gateway on loopback (a free one if it is taken)")
+	dnsServer := fs.String("dns", "", "DNS server (host:port) for the gateway's SPF, DKIM and DMARC lookups; empty: the system's resolver")
 	setUsage(fs, "dev [flags]\n       samtal dev user add [-dir DIR] NAME", `Runs a development homeserver (Dendrite) on loopback until interrupted, with a demo user,
 and the mail gateway (SMTP on loopback) with a route into a room the demo user is in,
 its data kept in -dir for the next run. While it runs, 'samtal dev user add NAME' (with the
@@ -79,7 +80,7 @@ same -dir) adds a user and prints its password, through the admin endpoint it pr
 		return err
 	}
 	defer admin.close()
-	mail, err := startDevGateway(ctx, e, hs, *dir, *user, password, *smtpPort)
+	mail, err := startDevGateway(ctx, e, hs, *dir, *user, password, *smtpPort, *dnsServer)
 	if err != nil {
 		return err
 	}

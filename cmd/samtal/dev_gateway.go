@@ -31,7 +31,7 @@ type devGateway struct {
 // startDevGateway runs the mail gateway on SQLite in dir, as the user mailbot, with a demo
 // route from user@samtal.localhost into a room user is in (created on the first run and
 // remembered in dir).
-func startDevGateway(ctx context.Context, e *env, hs *homeserver.Homeserver, dir, user, userPassword string, smtpPort int) (*devGateway, error) {
+func startDevGateway(ctx context.Context, e *env, hs *homeserver.Homeserver, dir, user, userPassword string, smtpPort int, dnsServer string) (*devGateway, error) {
 	botPassword, err := demoUser(ctx, hs, dir, "mailbot")
 	if err != nil {
 		return nil, err
@@ -51,6 +51,7 @@ func startDevGateway(ctx context.Context, e *env, hs *homeserver.Homeserver, dir
 	cfg.SMTP.Listen = fmt.Sprintf("127.0.0.1:%d", smtpPort)
 	cfg.SMTP.Domain = "mx." + devMailDomain
 	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.DNS.Server = dnsServer
 	rg, err := startGateway(ctx, e, cfg, c)
 	if err != nil && errors.Is(err, syscall.EADDRINUSE) {
 		// Another gateway has the port: take a free one; the swaks line names it.

@@ -50,12 +50,21 @@ func main() {
 	wait := flag.Duration("wait", 5*time.Minute, "after sending, how long to wait for the events still missing")
 	raw := flag.Duration("raw", 0, "first run a raw send loop of this long into -room as -user, for comparison")
 	pid := flag.Int("pid", 0, "process ID of the gateway, whose peak RSS is reported")
+	dnsAddr := flag.String("dns", "", "serve DNS on this address (host:port) for -from's domain: SPF and DMARC records that pass; the gateway's resolver (samtal dev -dns)")
 	flag.Parse()
 	if *room == "" {
 		log.Fatal("mailload: -room is required")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
+	if *dnsAddr != "" {
+		_, domain, _ := strings.Cut(*from, "@")
+		stopDNS, err := serveDNS(*dnsAddr, domain)
+		if err != nil {
+			log.Fatalf("mailload: %v", err)
+		}
+		defer stopDNS()
+	}
 
 	reader, err := login(ctx, *hs, *user, os.Getenv("MAILLOAD_PASSWORD"))
 	if err != nil {
