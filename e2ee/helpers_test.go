@@ -126,7 +126,7 @@ func (p *party) syncedPast(n uint64) func() {
 	start := p.syncer.Stats().Batches
 	return func() {
 		p.t.Helper()
-		waitFor(p.t, time.Minute, p.user+"'s Syncer to go on", func() bool { return p.syncer.Stats().Batches >= start+n })
+		waitFor(p.t, p.user+"'s Syncer to go on", func() bool { return p.syncer.Stats().Batches >= start+n })
 	}
 }
 
