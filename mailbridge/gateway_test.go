@@ -293,27 +293,19 @@ func TestSameMailPostedOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a homeserver")
 	}
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
-	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
-	inbox := matrixtest.NewRecorder(t, officer, room)
+	sc := newScene(t, mailbridge.Options{})
+	inbox := sc.inbox
 	withID := mail("a@agency.example", "Twice", "twice@agency.example", "the same mail")
 	withoutID := mail("a@agency.example", "Twice without ID", "", "the same content")
 	for range 2 {
-		c := dial(t, addr) // a retry comes on a new connection
+		c := dial(t, sc.addr) // a retry comes on a new connection
 		for _, m := range []string{withID, withoutID} {
 			if err := send(c, "a@agency.example", []string{"cases@agency.example"}, m); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	c := dial(t, addr)
+	c := dial(t, sc.addr)
 	if err := send(c, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "Marker", "marker@agency.example", "after")); err != nil {
 		t.Fatal(err)
 	}
