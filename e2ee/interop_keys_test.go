@@ -70,19 +70,7 @@ func TestRemovedJSSDKMemberCannotRead(t *testing.T) {
 func TestNewJSSDKDeviceWhileSenderWasDown(t *testing.T) {
 	jspeer.Require(t)
 	srv := matrixtest.NewServer(t)
-	bot := newSendOnlyParty(t, srv, "casebot")
-	officer := newParty(t, srv, "officer")
-	ctx := t.Context()
-	room, err := bot.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.CaseRoom, CaseID: "4711", Invite: []id.UserID{officer.c.UserID()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := officer.c.Join(ctx, string(room)); err != nil {
-		t.Fatal(err)
-	}
-	send(t, bot, room, matrix.Text("registered"))
-	officer.got.wait(t, "registered")
-	bot.close()
+	bot, officer, room := caseSystemStopped(t, srv, "registered")
 
 	peer := jspeer.Start(t, srv.URL, "officer", officer.password, room, "PEER_NO_ECHO=1")
 	peer.Expect(t, "ready", 2*time.Minute)
