@@ -106,7 +106,7 @@ func TestForwardedKeyFromStranger(t *testing.T) {
 	if n := bot.got.count("pay to mallory's account"); n != 0 {
 		t.Fatal("the bot handed out a message whose key a stranger forwarded")
 	}
-	raw := rawEvent(t, bot, room, resp.EventID)
+	raw := heldEvent(t, bot, room, resp.EventID)
 	if _, err := bot.m.Decrypt(ctx, raw); !errors.Is(err, e2ee.ErrUntrustedSender) {
 		t.Errorf("decrypting mallory's message: %v, want ErrUntrustedSender", err)
 	}

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/e2ee"
@@ -15,17 +14,6 @@ import (
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
-
-// rawEvent is evt as the server serves it to reader, with its room ID.
-func rawEvent(t *testing.T, reader *party, room id.RoomID, evt id.EventID) *event.Event {
-	t.Helper()
-	raw, err := reader.c.Mautrix().GetEvent(t.Context(), room, evt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw.RoomID = room
-	return raw
-}
 
 // TestRemovedJSSDKMemberCannotRead: a matrix-js-sdk member (Element's crypto) kicked from an
 // encrypted case room cannot decrypt the bot's next message with the keys it holds, while it
@@ -56,10 +44,10 @@ func TestRemovedJSSDKMemberCannotRead(t *testing.T) {
 	m2 := send(t, bot, room, matrix.Text("m2 after the kick"))
 	officer.got.wait(t, "m2 after the kick")
 
-	if res := peer.Decrypt(t, rawEvent(t, bot, room, m1)); !res.OK || res.Body != "m1 for everyone" {
+	if res := peer.Decrypt(t, heldEvent(t, bot, room, m1)); !res.OK || res.Body != "m1 for everyone" {
 		t.Fatalf("the check itself fails: js-sdk cannot decrypt m1 on request: %+v", res)
 	}
-	if res := peer.Decrypt(t, rawEvent(t, bot, room, m2)); res.OK {
+	if res := peer.Decrypt(t, heldEvent(t, bot, room, m2)); res.OK {
 		t.Errorf("the kicked js-sdk member decrypted m2: %q", res.Body)
 	}
 }

@@ -51,10 +51,7 @@ func TestInteropJSSDK(t *testing.T) {
 
 	// What the server holds: ciphertext, in both directions.
 	for _, evt := range []id.EventID{asked, answered.EventID} {
-		held, err := bot.c.Mautrix().GetEvent(ctx, room, evt)
-		if err != nil {
-			t.Fatal(err)
-		}
+		held := heldEvent(t, bot, room, evt)
 		if held.Type != event.EventEncrypted {
 			t.Errorf("the server holds %s as %s, want m.room.encrypted", evt, held.Type.Type)
 		}

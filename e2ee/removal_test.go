@@ -74,10 +74,7 @@ func (cr *caseRoom) joined(p *party) bool {
 // holds it.
 func sessionOf(t testing.TB, reader *party, room id.RoomID, evt id.EventID) id.SessionID {
 	t.Helper()
-	raw, err := reader.c.Mautrix().GetEvent(t.Context(), room, evt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := heldEvent(t, reader, room, evt)
 	if err := raw.Content.ParseRaw(raw.Type); err != nil {
 		t.Fatal(err)
 	}
@@ -103,11 +100,7 @@ func cannotRead(t testing.TB, p *party, holder *party, room id.RoomID, evt id.Ev
 // cannotDecrypt is cannotRead without waiting for p's Syncer.
 func cannotDecrypt(t testing.TB, p *party, holder *party, room id.RoomID, evt id.EventID) {
 	t.Helper()
-	raw, err := holder.c.Mautrix().GetEvent(t.Context(), room, evt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw.RoomID = room
+	raw := heldEvent(t, holder, room, evt)
 	if err := raw.Content.ParseRaw(raw.Type); err != nil {
 		t.Fatal(err)
 	}
