@@ -104,7 +104,8 @@ func (p *party) startErr(opts e2ee.Options) error {
 	if p.noJoin {
 		autoJoin = nil
 	}
-	s := c.NewSyncer(matrix.SyncOptions{Timeout: 2 * time.Second, AutoJoin: autoJoin})
+	// A short long-poll: syncedPast waits for batches, and an idle batch lasts Timeout.
+	s := c.NewSyncer(matrix.SyncOptions{Timeout: 500 * time.Millisecond, AutoJoin: autoJoin})
 	s.OnMessage(func(ctx context.Context, evt *matrix.Event) error { p.got.add(evt); return nil })
 	p.syncer = s
 	runCtx, cancel := context.WithCancel(context.Background())
