@@ -137,20 +137,8 @@ func TestMailMedia(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a homeserver and sends mail into it")
 	}
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot", matrixtest.Encrypted())
-	officer := srv.NewClient(t, "officer", matrixtest.Encrypted())
-	plainRoom := roomWith(t, bot, officer, false)
-	secureRoom := roomWith(t, bot, officer, true)
-	router, err := mailbridge.NewRouter(
-		mailbridge.Route{Address: "cases@agency.example", Room: string(plainRoom)},
-		mailbridge.Route{Address: "secure@agency.example", Room: string(secureRoom)},
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
-	inbox := matrixtest.NewRecorder(t, officer, "")
+	stage := newEncryptedScene(t, mailbridge.Options{}, nil)
+	officer, plainRoom, secureRoom, addr, inbox := stage.officer, stage.room, stage.secure, stage.addr, stage.inbox
 	raw, err := os.ReadFile(filepath.Join("testdata", "related.eml"))
 	if err != nil {
 		t.Fatal(err)
