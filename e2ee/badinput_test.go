@@ -23,10 +23,7 @@ func TestHostileEncryptedEvents(t *testing.T) {
 	evtID := send(t, alice, room, matrix.Text("the original"))
 	bob.got.wait(t, "the original")
 
-	raw, err := bob.c.Mautrix().GetEvent(t.Context(), room, evtID)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := heldEvent(t, bob, room, evtID)
 	fresh := func() *event.Event {
 		b, _ := json.Marshal(raw)
 		var e event.Event

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"testing"
-	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/crypto/olm"
@@ -46,7 +45,7 @@ func TestForgedToDevice(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, time.Minute, "the bot to refuse both", func() bool { return bot.m.Stats().ToDeviceRefused >= before+2 })
+	waitFor(t, "the bot to refuse both", func() bool { return bot.m.Stats().ToDeviceRefused >= before+2 })
 	// The bot still works.
 	send(t, alice, room, matrix.Text("still here"))
 	bot.got.wait(t, "still here")
@@ -63,7 +62,7 @@ func TestForwardedKeyFromStranger(t *testing.T) {
 	ctx := t.Context()
 	room := encryptedRoom(t, alice, bot)
 	must(t, alice.c.Invite(ctx, room, mallory.c.UserID()))
-	waitFor(t, time.Minute, "mallory to join", func() bool {
+	waitFor(t, "mallory to join", func() bool {
 		members, err := alice.c.Mautrix().JoinedMembers(ctx, room)
 		_, ok := members.Joined[mallory.c.UserID()]
 		return err == nil && ok
@@ -107,7 +106,7 @@ func TestForwardedKeyFromStranger(t *testing.T) {
 	if n := bot.got.count("pay to mallory's account"); n != 0 {
 		t.Fatal("the bot handed out a message whose key a stranger forwarded")
 	}
-	raw := rawEvent(t, bot, room, resp.EventID)
+	raw := heldEvent(t, bot, room, resp.EventID)
 	if _, err := bot.m.Decrypt(ctx, raw); !errors.Is(err, e2ee.ErrUntrustedSender) {
 		t.Errorf("decrypting mallory's message: %v, want ErrUntrustedSender", err)
 	}

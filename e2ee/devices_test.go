@@ -16,19 +16,7 @@ import (
 // process asks the server again.
 func TestNewDeviceWhileSenderWasDown(t *testing.T) {
 	srv := matrixtest.NewServer(t)
-	bot := newSendOnlyParty(t, srv, "casebot")
-	officer := newParty(t, srv, "officer")
-	ctx := t.Context()
-	room, err := bot.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.CaseRoom, CaseID: "4711", Invite: []id.UserID{officer.c.UserID()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := officer.c.Join(ctx, string(room)); err != nil {
-		t.Fatal(err)
-	}
-	send(t, bot, room, matrix.Text("Ärende 4711 registrerat"))
-	officer.got.wait(t, "Ärende 4711 registrerat")
-	bot.close()
+	bot, officer, room := caseSystemStopped(t, srv, "Ärende 4711 registrerat")
 
 	laptop := newDevice(t, officer)
 
@@ -39,4 +27,24 @@ func TestNewDeviceWhileSenderWasDown(t *testing.T) {
 		t.Error("the message reached the laptop unencrypted")
 	}
 	officer.got.wait(t, "Beslut i ärende 4711")
+}
+
+// caseSystemStopped is a send-only case system, "casebot", that made a case room and sent
+// first into it; the officer, who has joined, read it. Then the case system stopped.
+func caseSystemStopped(t *testing.T, srv *matrixtest.Server, first string) (bot, officer *party, room id.RoomID) {
+	t.Helper()
+	bot = newSendOnlyParty(t, srv, "casebot")
+	officer = newParty(t, srv, "officer")
+	ctx := t.Context()
+	room, err := bot.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.CaseRoom, CaseID: "4711", Invite: []id.UserID{officer.c.UserID()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := officer.c.Join(ctx, string(room)); err != nil {
+		t.Fatal(err)
+	}
+	send(t, bot, room, matrix.Text(first))
+	officer.got.wait(t, first)
+	bot.close()
+	return bot, officer, room
 }

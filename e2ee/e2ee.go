@@ -230,8 +230,13 @@ func accountID(c *matrix.Client) string {
 // were never uploaded, and mautrix refuses to go on. When the keys on the server are exactly
 // this account's own, recording the upload is the truth, not a guess.
 func repairUnmarkedUpload(ctx context.Context, helper *cryptohelper.CryptoHelper, mx *mautrix.Client, initErr error) bool {
+	// Only this error comes after Init made the machine: helper.Machine panics before that
+	// (an Init that failed early, such as on a canceled context).
+	if !strings.Contains(initErr.Error(), "not marked as shared, but there are keys on the server") {
+		return false
+	}
 	mach := helper.Machine()
-	if mach == nil || !strings.Contains(initErr.Error(), "not marked as shared, but there are keys on the server") {
+	if mach == nil {
 		return false
 	}
 	resp, err := mx.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: map[id.UserID]mautrix.DeviceIDList{mx.UserID: {mx.DeviceID}}})

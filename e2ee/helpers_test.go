@@ -2,6 +2,7 @@ package e2ee_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/e2ee"
 	"github.com/samtalhq/samtal/matrix"
@@ -101,7 +104,8 @@ func (p *party) startErr(opts e2ee.Options) error {
 	if p.noJoin {
 		autoJoin = nil
 	}
-	s := c.NewSyncer(matrix.SyncOptions{Timeout: 2 * time.Second, AutoJoin: autoJoin})
+	// A short long-poll: syncedPast waits for batches, and an idle batch lasts Timeout.
+	s := c.NewSyncer(matrix.SyncOptions{Timeout: 500 * time.Millisecond, AutoJoin: autoJoin})
 	s.OnMessage(func(ctx context.Context, evt *matrix.Event) error { p.got.add(evt); return nil })
 	p.syncer = s
 	runCtx, cancel := context.WithCancel(context.Background())
@@ -126,7 +130,7 @@ func (p *party) syncedPast(n uint64) func() {
 	start := p.syncer.Stats().Batches
 	return func() {
 		p.t.Helper()
-		waitFor(p.t, time.Minute, p.user+"'s Syncer to go on", func() bool { return p.syncer.Stats().Batches >= start+n })
+		waitFor(p.t, p.user+"'s Syncer to go on", func() bool { return p.syncer.Stats().Batches >= start+n })
 	}
 }
 
@@ -197,4 +201,22 @@ func (b *inbox) count(body string) int {
 		}
 	}
 	return n
+}
+
+// heldEvent is evt as the server serves it to reader (ciphertext, for an encrypted room), with
+// its room ID. The server may acknowledge a send before it serves the event: heldEvent waits
+// for it.
+func heldEvent(t testing.TB, reader *party, room id.RoomID, evt id.EventID) *event.Event {
+	t.Helper()
+	var raw *event.Event
+	matrixtest.Eventually(t, func() error {
+		var err error
+		raw, err = reader.c.Mautrix().GetEvent(t.Context(), room, evt)
+		if err != nil {
+			return fmt.Errorf("the server serves %s no event %s: %w", reader.user, evt, err)
+		}
+		return nil
+	})
+	raw.RoomID = room
+	return raw
 }

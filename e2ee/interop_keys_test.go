@@ -7,30 +7,19 @@ import (
 	"testing"
 	"time"
 
-	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/e2ee"
+	"github.com/samtalhq/samtal/internal/jspeer"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
-
-// rawEvent is evt as the server serves it to reader, with its room ID.
-func rawEvent(t *testing.T, reader *party, room id.RoomID, evt id.EventID) *event.Event {
-	t.Helper()
-	raw, err := reader.c.Mautrix().GetEvent(t.Context(), room, evt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw.RoomID = room
-	return raw
-}
 
 // TestRemovedJSSDKMemberCannotRead: a matrix-js-sdk member (Element's crypto) kicked from an
 // encrypted case room cannot decrypt the bot's next message with the keys it holds, while it
 // still decrypts the one before.
 func TestRemovedJSSDKMemberCannotRead(t *testing.T) {
-	node := findJSPeer(t)
+	jspeer.Require(t)
 	srv := matrixtest.NewServer(t)
 	bot, officer := newParty(t, srv, "bot"), newParty(t, srv, "officer")
 	jsUser, jsPassword := srv.RegisterUser(t, "element")
@@ -39,26 +28,26 @@ func TestRemovedJSSDKMemberCannotRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	peer := node.start(t, srv.URL, "element", jsPassword, room, "PEER_NO_ECHO=1")
-	peer.expect(t, "ready", 2*time.Minute)
-	waitFor(t, time.Minute, "the officer to join", func() bool {
+	peer := jspeer.Start(t, srv.URL, "element", jsPassword, room, "PEER_NO_ECHO=1")
+	peer.Expect(t, "ready", 2*time.Minute)
+	waitFor(t, "the officer to join", func() bool {
 		members, err := bot.c.Mautrix().JoinedMembers(ctx, room)
 		_, ok := members.Joined[officer.c.UserID()]
 		return err == nil && ok
 	})
 
 	m1 := send(t, bot, room, matrix.Text("m1 for everyone"))
-	if got := peer.expect(t, "decrypted", time.Minute); got.EventID != m1 {
+	if got := peer.Expect(t, "decrypted", time.Minute); got.EventID != m1 {
 		t.Fatalf("js-sdk decrypted %s, want %s", got.EventID, m1)
 	}
 	must(t, bot.c.Kick(ctx, room, jsUser, "left the agency"))
 	m2 := send(t, bot, room, matrix.Text("m2 after the kick"))
 	officer.got.wait(t, "m2 after the kick")
 
-	if res := peer.decrypt(t, rawEvent(t, bot, room, m1)); !res.OK || res.Body != "m1 for everyone" {
+	if res := peer.Decrypt(t, heldEvent(t, bot, room, m1)); !res.OK || res.Body != "m1 for everyone" {
 		t.Fatalf("the check itself fails: js-sdk cannot decrypt m1 on request: %+v", res)
 	}
-	if res := peer.decrypt(t, rawEvent(t, bot, room, m2)); res.OK {
+	if res := peer.Decrypt(t, heldEvent(t, bot, room, m2)); res.OK {
 		t.Errorf("the kicked js-sdk member decrypted m2: %q", res.Body)
 	}
 }
@@ -67,28 +56,16 @@ func TestRemovedJSSDKMemberCannotRead(t *testing.T) {
 // while a send-only case system is not running; its next message, from a new process on the
 // same database, reaches the new device.
 func TestNewJSSDKDeviceWhileSenderWasDown(t *testing.T) {
-	node := findJSPeer(t)
+	jspeer.Require(t)
 	srv := matrixtest.NewServer(t)
-	bot := newSendOnlyParty(t, srv, "casebot")
-	officer := newParty(t, srv, "officer")
-	ctx := t.Context()
-	room, err := bot.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.CaseRoom, CaseID: "4711", Invite: []id.UserID{officer.c.UserID()}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := officer.c.Join(ctx, string(room)); err != nil {
-		t.Fatal(err)
-	}
-	send(t, bot, room, matrix.Text("registered"))
-	officer.got.wait(t, "registered")
-	bot.close()
+	bot, officer, room := caseSystemStopped(t, srv, "registered")
 
-	peer := node.start(t, srv.URL, "officer", officer.password, room, "PEER_NO_ECHO=1")
-	peer.expect(t, "ready", 2*time.Minute)
+	peer := jspeer.Start(t, srv.URL, "officer", officer.password, room, "PEER_NO_ECHO=1")
+	peer.Expect(t, "ready", 2*time.Minute)
 
 	bot.start(e2ee.Options{PickleKey: testKey})
 	m2 := send(t, bot, room, matrix.Text("decided"))
-	if got := peer.expect(t, "decrypted", time.Minute); got.EventID != m2 || got.Body != "decided" {
+	if got := peer.Expect(t, "decrypted", time.Minute); got.EventID != m2 || got.Body != "decided" {
 		t.Errorf("the js-sdk device decrypted %s %q, want %s %q", got.EventID, got.Body, m2, "decided")
 	}
 }
@@ -100,7 +77,7 @@ func TestRestartNoUTDWithJSSDK(t *testing.T) {
 		t.Skip("skipped in -short: restarts a bot process 20 times while js-sdk sends (about 40 s)")
 	}
 	const restarts, messages = 20, 200
-	node := findJSPeer(t)
+	jspeer.Require(t)
 	srv := matrixtest.NewServer(t)
 	host := newParty(t, srv, "host")
 	jsUser, jsPassword := srv.RegisterUser(t, "element")
@@ -113,8 +90,8 @@ func TestRestartNoUTDWithJSSDK(t *testing.T) {
 	bot.start(0)
 	waitJoined(t, host.c, room, srv.UserID("bot"))
 
-	peer := node.start(t, srv.URL, "element", jsPassword, room, "PEER_NO_ECHO=1", fmt.Sprintf("PEER_SEND=%d", messages), "PEER_SEND_MS=60")
-	peer.expect(t, "ready", 2*time.Minute)
+	peer := jspeer.Start(t, srv.URL, "element", jsPassword, room, "PEER_NO_ECHO=1", fmt.Sprintf("PEER_SEND=%d", messages), "PEER_SEND_MS=60")
+	peer.Expect(t, "ready", 2*time.Minute)
 	killed := 0
 	for run := 1; run <= restarts; run++ {
 		time.Sleep(time.Duration(200+rand.IntN(1200)) * time.Millisecond)
@@ -126,7 +103,7 @@ func TestRestartNoUTDWithJSSDK(t *testing.T) {
 		}
 		bot.start(run)
 	}
-	peer.expect(t, "sent_all", 3*time.Minute)
+	peer.Expect(t, "sent_all", 3*time.Minute)
 	bodies := make([]string, messages)
 	for i := range bodies {
 		bodies[i] = fmt.Sprintf("js %d", i+1)

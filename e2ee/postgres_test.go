@@ -11,6 +11,9 @@ import (
 
 // TestEncryptedOnPostgres: the crypto store in a shared PostgreSQL database, across a restart.
 func TestEncryptedOnPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: starts PostgreSQL (about 10 s)")
+	}
 	srv := matrixtest.NewServer(t)
 	alice := newParty(t, srv, "alice")
 	_, pw := srv.RegisterUser(t, "bot")

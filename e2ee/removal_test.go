@@ -45,7 +45,7 @@ func newCaseRoom(t *testing.T, srv, officers *matrixtest.Server, prefix string, 
 	}
 	cr.room = room
 	for _, p := range []*party{cr.a, cr.b} {
-		waitFor(t, time.Minute, p.user+" to join", func() bool {
+		waitFor(t, p.user+" to join", func() bool {
 			if officers != srv {
 				// Their Syncer accepts invites from their own server only: join by hand
 				// once the invite has come over federation.
@@ -74,10 +74,7 @@ func (cr *caseRoom) joined(p *party) bool {
 // holds it.
 func sessionOf(t testing.TB, reader *party, room id.RoomID, evt id.EventID) id.SessionID {
 	t.Helper()
-	raw, err := reader.c.Mautrix().GetEvent(t.Context(), room, evt)
-	if err != nil {
-		t.Fatal(err)
-	}
+	raw := heldEvent(t, reader, room, evt)
 	if err := raw.Content.ParseRaw(raw.Type); err != nil {
 		t.Fatal(err)
 	}
@@ -103,11 +100,7 @@ func cannotRead(t testing.TB, p *party, holder *party, room id.RoomID, evt id.Ev
 // cannotDecrypt is cannotRead without waiting for p's Syncer.
 func cannotDecrypt(t testing.TB, p *party, holder *party, room id.RoomID, evt id.EventID) {
 	t.Helper()
-	raw, err := holder.c.Mautrix().GetEvent(t.Context(), room, evt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw.RoomID = room
+	raw := heldEvent(t, holder, room, evt)
 	if err := raw.Content.ParseRaw(raw.Type); err != nil {
 		t.Fatal(err)
 	}
@@ -212,11 +205,11 @@ func TestRemovedMemberRejoins(t *testing.T) {
 	m2 := send(t, cr.bot, cr.room, matrix.Text("rejoin: m2"))
 	cr.a.got.wait(t, "rejoin: m2")
 	must(t, cr.bot.c.Invite(ctx, cr.room, cr.b.c.UserID()))
-	waitFor(t, time.Minute, "b to join again", func() bool { return cr.joined(cr.b) })
+	waitFor(t, "b to join again", func() bool { return cr.joined(cr.b) })
 	// The bot learns of the join through its own sync. A message it sends before that is not
 	// shared with b (as in every Matrix client), and b's key request for it is refused, since b
 	// was not a member when that key was made: so m3 waits until the bot has seen the join.
-	waitFor(t, time.Minute, "the bot's sync to show b's join", func() bool {
+	waitFor(t, "the bot's sync to show b's join", func() bool {
 		m, err := cr.bot.c.Mautrix().StateStore.GetMember(ctx, cr.room, cr.b.c.UserID())
 		return err == nil && m.Membership == event.MembershipJoin
 	})
@@ -247,7 +240,7 @@ func TestWithdrawnInvite(t *testing.T) {
 	m1b := send(t, cr.bot, cr.room, matrix.Text("invite: to a, b and the invitee"))
 	cr.a.got.wait(t, "invite: to a, b and the invitee")
 	sess := sessionOf(t, cr.bot, cr.room, m1b)
-	waitFor(t, time.Minute, "the invitee to get the room key", func() bool {
+	waitFor(t, "the invitee to get the room key", func() bool {
 		igs, _ := c.m.OlmMachine().CryptoStore.GetGroupSession(ctx, cr.room, sess)
 		return igs != nil
 	})

@@ -232,7 +232,7 @@ func TestRestartNoUTD(t *testing.T) {
 
 	// The last run catches up with what was said while the bot was down.
 	bot.start(restarts)
-	waitFor(t, 30*time.Second, "the last run's first sync", func() bool { return bot.runStats(restarts).Batches > 0 })
+	waitFor(t, "the last run's first sync", func() bool { return bot.runStats(restarts).Batches > 0 })
 	var asked []string
 	for _, body := range sent {
 		if strings.HasSuffix(body, askSuffix) {
@@ -292,7 +292,7 @@ func newBotProcess(t *testing.T, srv *matrixtest.Server, watched, inviter id.Use
 // waitJoined waits until user has joined room, as c sees it.
 func waitJoined(t testing.TB, c *matrix.Client, room id.RoomID, user id.UserID) {
 	t.Helper()
-	waitFor(t, 30*time.Second, string(user)+" to join", func() bool {
+	waitFor(t, string(user)+" to join", func() bool {
 		members, err := c.Mautrix().JoinedMembers(t.Context(), room)
 		if err != nil {
 			return false
@@ -349,7 +349,7 @@ func (b *botProcess) stop(sig syscall.Signal) {
 	b.t.Helper()
 	if sig == syscall.SIGTERM {
 		// Before the child catches SIGTERM, the signal kills it like SIGKILL.
-		waitFor(b.t, 10*time.Second, "the bot to start", func() bool {
+		waitFor(b.t, "the bot to start", func() bool {
 			_, err := os.Stat(b.statsPath(b.run))
 			return err == nil
 		})
@@ -498,15 +498,15 @@ func answers(b *inbox) map[string]map[id.EventID]bool {
 	return out
 }
 
-// waitFor polls cond until it holds, failing the test after matrixtest.WaitTimeout (timeout
-// is what the caller expects at most; the test fails only later, never on timing).
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+// waitFor polls cond until it holds, failing the test after matrixtest.WaitTimeout with what
+// it waited for: a generous bound, so that the test fails on a lost event, never on timing.
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	matrixtest.Eventually(t, func() error {
 		if cond() {
 			return nil
 		}
-		return fmt.Errorf("waiting (expected within %v) for %s", timeout, what)
+		return fmt.Errorf("waiting for %s", what)
 	})
 }
 
@@ -531,7 +531,7 @@ func TestKillDuringToDeviceHandling(t *testing.T) {
 	bot.start(0)
 	waitJoined(t, alice.c, room, srv.UserID("bot"))
 	send(t, alice, room, matrix.Text("hello"))
-	waitFor(t, 30*time.Second, "the bot to read the first message", func() bool { return bot.seen()["hello"] })
+	waitFor(t, "the bot to read the first message", func() bool { return bot.seen()["hello"] })
 	bot.stop(syscall.SIGTERM)
 
 	run, kills := 1, 0
@@ -548,7 +548,7 @@ func TestKillDuringToDeviceHandling(t *testing.T) {
 		bot.start(run)
 		run++
 		died := false
-		waitFor(t, 30*time.Second, "the bot to die or read "+body, func() bool {
+		waitFor(t, "the bot to die or read "+body, func() bool {
 			select {
 			case <-bot.done:
 				died = true
@@ -566,7 +566,7 @@ func TestKillDuringToDeviceHandling(t *testing.T) {
 		bot.env = env
 		bot.start(run)
 		run++
-		waitFor(t, 30*time.Second, "the restarted bot to read "+body, func() bool { return bot.seen()[body] })
+		waitFor(t, "the restarted bot to read "+body, func() bool { return bot.seen()[body] })
 		bot.stop(syscall.SIGTERM)
 	}
 	if kills == 0 {

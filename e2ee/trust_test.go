@@ -1,7 +1,6 @@
 package e2ee_test
 
 import (
-	"fmt"
 	"testing"
 
 	"maunium.net/go/mautrix/id"
@@ -26,7 +25,7 @@ func TestTrustPolicy(t *testing.T) {
 		room := encryptedRoom(t, alice.party, bot.party)
 
 		send(t, alice.party, room, matrix.Text("!deploy före verifieringen"))
-		awaitCondition(t, "the bot refuses the unverified device's message", func() bool { return bot.syncer.Stats().Rejected >= 1 })
+		waitFor(t, "the bot refuses the unverified device's message", func() bool { return bot.syncer.Stats().Rejected >= 1 })
 
 		if err := alice.m.Verify(verifyContext(t), bot.c.UserID(), bot.c.DeviceID()); err != nil {
 			t.Fatalf("verification: %v", err)
@@ -57,7 +56,7 @@ func TestTrustPolicy(t *testing.T) {
 
 		// But gives her unverified device no key for what it says.
 		send(t, bot.party, room, matrix.Notice("hemligt före verifieringen"))
-		awaitCondition(t, "carol cannot decrypt the bot's message", func() bool { return carol.syncer.Stats().Undecryptable >= 1 })
+		waitFor(t, "carol cannot decrypt the bot's message", func() bool { return carol.syncer.Stats().Undecryptable >= 1 })
 
 		// The bot verifies carol's device; the next thing it says, she can read.
 		if err := bot.m.Verify(verifyContext(t), carol.c.UserID(), carol.c.DeviceID()); err != nil {
@@ -71,16 +70,5 @@ func TestTrustPolicy(t *testing.T) {
 		if n := carol.got.count("hemligt före verifieringen"); n != 0 {
 			t.Errorf("carol read the message sent before she was verified")
 		}
-	})
-}
-
-// awaitCondition waits up to a minute for cond.
-func awaitCondition(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	matrixtest.Eventually(t, func() error {
-		if cond() {
-			return nil
-		}
-		return fmt.Errorf("waiting: %s", what)
 	})
 }

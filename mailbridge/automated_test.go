@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/samtalhq/samtal/mailbridge"
-	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
 // TestClassify: each mark of automated mail gives its kind; a person's mail none.
@@ -42,21 +41,13 @@ func TestBounceAccepted(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a homeserver")
 	}
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
-	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	db := openDB(t, "spool.db")
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: db})
+	s := newScene(t, mailbridge.Options{DB: db})
 	dsn, err := os.ReadFile(filepath.Join("testdata", "dsn.eml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := send(dial(t, addr), "", []string{"cases@agency.example"}, string(dsn)); err != nil {
+	if err := send(dial(t, s.addr), "", []string{"cases@agency.example"}, string(dsn)); err != nil {
 		t.Fatalf("bounce at MAIL FROM:<>: %v", err)
 	}
 	stored := lastSpooledRaw(t, db)
@@ -75,6 +66,5 @@ func TestBounceAccepted(t *testing.T) {
 		Action: "failed", Status: "5.1.1", DiagnosticCode: "smtp; 550 5.1.1 no such user"}) || d.Recipients[1].Action != "delayed" {
 		t.Errorf("DSN recipients %+v", d.Recipients)
 	}
-	inbox := matrixtest.NewRecorder(t, officer, room)
-	inbox.Wait(t, subjectLine("Undelivered Mail Returned to Sender"))
+	s.inbox.Wait(t, subjectLine("Undelivered Mail Returned to Sender"))
 }

@@ -9,7 +9,6 @@ import (
 	"maunium.net/go/mautrix/event"
 
 	"github.com/samtalhq/samtal/mailbridge"
-	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
 // TestCorpusArrives: every mail of the malformed and hostile corpus in testdata is accepted
@@ -24,17 +23,9 @@ func TestCorpusArrives(t *testing.T) {
 	if err != nil || len(files) < 20 {
 		t.Fatalf("corpus: %d files, %v", len(files), err)
 	}
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
-	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
-	inbox := matrixtest.NewRecorder(t, officer, room)
-	c := dial(t, addr)
+	s := newScene(t, mailbridge.Options{})
+	inbox := s.inbox
+	c := dial(t, s.addr)
 	for _, f := range files {
 		raw, err := os.ReadFile(f)
 		if err != nil {
@@ -65,7 +56,7 @@ func TestCorpusArrives(t *testing.T) {
 			}
 		}
 		for _, img := range strings.Split(lower, "<img")[1:] {
-			if !strings.HasPrefix(strings.TrimSpace(img), `src="mxc://`+strings.ToLower(srv.ServerName)+"/") {
+			if !strings.HasPrefix(strings.TrimSpace(img), `src="mxc://`+strings.ToLower(s.srv.ServerName)+"/") {
 				t.Errorf("image not from this homeserver: <img%s", img[:min(len(img), 80)])
 			}
 		}

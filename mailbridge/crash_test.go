@@ -3,8 +3,6 @@ package mailbridge_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -15,13 +13,10 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/emersion/go-smtp"
-	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/mailbridge"
-	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
@@ -37,32 +32,9 @@ func TestCrashHelper(t *testing.T) {
 	if os.Getenv(crashHelperEnv) != "1" {
 		t.Skip("run by TestGatewayKilled")
 	}
-	ctx := context.Background()
-	db, err := matrix.OpenDatabase(ctx, os.Getenv("CRASH_DB"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	c, err := matrix.New(ctx, matrix.Options{
-		HomeserverURL: os.Getenv("CRASH_HS"),
-		Login:         matrix.Password("mailbot", os.Getenv("CRASH_PASSWORD")),
-		DB:            db,
-		Logger:        quiet,
-		Outbox:        matrix.OutboxOptions{MinRetryDelay: 20 * time.Millisecond, MaxRetryDelay: 200 * time.Millisecond, ResumeDelay: 200 * time.Millisecond},
+	g := processGateway(t, mailbridge.Options{
+		Resolver: mailbridge.DNSServer(startDNS(t).addr), // never the machine's resolver
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: os.Getenv("CRASH_ROOM")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := mailbridge.New(ctx, mailbridge.Options{Client: c, Router: router, Logger: quiet,
-		Resolver:      mailbridge.DNSServer(startDNS(t).addr), // never the machine's resolver
-		MinRetryDelay: 50 * time.Millisecond, MaxRetryDelay: 500 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +46,7 @@ func TestCrashHelper(t *testing.T) {
 	if err := os.Rename(addrFile+".tmp", addrFile); err != nil {
 		t.Fatal(err)
 	}
-	_ = g.Serve(ctx, l)
+	_ = g.Serve(context.Background(), l)
 }
 
 // TestGatewayKilled: 1000 mails over 8 connections while the gateway process is killed with
@@ -84,35 +56,18 @@ func TestGatewayKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills and restarts a gateway process several times")
 	}
-	srv := matrixtest.NewServer(t)
-	_, password := srv.RegisterUser(t, "mailbot")
-	setup := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room, err := setup.CreateRoom(t.Context(), matrix.RoomSpec{Invite: []id.UserID{officer.UserID()}, Encrypted: new(bool)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := officer.Join(t.Context(), string(room)); err != nil {
-		t.Fatal(err)
-	}
-	inbox := matrixtest.NewRecorder(t, officer, room)
-	dir := t.TempDir()
-	env := append(os.Environ(), crashHelperEnv+"=1", "CRASH_DB="+filepath.Join(dir, "gateway.db"),
-		"CRASH_HS="+srv.URL, "CRASH_PASSWORD="+password, "CRASH_ROOM="+string(room))
+	ps := newProcessScene(t, crashHelperEnv)
+	inbox := ps.inbox
 
 	var accepted []string   // got 250
 	var unanswered []string // got a 4xx or no answer: may arrive (once) or not
 	start := func(round int) (*exec.Cmd, string) {
 		t.Helper()
-		addrFile := filepath.Join(dir, fmt.Sprintf("addr-%d", round))
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.count=1")
-		cmd.Env = append(env, "CRASH_ADDR="+addrFile)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) // no process outlives a failed test
+		addrFile := filepath.Join(ps.dir, fmt.Sprintf("addr-%d", round))
+		cmd := ps.start(t, "TestCrashHelper", "CRASH_ADDR="+addrFile)
 		var addr []byte
 		matrixtest.Eventually(t, func() error {
+			var err error
 			addr, err = os.ReadFile(addrFile)
 			return err
 		})

@@ -15,18 +15,28 @@ import (
 	"github.com/samtalhq/samtal/matrix"
 )
 
-// FuzzConvert: no mail, however broken, makes the converter panic, and what it makes is always
-// a valid message with a plaintext body free of NUL and other control characters.
-func FuzzConvert(f *testing.F) {
-	seeds, err := filepath.Glob(filepath.Join("testdata", "*.eml"))
+// corpus is the mails of testdata, the fuzzers' seeds.
+func corpus(f *testing.F) [][]byte {
+	f.Helper()
+	files, err := filepath.Glob(filepath.Join("testdata", "*.eml"))
 	if err != nil {
 		f.Fatal(err)
 	}
-	for _, s := range seeds {
-		b, err := os.ReadFile(s)
+	var mails [][]byte
+	for _, name := range files {
+		b, err := os.ReadFile(name)
 		if err != nil {
 			f.Fatal(err)
 		}
+		mails = append(mails, b)
+	}
+	return mails
+}
+
+// FuzzConvert: no mail, however broken, makes the converter panic, and what it makes is always
+// a valid message with a plaintext body free of NUL and other control characters.
+func FuzzConvert(f *testing.F) {
+	for _, b := range corpus(f) {
 		f.Add(b)
 	}
 	f.Add([]byte("Authentication-Results: mx.test; dmarc=pass\r\nContent-Type: multipart/related; boundary=b\r\n\r\n--b\r\nContent-Type: text/html\r\n\r\n<img src=\"cid:x\"><img src=\"mxc://cid.invalid/inline-0\"><img src=\"mxc://evil.example/a\">\r\n--b\r\nContent-Type: image/png\r\nContent-ID: <x>\r\n\r\nPNG\r\n--b--\r\n"))

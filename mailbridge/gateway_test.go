@@ -28,23 +28,14 @@ func TestMailArrivesInRoom(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a homeserver and sends mail into it")
 	}
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot", matrixtest.Encrypted())
-	officer := srv.NewClient(t, "officer", matrixtest.Encrypted())
-	plainRoom := roomWith(t, bot, officer, false)
-	secureRoom := roomWith(t, bot, officer, true)
-	router, err := mailbridge.NewRouter(
-		mailbridge.Route{Address: "cases@agency.example", Room: string(plainRoom)},
-		mailbridge.Route{Address: "secure@agency.example", Room: string(secureRoom)},
-		mailbridge.Route{Address: "case-{id}@cases.example", Room: "#case-{id}:" + srv.ServerName,
-			Create: &matrix.RoomSpec{Preset: matrix.CaseRoom, Name: "Case {id}", Invite: []id.UserID{officer.UserID()}}},
-		mailbridge.Route{Address: "postmaster@cases.example", Room: string(plainRoom)},
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
-	plain := matrixtest.NewRecorder(t, officer, "")
+	sc := newEncryptedScene(t, mailbridge.Options{}, func(s *scene) []mailbridge.Route {
+		return []mailbridge.Route{
+			{Address: "case-{id}@cases.example", Room: "#case-{id}:" + s.srv.ServerName,
+				Create: &matrix.RoomSpec{Preset: matrix.CaseRoom, Name: "Case {id}", Invite: []id.UserID{s.officer.UserID()}}},
+			{Address: "postmaster@cases.example", Room: string(s.room)},
+		}
+	})
+	srv, officer, plainRoom, secureRoom, addr, plain := sc.srv, sc.officer, sc.room, sc.secure, sc.addr, sc.inbox
 
 	c := dial(t, addr)
 	if err := send(c, "anna@agency.example", []string{"cases@agency.example"},
@@ -293,27 +284,19 @@ func TestSameMailPostedOnce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a homeserver")
 	}
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
-	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
-	inbox := matrixtest.NewRecorder(t, officer, room)
+	sc := newScene(t, mailbridge.Options{})
+	inbox := sc.inbox
 	withID := mail("a@agency.example", "Twice", "twice@agency.example", "the same mail")
 	withoutID := mail("a@agency.example", "Twice without ID", "", "the same content")
 	for range 2 {
-		c := dial(t, addr) // a retry comes on a new connection
+		c := dial(t, sc.addr) // a retry comes on a new connection
 		for _, m := range []string{withID, withoutID} {
 			if err := send(c, "a@agency.example", []string{"cases@agency.example"}, m); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	c := dial(t, addr)
+	c := dial(t, sc.addr)
 	if err := send(c, "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "Marker", "marker@agency.example", "after")); err != nil {
 		t.Fatal(err)
 	}

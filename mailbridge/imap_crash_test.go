@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,10 +15,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
-	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/mailbridge"
-	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
@@ -32,31 +29,8 @@ func TestIMAPHelper(t *testing.T) {
 	if os.Getenv(imapHelperEnv) != "1" {
 		t.Skip("run by TestIMAPPollerKilled")
 	}
-	ctx := context.Background()
-	db, err := matrix.OpenDatabase(ctx, os.Getenv("IMAP_DB"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := processGateway(t, mailbridge.Options{})
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	c, err := matrix.New(ctx, matrix.Options{
-		HomeserverURL: os.Getenv("IMAP_HS"),
-		Login:         matrix.Password("mailbot", os.Getenv("IMAP_PASSWORD")),
-		DB:            db,
-		Logger:        quiet,
-		Outbox:        matrix.OutboxOptions{MinRetryDelay: 20 * time.Millisecond, MaxRetryDelay: 200 * time.Millisecond, ResumeDelay: 200 * time.Millisecond},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: os.Getenv("IMAP_ROOM")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := mailbridge.New(ctx, mailbridge.Options{Client: c, Router: router, Logger: quiet,
-		MinRetryDelay: 50 * time.Millisecond, MaxRetryDelay: 500 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
 	p, err := g.NewPoller(mailbridge.IMAPOptions{
 		Addr: os.Getenv("IMAP_ADDR"), Security: "none", Username: os.Getenv("IMAP_USER"), Password: os.Getenv("IMAP_IMAP_PASSWORD"),
 		Mailboxes:         []mailbridge.IMAPMailbox{{Address: "cases@agency.example", Flag: "samtal-posted"}},
@@ -66,7 +40,7 @@ func TestIMAPHelper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = p.Run(ctx)
+	_ = p.Run(context.Background())
 }
 
 // TestIMAPPollerKilled: the gateway process is killed with SIGKILL at random points while its
@@ -76,33 +50,13 @@ func TestIMAPPollerKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills and restarts a gateway process several times")
 	}
-	srv := matrixtest.NewServer(t)
-	_, password := srv.RegisterUser(t, "mailbot")
-	setup := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room, err := setup.CreateRoom(t.Context(), matrix.RoomSpec{Invite: []id.UserID{officer.UserID()}, Encrypted: new(bool)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := officer.Join(t.Context(), string(room)); err != nil {
-		t.Fatal(err)
-	}
-	inbox := matrixtest.NewRecorder(t, officer, room)
+	ps := newProcessScene(t, imapHelperEnv)
+	inbox := ps.inbox
 	d := startDovecot(t, dovecotOptions{})
 	c := d.client(t)
-	dir := t.TempDir()
-	env := append(os.Environ(), imapHelperEnv+"=1", "IMAP_DB="+filepath.Join(dir, "gateway.db"),
-		"IMAP_HS="+srv.URL, "IMAP_PASSWORD="+password, "IMAP_ROOM="+string(room),
-		"IMAP_ADDR="+d.Addr, "IMAP_USER="+d.User, "IMAP_IMAP_PASSWORD="+d.Password)
 	start := func() *exec.Cmd {
 		t.Helper()
-		cmd := exec.Command(os.Args[0], "-test.run=^TestIMAPHelper$", "-test.count=1")
-		cmd.Env = env
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) // no process outlives a failed test
-		return cmd
+		return ps.start(t, "TestIMAPHelper", "IMAP_ADDR="+d.Addr, "IMAP_USER="+d.User, "IMAP_IMAP_PASSWORD="+d.Password)
 	}
 
 	var all []string

@@ -2,8 +2,6 @@ package mailbridge
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -16,15 +14,7 @@ import (
 // field survives from an untrusted client, ReadAuthResults reads back the verdict that was
 // written, and unstamped gives back the mail as received (with the renames).
 func FuzzStamp(f *testing.F) {
-	seeds, err := filepath.Glob(filepath.Join("testdata", "*.eml"))
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, s := range seeds {
-		b, err := os.ReadFile(s)
-		if err != nil {
-			f.Fatal(err)
-		}
+	for _, b := range corpus(f) { // fuzz_test.go
 		f.Add(b, "a@agency.example", "user")
 	}
 	f.Add([]byte("Authentication-Results: mx.test; dmarc=pass\r\nFrom: a@b.example\r\n\r\nx"), "", "")

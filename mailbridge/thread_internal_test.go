@@ -3,13 +3,9 @@ package mailbridge
 import (
 	"io"
 	"log/slog"
-	"path/filepath"
 	"testing"
 
 	"maunium.net/go/mautrix/id"
-
-	"github.com/samtalhq/samtal/internal/pgtest"
-	"github.com/samtalhq/samtal/matrix"
 )
 
 // TestThreadPlacement: where mails go in a room's threads, in order and out of order, on SQLite
@@ -18,22 +14,10 @@ import (
 func TestThreadPlacement(t *testing.T) {
 	for _, dialect := range []string{"sqlite", "postgres"} {
 		t.Run(dialect, func(t *testing.T) {
-			dsn := filepath.Join(t.TempDir(), "threads.db")
-			if dialect == "postgres" {
-				if testing.Short() {
-					t.Skip("starts PostgreSQL")
-				}
-				dsn = pgtest.New(t)
+			if dialect == "postgres" && testing.Short() {
+				t.Skip("starts PostgreSQL")
 			}
-			db, err := matrix.OpenDatabase(t.Context(), dsn)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
-			sp, err := openSpool(t.Context(), db)
-			if err != nil {
-				t.Fatal(err)
-			}
+			sp, db := openTestSpool(t, dialect) // commit_test.go
 			g := &Gateway{spool: sp, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 			const room = id.RoomID("!r:hs.example")
 			post := func(m *Mail, evt id.EventID) threadPlace {

@@ -52,17 +52,9 @@ func TestMailThreads(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a homeserver and sends mail into it")
 	}
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
-	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
-	inbox := matrixtest.NewRecorder(t, officer, room)
-	c := dial(t, addr)
+	sc := newScene(t, mailbridge.Options{})
+	inbox := sc.inbox
+	c := dial(t, sc.addr)
 
 	if err := send(c, "system@agency.example", []string{"cases@agency.example"}, mail("system@agency.example", "Case 4711", "case-4711@agency.example", "Your case is opened.")); err != nil {
 		t.Fatal(err)
@@ -75,7 +67,7 @@ func TestMailThreads(t *testing.T) {
 	if err := send(c, "citizen@example.org", []string{"cases@agency.example"}, reply("Re: Case 4711", "r1@example.org", "case-4711@agency.example", []string{"case-4711@agency.example"}, "A question.")); err != nil {
 		t.Fatal(err)
 	}
-	out, err := swaks(t, "--server", addr, "--from", "system@agency.example", "--to", "cases@agency.example",
+	out, err := swaks(t, "--server", sc.addr, "--from", "system@agency.example", "--to", "cases@agency.example",
 		"--header", "Subject: Re: Re: Case 4711", "--header", "Message-Id: <r2@agency.example>",
 		"--header", "In-Reply-To: <r1@example.org>", "--header", "References: <case-4711@agency.example> <r1@example.org>",
 		"--body", "An answer, by swaks.")
@@ -120,7 +112,7 @@ func TestMailThreads(t *testing.T) {
 	// The mapping the outbound gateway reads.
 	var e mailbridge.ThreadEntry
 	matrixtest.Eventually(t, func() error {
-		e, err = g.Thread(t.Context(), room, "<r2@agency.example>")
+		e, err = sc.g.Thread(t.Context(), sc.room, "<r2@agency.example>")
 		if err == nil && e.Event == "" {
 			err = errors.New("no event yet")
 		}
@@ -129,10 +121,10 @@ func TestMailThreads(t *testing.T) {
 	if e.Root != first.ID || e.RootMessageID != "case-4711@agency.example" {
 		t.Errorf("Thread(r2) = %+v, want root %s", e, first.ID)
 	}
-	if root, err := g.Thread(t.Context(), room, "case-4711@agency.example"); err != nil || root.Event != first.ID || root.Root != first.ID {
+	if root, err := sc.g.Thread(t.Context(), sc.room, "case-4711@agency.example"); err != nil || root.Event != first.ID || root.Root != first.ID {
 		t.Errorf("Thread(root) = %+v, %v", root, err)
 	}
-	if _, err := g.Thread(t.Context(), room, "nobody@example.org"); !errors.Is(err, mailbridge.ErrNoThread) {
+	if _, err := sc.g.Thread(t.Context(), sc.room, "nobody@example.org"); !errors.Is(err, mailbridge.ErrNoThread) {
 		t.Errorf("Thread of an unknown mail: %v", err)
 	}
 }
@@ -145,20 +137,8 @@ func TestMailMedia(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a homeserver and sends mail into it")
 	}
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot", matrixtest.Encrypted())
-	officer := srv.NewClient(t, "officer", matrixtest.Encrypted())
-	plainRoom := roomWith(t, bot, officer, false)
-	secureRoom := roomWith(t, bot, officer, true)
-	router, err := mailbridge.NewRouter(
-		mailbridge.Route{Address: "cases@agency.example", Room: string(plainRoom)},
-		mailbridge.Route{Address: "secure@agency.example", Room: string(secureRoom)},
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
-	inbox := matrixtest.NewRecorder(t, officer, "")
+	stage := newEncryptedScene(t, mailbridge.Options{}, nil)
+	officer, plainRoom, secureRoom, addr, inbox := stage.officer, stage.room, stage.secure, stage.addr, stage.inbox
 	raw, err := os.ReadFile(filepath.Join("testdata", "related.eml"))
 	if err != nil {
 		t.Fatal(err)

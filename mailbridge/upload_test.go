@@ -16,22 +16,14 @@ func TestAttachmentOverUploadLimit(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a homeserver")
 	}
-	srv := matrixtest.NewServer(t, matrixtest.WithMaxUpload(4096))
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
-	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
-	inbox := matrixtest.NewRecorder(t, officer, room)
+	s := newScene(t, mailbridge.Options{}, matrixtest.WithMaxUpload(4096))
+	inbox := s.inbox
 	big := base64.StdEncoding.EncodeToString(make([]byte, 8192))
 	raw := "From: a@b.example\r\nSubject: Two files\r\nMessage-ID: <two-files@b.example>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" +
 		"--b\r\nContent-Type: text/plain\r\n\r\nTwo files.\r\n" +
 		"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=big.bin\r\nContent-Transfer-Encoding: base64\r\n\r\n" + big + "\r\n" +
 		"--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=small.txt\r\n\r\nsmall\r\n--b--\r\n"
-	if err := send(dial(t, addr), "a@b.example", []string{"cases@agency.example"}, raw); err != nil {
+	if err := send(dial(t, s.addr), "a@b.example", []string{"cases@agency.example"}, raw); err != nil {
 		t.Fatal(err)
 	}
 	got := inbox.Wait(t, subjectLine("Two files"))
@@ -41,7 +33,7 @@ func TestAttachmentOverUploadLimit(t *testing.T) {
 	}
 	inbox.Wait(t, func(e *matrix.Event) bool { return message(e).Body == "small.txt" })
 	// Posted in order: a marker after the files means big.bin would be there by now.
-	if err := send(dial(t, addr), "a@b.example", []string{"cases@agency.example"}, mail("a@b.example", "Marker", "marker@b.example", "x")); err != nil {
+	if err := send(dial(t, s.addr), "a@b.example", []string{"cases@agency.example"}, mail("a@b.example", "Marker", "marker@b.example", "x")); err != nil {
 		t.Fatal(err)
 	}
 	inbox.Wait(t, subjectLine("Marker"))

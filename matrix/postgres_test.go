@@ -14,6 +14,9 @@ import (
 // TestPostgres runs the session store and the outbox on a real PostgreSQL: schema, ordered
 // sends, idempotency keys, and a restart that resumes the stored session.
 func TestPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: starts PostgreSQL (about 10 s)")
+	}
 	srv := matrixtest.NewServer(t)
 	_, pw := srv.RegisterUser(t, "alice")
 	bob := srv.Client(t, "bob")

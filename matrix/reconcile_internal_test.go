@@ -15,6 +15,9 @@ import (
 // between), then 150 other events arrived; the restarted outbox finds it behind them and does
 // not send it again.
 func TestReconcileLooksPastOthersEvents(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: puts 150 events on the server first (about 15 s)")
+	}
 	srv := newTestServer(t)
 	alice := newTestAccount(t, srv, "alice")
 	bob := srv.Client(t, "bob")

@@ -52,6 +52,9 @@ func TestNoPlaintextAfterJoin(t *testing.T) {
 // TestOutcomeOnce: each item's outcome is reported once; a lane started while the marks of
 // the previous one were not yet written does not send those items again.
 func TestOutcomeOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: 150 sends one after another (about 10 s)")
+	}
 	srv := matrixtest.NewServer(t)
 	ctx := t.Context()
 	_, pw := srv.RegisterUser(t, "alice")

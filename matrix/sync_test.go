@@ -291,6 +291,8 @@ func TestHandlerErrorsAndPanics(t *testing.T) {
 		return nil
 	})
 	startSyncer(t, s)
+	// Sent before the first sync, a message is history, which this Syncer does not replay.
+	syncWait(t, "the first sync", func() bool { return s.Stats().Batches >= 1 })
 	for _, b := range []string{"boom", "fail", "after"} {
 		mustSend(t, alice, room, b)
 	}
@@ -422,6 +424,7 @@ func TestSyncSurvivesOutage(t *testing.T) {
 		return nil
 	})
 	startSyncer(t, s)
+	syncWait(t, "the first sync", func() bool { return s.Stats().Batches >= 1 })
 	mustSend(t, alice, room, "before")
 	got.waitFor(t, "before")
 

@@ -1,6 +1,6 @@
-// Package jspeer runs the matrix-js-sdk peer of e2ee/testdata/jspeer (peer.mjs) for tests
-// outside package e2ee: a reader that sees a room as Element does, with js-sdk's own crypto.
-// It needs Node.js 18 or later and the peer's npm packages, which scripts/test.sh installs.
+// Package jspeer runs the matrix-js-sdk peer of e2ee/testdata/jspeer (peer.mjs) for tests:
+// a reader that sees a room as Element does, with js-sdk's own crypto. It needs Node.js 18 or
+// later and the peer's npm packages, which scripts/test.sh installs.
 package jspeer
 
 import (
@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -36,6 +37,7 @@ type Line struct {
 	File          []byte     `json:"file_b64"`
 	FileError     string     `json:"file_error"`
 	Reason        string     `json:"reason"`
+	OK            bool       `json:"ok"`
 	Message       string     `json:"message"`
 }
 
@@ -43,6 +45,7 @@ type Line struct {
 type Peer struct {
 	lines  chan Line // closed when its stdout ends
 	stderr *logBuffer
+	stdin  io.Writer
 }
 
 // Dir is the peer's directory in this module.
@@ -55,20 +58,35 @@ func Dir(tb testing.TB) string {
 	return filepath.Join(filepath.Dir(file), "..", "..", "e2ee", "testdata", "jspeer")
 }
 
+// Require fails the test when Node or the peer's npm packages are missing, so that a test can
+// find out before it starts a homeserver.
+func Require(tb testing.TB) {
+	tb.Helper()
+	command(tb)
+}
+
+// command returns Node's path and the peer's directory, failing the test when either is
+// missing.
+func command(tb testing.TB) (node, dir string) {
+	tb.Helper()
+	dir = Dir(tb)
+	node, err := exec.LookPath("node")
+	if err != nil {
+		tb.Fatalf("the js-sdk peer needs Node.js 18 or later: run scripts/test.sh, which installs it (%v)", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "matrix-js-sdk")); err != nil {
+		tb.Fatalf("the js-sdk peer needs its npm packages: run scripts/test.sh, or `npm ci` in %s (%v)", dir, err)
+	}
+	return node, dir
+}
+
 // Start runs the peer as user (a registered localpart with password) in room on the
 // homeserver at hsURL, with more PEER_ settings in env ("PEER_NO_ECHO=1"). It fails the test
 // when Node or the npm packages are missing. The peer is stopped when the test ends, and its
 // log shown if the test failed.
 func Start(t *testing.T, hsURL, user, password string, room id.RoomID, env ...string) *Peer {
 	t.Helper()
-	dir := Dir(t)
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatalf("the js-sdk peer needs Node.js 18 or later: run scripts/test.sh, which installs it (%v)", err)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "matrix-js-sdk")); err != nil {
-		t.Fatalf("the js-sdk peer needs its npm packages: run scripts/test.sh, or `npm ci` in %s (%v)", dir, err)
-	}
+	node, dir := command(t)
 	cmd := exec.Command(node, "peer.mjs")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "PEER_HS="+hsURL, "PEER_USER="+user, "PEER_PASSWORD="+password, "PEER_ROOM="+string(room), "PEER_TIMEOUT_MS=240000")
@@ -81,7 +99,7 @@ func Start(t *testing.T, hsURL, user, password string, room id.RoomID, env ...st
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Peer{lines: make(chan Line, 64), stderr: &logBuffer{}}
+	p := &Peer{lines: make(chan Line, 64), stderr: &logBuffer{}, stdin: stdin}
 	cmd.Stderr = p.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start the js peer: %v", err)
@@ -115,7 +133,7 @@ func Start(t *testing.T, hsURL, user, password string, room id.RoomID, env ...st
 			<-done
 		}
 		if t.Failed() {
-			t.Logf("js peer's log (last 100 lines):\n%s", p.stderr.tail(100))
+			t.Logf("js peer's log (last 150 lines):\n%s", p.stderr.tail(150))
 		}
 	})
 	return p
@@ -144,6 +162,20 @@ func (p *Peer) Expect(t *testing.T, typ string, timeout time.Duration) Line {
 			t.Fatalf("the js peer wrote no %q in %v", typ, timeout)
 		}
 	}
+}
+
+// Decrypt has the peer try to decrypt raw, an event as the server serves it (with its room
+// ID), and returns the peer's "decrypt_result": OK with Body, or Reason.
+func (p *Peer) Decrypt(t *testing.T, raw *event.Event) Line {
+	t.Helper()
+	b, err := json.Marshal(map[string]any{"cmd": "decrypt", "event": raw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.stdin.Write(append(b, '\n')); err != nil {
+		t.Fatalf("send the js peer a decrypt command: %v", err)
+	}
+	return p.Expect(t, "decrypt_result", time.Minute)
 }
 
 // logBuffer collects the peer's log from several goroutines.
