@@ -333,7 +333,7 @@ func TestNewMemberWhileSenderWasDown(t *testing.T) {
 	cr.bot.close()
 
 	must(t, cr.a.c.Invite(ctx, cr.room, cr.b.c.UserID()))
-	waitFor(t, time.Minute, "b to join again", func() bool {
+	waitFor(t, "b to join again", func() bool {
 		members, err := cr.a.c.Mautrix().JoinedMembers(ctx, cr.room)
 		if err != nil {
 			return false
