@@ -32,9 +32,7 @@ func (o *outbox) succeed(r row, evt id.EventID, attempts int) {
 		w <- result{eventID: evt}
 	}
 	o.marks <- mark{id: r.id, eventID: evt, attempts: attempts, encrypted: r.encrypted}
-	if o.opts.OnOutcome != nil {
-		o.opts.OnOutcome(Outcome{ID: r.id, Room: r.room, IdempotencyKey: r.key, EventID: evt})
-	}
+	o.notify(Outcome{ID: r.id, Room: r.room, IdempotencyKey: r.key, EventID: evt})
 }
 
 // skip records an item that turned out not to be needed (the full text of a message that
@@ -63,9 +61,7 @@ func (o *outbox) fail(r row, cause error, attempts int) {
 	for _, w := range ws {
 		w <- result{err: serr}
 	}
-	if o.opts.OnOutcome != nil {
-		o.opts.OnOutcome(Outcome{ID: r.id, Room: r.room, IdempotencyKey: r.key, Err: serr})
-	}
+	o.notify(Outcome{ID: r.id, Room: r.room, IdempotencyKey: r.key, Err: serr})
 }
 
 // failure is a final error as the outbox stores it: enough to make it typed again. Waiters
