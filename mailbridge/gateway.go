@@ -84,6 +84,11 @@ type Gateway struct {
 	closed   bool
 	done     chan struct{} // closed when Close has finished
 	closeErr error
+
+	// Confirmation by the outbox (confirm.go):
+	outcomes    chan int64  // outbox items with an outcome, for the confirmer
+	lostOutcome atomic.Bool // the queue was full: the confirmer looks at every posted delivery
+	stopWatch   func()      // ends Client.WatchOutcomes
 }
 
 // ErrMissingOption is wrapped by New's error when a required Option is not set.
@@ -173,6 +178,10 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	g.rate = newRateLimiter(opts.SenderRate)
 	g.worker.Add(1)
 	go g.deliverLoop()
+	g.outcomes = make(chan int64, outcomeQueue)
+	g.stopWatch = g.client.WatchOutcomes(g.onOutcome)
+	g.worker.Add(1)
+	go g.confirmLoop()
 	return g, nil
 }
 
@@ -254,6 +263,7 @@ func (g *Gateway) Close() error {
 		g.data.Wait()
 		g.cancel()
 		g.worker.Wait()
+		g.stopWatch()
 		g.closeErr = err
 		close(g.done)
 	}

@@ -275,7 +275,7 @@ func (o *outbox) stored(ctx context.Context, rowID int64) (evt id.EventID, err e
 		FROM samtal_outbox WHERE id = $1 AND session = $2`, rowID, o.c.name).
 		Scan(&state, &evt, &room, &f.Message, &f.Kind, &f.Status, &f.ErrCode, &retryAfter, &f.Request)
 	if errors.Is(err, sql.ErrNoRows) {
-		return "", fmt.Errorf("matrix: outbox has no item %d", rowID), true
+		return "", fmt.Errorf("%w: %d in session %q", ErrNoItem, rowID, o.c.name), true
 	}
 	if err != nil {
 		return "", fmt.Errorf("matrix: outbox: %w", err), true
