@@ -146,6 +146,7 @@ func (g *Gateway) settle(p postedDelivery) {
 			g.log.Error("mark delivery delivered", "spool_id", p.spoolID, "target", p.target, "err", err)
 		}
 		if ok {
+			g.announceDelivered()
 			g.log.Info("mail delivered", "spool_id", p.spoolID, "target", p.target, "outbox_id", p.items[0])
 		}
 		return
@@ -186,7 +187,11 @@ func (g *Gateway) requeueFailed(ctx context.Context, items []int64) error {
 // mail was posted before, by another delivery) it is delivered.
 func (g *Gateway) markPosted(ctx context.Context, d delivery, items []int64) error {
 	if len(items) == 0 {
-		return g.spool.delivered(ctx, d, 0)
+		if err := g.spool.delivered(ctx, d, 0); err != nil {
+			return err
+		}
+		g.announceDelivered()
+		return nil
 	}
 	if err := g.spool.posted(ctx, d, items); err != nil {
 		return err

@@ -2,11 +2,14 @@ package mailbridge_test
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -20,10 +23,18 @@ import (
 // of event sends, which the outbox takes as final. Everything else goes to the real server.
 type sendProxy struct {
 	*httptest.Server
-	refuse  atomic.Int64  // the next n sends are refused
-	hold    atomic.Bool   // sends wait for release and are then refused
-	held    chan struct{} // a value per send held
-	release chan struct{} // closed to answer the held sends
+	refuse     atomic.Int64 // the next n sends are refused
+	hold       atomic.Bool  // sends wait for release, then are refused (refuseHeld) or go on
+	refuseHeld atomic.Bool
+	held       chan struct{} // a value per send held
+	release    chan struct{} // closed by unhold, to answer the held sends
+	once       sync.Once
+}
+
+// unhold answers the sends held and lets the next ones through.
+func (p *sendProxy) unhold() {
+	p.hold.Store(false)
+	p.once.Do(func() { close(p.release) })
 }
 
 func newSendProxy(t *testing.T, target string) *sendProxy {
@@ -43,7 +54,7 @@ func newSendProxy(t *testing.T, target string) *sendProxy {
 			if p.hold.Load() {
 				p.held <- struct{}{}
 				<-p.release
-				refuse = true
+				refuse = p.refuseHeld.Load()
 			}
 			if refuse {
 				w.Header().Set("Content-Type", "application/json")
@@ -54,7 +65,10 @@ func newSendProxy(t *testing.T, target string) *sendProxy {
 		}
 		rp.ServeHTTP(w, r)
 	}))
-	t.Cleanup(p.Close)
+	t.Cleanup(func() {
+		p.unhold() // a test that failed while holding would wait for its held sends for ever
+		p.Close()
+	})
 	return p
 }
 
@@ -62,7 +76,11 @@ func newSendProxy(t *testing.T, target string) *sendProxy {
 func botVia(t *testing.T, srv *matrixtest.Server, p *sendProxy, localpart string) *matrix.Client {
 	t.Helper()
 	_, password := srv.RegisterUser(t, localpart)
-	c, err := matrix.New(t.Context(), matrix.Options{HomeserverURL: p.URL, Login: matrix.Password(localpart, password), DB: openDB(t, localpart+".db")})
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	}
+	c, err := matrix.New(t.Context(), matrix.Options{HomeserverURL: p.URL, Login: matrix.Password(localpart, password), DB: openDB(t, localpart+".db"), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,6 +137,7 @@ func TestOutboxFailureWhileGatewayDown(t *testing.T) {
 	opts := mailbridge.Options{Client: bot, Router: router, DB: db}
 
 	proxy.hold.Store(true)
+	proxy.refuseHeld.Store(true)
 	first, addr := startGateway(t, opts)
 	if err := send(dial(t, addr), "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "While down", "down@agency.example", "x")); err != nil {
 		t.Fatal(err)
@@ -138,8 +157,7 @@ func TestOutboxFailureWhileGatewayDown(t *testing.T) {
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
-	proxy.hold.Store(false)
-	close(proxy.release) // the outbox hears the refusal with no gateway running
+	proxy.unhold() // the outbox hears the refusal with no gateway running
 	matrixtest.Eventually(t, func() error {
 		items, err := matrix.ListOutbox(t.Context(), bot.Database(), bot.SessionName(), "failed")
 		if err != nil || len(items) != 1 {

@@ -89,6 +89,10 @@ type Gateway struct {
 	outcomes    chan int64  // outbox items with an outcome, for the confirmer
 	lostOutcome atomic.Bool // the queue was full: the confirmer looks at every posted delivery
 	stopWatch   func()      // ends Client.WatchOutcomes
+
+	// Flag or move after posting (imap_after.go):
+	deliveredMu sync.Mutex
+	deliveredCh chan struct{} // closed when a delivery is confirmed; nil until someone waits
 }
 
 // ErrMissingOption is wrapped by New's error when a required Option is not set.
