@@ -78,9 +78,7 @@ func (g *Gateway) confirmLoop() {
 					break drain
 				}
 			}
-			for id := range ids {
-				g.settleItem(id)
-			}
+			g.settleItems(ids)
 		case <-tick.C:
 			g.settleAll()
 		}
@@ -90,18 +88,31 @@ func (g *Gateway) confirmLoop() {
 	}
 }
 
-// settleItem settles the posted delivery that outbox item id belongs to, if any.
-func (g *Gateway) settleItem(id int64) {
-	ps, err := g.spool.postedWith(g.ctx, id)
-	if err != nil {
-		if g.ctx.Err() == nil {
-			g.log.Error("read posted deliveries", "err", err)
+// settleItems settles the posted deliveries that outbox items ids belong to.
+func (g *Gateway) settleItems(ids map[int64]bool) {
+	var ps []postedDelivery
+	seen := map[postedKey]bool{}
+	for id := range ids {
+		got, err := g.spool.postedWith(g.ctx, id)
+		if err != nil {
+			if g.ctx.Err() == nil {
+				g.log.Error("read posted deliveries", "err", err)
+			}
+			return
 		}
-		return
+		for _, p := range got {
+			if k := (postedKey{p.spoolID, p.target}); !seen[k] {
+				seen[k] = true
+				ps = append(ps, p)
+			}
+		}
 	}
-	for _, p := range ps {
-		g.settle(p)
-	}
+	g.settle(ps)
+}
+
+type postedKey struct {
+	spoolID int64
+	target  string
 }
 
 // settleAll settles every posted delivery.
@@ -113,44 +124,69 @@ func (g *Gateway) settleAll() {
 		}
 		return
 	}
+	g.settle(ps)
+}
+
+// settle asks the outbox about posted deliveries' items: all sent makes one delivered (those
+// are recorded in one transaction), one failed for good sends it back to be posted again.
+// While any is pending it stays as it is.
+func (g *Gateway) settle(ps []postedDelivery) {
+	var done []postedDelivery
 	for _, p := range ps {
 		if g.ctx.Err() != nil {
 			return
 		}
-		g.settle(p)
+		failed, pending := g.outboxState(p)
+		switch {
+		case pending:
+		case failed == nil:
+			done = append(done, p)
+		default:
+			g.repost(p, failed)
+		}
+	}
+	if len(done) == 0 {
+		return
+	}
+	confirmed, err := g.spool.confirm(g.ctx, done)
+	if err != nil {
+		if g.ctx.Err() == nil {
+			g.log.Error("mark deliveries delivered", "count", len(done), "err", err)
+		}
+		return // the next sweep confirms them
+	}
+	for _, p := range confirmed {
+		g.log.Info("mail delivered", "spool_id", p.spoolID, "target", p.target, "outbox_id", p.items[0])
+	}
+	if len(confirmed) > 0 {
+		g.announceDelivered()
 	}
 }
 
-// settle asks the outbox about a posted delivery's items: all sent makes it delivered, one
-// failed for good sends it back to be posted again. While any is pending it stays as it is.
-func (g *Gateway) settle(p postedDelivery) {
-	var failed error
+// outboxState reports whether one of p's items failed for good (or was dropped by an
+// operator), and whether one is pending (or its state cannot be read now).
+func (g *Gateway) outboxState(p postedDelivery) (failed error, pending bool) {
 	for _, item := range p.items {
 		_, done, err := g.client.PendingItem(item).Sent(g.ctx)
 		var se *matrix.SendError
 		switch {
 		case !done:
-			return // still pending; its outcome is reported when it comes
-		case errors.As(err, &se), errors.Is(err, matrix.ErrNoItem): // failed, or dropped by an operator
+			return nil, true // its outcome is reported when it comes
+		case errors.As(err, &se), errors.Is(err, matrix.ErrNoItem):
 			failed = err
 		case err != nil:
 			if g.ctx.Err() == nil {
 				g.log.Warn("read the outbox state of a delivery", "spool_id", p.spoolID, "target", p.target, "err", err)
 			}
-			return // the next sweep asks again
+			return nil, true // the next sweep asks again
 		}
 	}
-	if failed == nil {
-		ok, err := g.spool.confirm(g.ctx, p)
-		if err != nil && g.ctx.Err() == nil {
-			g.log.Error("mark delivery delivered", "spool_id", p.spoolID, "target", p.target, "err", err)
-		}
-		if ok {
-			g.announceDelivered()
-			g.log.Info("mail delivered", "spool_id", p.spoolID, "target", p.target, "outbox_id", p.items[0])
-		}
-		return
-	}
+	return failed, false
+}
+
+// repost sends a posted delivery whose post failed back to be posted again with backoff, or to
+// the dead letters after Options.DeadLetterAfter.
+func (g *Gateway) repost(p postedDelivery, failed error) {
 	if time.Since(p.receivedAt) >= g.opts.DeadLetterAfter {
 		g.log.Error("mail delivery failed for too long; dead-lettered until retried", "spool_id", p.spoolID, "target", p.target, "attempts", p.attempts+1, "err", failed)
 		if err := g.spool.unpost(g.ctx, p, stateDead, time.Time{}, failed.Error()); err != nil && g.ctx.Err() == nil {
@@ -222,19 +258,31 @@ func (s *spool) posted(ctx context.Context, d delivery, items []int64) error {
 	return nil
 }
 
-// confirm marks a posted delivery delivered, and reports whether it was still posted (another
-// instance may have confirmed it first).
-func (s *spool) confirm(ctx context.Context, p postedDelivery) (bool, error) {
-	res, err := s.db.Exec(ctx, `UPDATE samtal_mail_delivery SET state = 1, last_error = '' WHERE spool_id = $1 AND target = $2 AND state = $3`,
-		p.spoolID, p.target, statePosted)
+// confirm marks posted deliveries delivered, in one transaction, and returns those that were
+// still posted (another instance may have confirmed one first).
+func (s *spool) confirm(ctx context.Context, ps []postedDelivery) ([]postedDelivery, error) {
+	var out []postedDelivery
+	err := s.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		out = out[:0]
+		for _, p := range ps {
+			res, err := s.db.Exec(ctx, `UPDATE samtal_mail_delivery SET state = 1, last_error = '' WHERE spool_id = $1 AND target = $2 AND state = $3`,
+				p.spoolID, p.target, statePosted)
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 1 {
+				out = append(out, p)
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return false, fmt.Errorf("mailbridge: mark mail %d delivered to %s: %w", p.spoolID, p.target, err)
+		return nil, fmt.Errorf("mailbridge: mark %d mails delivered: %w", len(ps), err)
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return false, nil
+	for range out {
+		s.metrics.Delivery(OutcomeDelivered)
 	}
-	s.metrics.Delivery(OutcomeDelivered)
-	return true, nil
+	return out, nil
 }
 
 // unpost sends a posted delivery whose post failed back to state (0: pending, due at next;
