@@ -218,10 +218,11 @@ func (g *Gateway) requeueFailed(ctx context.Context, items []int64) error {
 	return nil
 }
 
-// markPosted records that delivery d is in the outbox as items (the post first), and has the
-// confirmer look at it at once: its items may be sent (or failed) already. With no items (the
-// mail was posted before, by another delivery) it is delivered.
-func (g *Gateway) markPosted(ctx context.Context, d delivery, items []int64) error {
+// markPosted records that delivery d is in the outbox as items (the post first), with what
+// also runs in that transaction (nil: nothing), and has the confirmer look at it at once: its
+// items may be sent (or failed) already. With no items (the mail was posted before, by another
+// delivery) it is delivered.
+func (g *Gateway) markPosted(ctx context.Context, d delivery, items []int64, also func(context.Context) error) error {
 	if len(items) == 0 {
 		if err := g.spool.delivered(ctx, d, 0); err != nil {
 			return err
@@ -229,16 +230,22 @@ func (g *Gateway) markPosted(ctx context.Context, d delivery, items []int64) err
 		g.announceDelivered()
 		return nil
 	}
-	if err := g.spool.posted(ctx, d, items); err != nil {
+	if err := g.spool.posted(ctx, d, items, also); err != nil {
 		return err
 	}
 	g.onOutcome(matrix.Outcome{ID: items[0]})
 	return nil
 }
 
-// posted records delivery d as posted into the outbox as items.
-func (s *spool) posted(ctx context.Context, d delivery, items []int64) error {
+// posted records delivery d as posted into the outbox as items, and runs also (unless nil) in
+// the same transaction.
+func (s *spool) posted(ctx context.Context, d delivery, items []int64, also func(context.Context) error) error {
 	err := s.db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		if also != nil {
+			if err := also(ctx); err != nil {
+				return err
+			}
+		}
 		if _, err := s.db.Exec(ctx, `DELETE FROM samtal_mail_delivery_item WHERE spool_id = $1 AND target = $2`, d.spoolID, d.target); err != nil {
 			return err
 		}
