@@ -180,11 +180,10 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	g.ctx, g.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	g.server = g.newSMTPServer()
 	g.rate = newRateLimiter(opts.SenderRate)
-	g.worker.Add(1)
-	go g.deliverLoop()
 	g.outcomes = make(chan int64, outcomeQueue)
 	g.stopWatch = g.client.WatchOutcomes(g.onOutcome)
-	g.worker.Add(1)
+	g.worker.Add(2)
+	go g.deliverLoop()
 	go g.confirmLoop()
 	return g, nil
 }
