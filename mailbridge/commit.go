@@ -28,6 +28,7 @@ type commitReq struct {
 	mailFrom string
 	message  []byte
 	targets  []target
+	imap     *imapCommit       // for a mail from IMAP, what is committed with it; else nil
 	done     chan commitResult // buffered: the committer never blocks on a waiter that left
 }
 
@@ -55,7 +56,12 @@ type committer struct {
 // the wait: a mail already queued is committed or not as the database decides, so callers that
 // must know the outcome (DATA) pass a context that does not end.
 func (c *committer) submit(ctx context.Context, mailFrom string, message []byte, targets []target) (int64, error) {
-	r := &commitReq{mailFrom: mailFrom, message: message, targets: targets, done: make(chan commitResult, 1)}
+	return c.submitReq(ctx, &commitReq{mailFrom: mailFrom, message: message, targets: targets})
+}
+
+// submitReq queues r and waits, as submit does.
+func (c *committer) submitReq(ctx context.Context, r *commitReq) (int64, error) {
+	r.done = make(chan commitResult, 1)
 	c.mu.Lock()
 	c.queue = append(c.queue, r)
 	if !c.running {
@@ -113,6 +119,13 @@ func (c *committer) commit(batch []*commitReq) ([]int64, error) {
 	now := time.Now().UnixMilli()
 	err := c.db.DoTxn(context.Background(), nil, func(ctx context.Context) error {
 		for i, r := range batch {
+			if r.imap != nil && len(r.targets) == 0 {
+				// An IMAP mail no route takes: only the checkpoint moves.
+				if err := r.imap.commit(ctx, c.db, 0); err != nil {
+					return err
+				}
+				continue
+			}
 			err := c.db.QueryRow(ctx, `INSERT INTO samtal_mail_spool (received_at, mail_from, message) VALUES ($1, $2, $3) RETURNING id`,
 				now, r.mailFrom, r.message).Scan(&ids[i])
 			if err != nil {
@@ -122,6 +135,11 @@ func (c *committer) commit(batch []*commitReq) ([]int64, error) {
 				_, err := c.db.Exec(ctx, `INSERT INTO samtal_mail_delivery (spool_id, target, recipient, create_spec) VALUES ($1, $2, $3, $4)`,
 					ids[i], t.room, t.recipient, t.createSpec)
 				if err != nil {
+					return err
+				}
+			}
+			if r.imap != nil {
+				if err := r.imap.commit(ctx, c.db, ids[i]); err != nil {
 					return err
 				}
 			}

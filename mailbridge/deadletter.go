@@ -18,6 +18,7 @@ type SpooledMail struct {
 	Attempts   int       // failed deliveries so far
 	LastError  string    // why the last attempt failed
 	Dead       bool      // given up after Options.DeadLetterAfter; waits for Retry
+	Posted     bool      // in the matrix outbox, waiting for the homeserver to take it
 }
 
 // ErrNotInSpool is returned by Retry for a spool ID with no dead delivery.

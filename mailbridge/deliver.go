@@ -69,16 +69,20 @@ func (g *Gateway) deliverDue() {
 	}
 }
 
-// deliverOne posts one mail into one room, or schedules another try.
+// deliverOne posts one mail into one room, or schedules another try. The delivery is done
+// once the outbox has sent what it posted (confirm.go).
 func (g *Gateway) deliverOne(d delivery) {
-	outboxID, err := g.post(g.ctx, d)
+	items, mark, err := g.post(g.ctx, d)
 	if g.ctx.Err() != nil {
 		return // closing: the next Gateway tries again, and the idempotency key prevents a double
 	}
 	if err == nil {
-		err = g.spool.delivered(g.ctx, d, outboxID)
+		err = g.requeueFailed(g.ctx, items)
+	}
+	if err == nil {
+		err = g.markPosted(g.ctx, d, items, mark)
 		if err == nil {
-			g.log.Info("mail delivered", "spool_id", d.spoolID, "target", d.target, "outbox_id", outboxID)
+			g.log.Debug("mail posted to the outbox", "spool_id", d.spoolID, "target", d.target, "items", len(items))
 			return
 		}
 	}
@@ -97,17 +101,19 @@ func (g *Gateway) deliverOne(d delivery) {
 }
 
 // post converts the mail and stores it in the client's outbox, which sends it. It returns the
-// outbox ID once the message is stored there.
+// outbox items it became once they are stored there: the message first, then its files; and
+// what to record with them (the post's outbox item in the mail's thread entry), which the
+// caller runs in the transaction that records the delivery as posted, saving a commit.
 //
 // A reply goes into the thread of its conversation (see thread.go); its attachments follow it
 // there. Inline images are uploaded first and shown in place in a room that is not encrypted,
 // and follow the message as encrypted files in one that is. Attachments over the homeserver's
 // upload limit are named in the message and not sent. A message over the event size limit is
 // shortened and followed by the original mail as mail.eml.
-func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
+func (g *Gateway) post(ctx context.Context, d delivery) ([]int64, func(context.Context) error, error) {
 	room, err := g.resolve(ctx, d)
 	if err != nil {
-		return 0, err
+		return nil, nil, err
 	}
 	m, err := ParseWith(bytes.NewReader(d.message), ParseOptions{AuthServID: g.opts.Domain})
 	if err != nil {
@@ -116,13 +122,13 @@ func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
 		msg := matrix.Notice(fmt.Sprintf("A mail to %s could not be read (malformed header); it is kept in the gateway's spool as number %d.", d.recipient, d.spoolID))
 		p, err := g.client.Send(ctx, room, msg, matrix.SendOptions{IdempotencyKey: idempotencyKey("", unstamped(d.message), room)})
 		if err != nil {
-			return 0, fmt.Errorf("post mail %d into %s: %w", d.spoolID, room, err)
+			return nil, nil, fmt.Errorf("post mail %d into %s: %w", d.spoolID, room, err)
 		}
-		return p.ID, nil
+		return []int64{p.ID}, nil, nil
 	}
 	place, err := g.place(ctx, room, m, d.attempts)
 	if err != nil {
-		return 0, fmt.Errorf("thread of mail %d in %s: %w", d.spoolID, room, err)
+		return nil, nil, fmt.Errorf("thread of mail %d in %s: %w", d.spoolID, room, err)
 	}
 	limit := g.client.UploadLimit(ctx)
 	for i := range m.Attachments {
@@ -131,7 +137,7 @@ func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
 	key := idempotencyKey(m.MessageID, unstamped(d.message), room) // the same mail, whatever its Authentication-Results
 	uploaded, err := g.uploadInline(ctx, room, m, key)
 	if err != nil {
-		return 0, fmt.Errorf("inline images of mail %d in %s: %w", d.spoolID, room, err)
+		return nil, nil, fmt.Errorf("inline images of mail %d in %s: %w", d.spoolID, room, err)
 	}
 	msg := m.render(uploaded)
 	if place.root != "" {
@@ -140,7 +146,7 @@ func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
 	emlFits := limit <= 0 || int64(len(d.message)) <= limit
 	msg, tooLong := fitMail(msg, emlFits)
 	if err := g.remember(ctx, room, m, d.spoolID, place); err != nil {
-		return 0, err
+		return nil, nil, err
 	}
 	p, err := g.client.Send(ctx, room, msg, matrix.SendOptions{IdempotencyKey: key})
 	if errors.Is(err, matrix.ErrIdempotencyConflict) {
@@ -149,20 +155,25 @@ func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
 		// message shows, such as the sender check) or in the sender reusing an ID. Either way
 		// it is the same mail as far as the gateway can tell, and is not posted twice.
 		g.log.Info("mail with a Message-ID posted before, with other content; not posted again", "spool_id", d.spoolID, "room", room)
-		return g.postedBefore(ctx, room, m), nil
+		if before := g.postedBefore(ctx, room, m); before != 0 {
+			return []int64{before}, nil, nil
+		}
+		return nil, nil, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("post mail %d into %s: %w", d.spoolID, room, err)
+		return nil, nil, fmt.Errorf("post mail %d into %s: %w", d.spoolID, room, err)
 	}
-	if err := g.posted(ctx, room, m, p.ID); err != nil {
-		return 0, err
-	}
+	mark := func(ctx context.Context) error { return g.posted(ctx, room, m, p.ID) }
+	items := []int64{p.ID}
 	// Each file's key names its part, so that it stays the same whatever else changes.
 	next := func(a matrix.Attachment, part string) error {
 		a.Thread = place.root
-		_, err := g.client.SendFile(ctx, room, a, matrix.SendOptions{IdempotencyKey: key + "/" + part})
+		f, err := g.client.SendFile(ctx, room, a, matrix.SendOptions{IdempotencyKey: key + "/" + part})
 		if errors.Is(err, matrix.ErrIdempotencyConflict) {
 			return nil // a file of the same mail, posted before (see above)
+		}
+		if err == nil {
+			items = append(items, f.ID)
 		}
 		return err
 	}
@@ -179,15 +190,15 @@ func (g *Gateway) post(ctx context.Context, d delivery) (int64, error) {
 			kind = matrix.ImageKind
 		}
 		if err := next(matrix.Attachment{Name: name, MimeType: a.MimeType, Data: a.Data, Kind: kind}, strconv.Itoa(i+1)); err != nil {
-			return 0, fmt.Errorf("post attachment %d of mail %d into %s: %w", i+1, d.spoolID, room, err)
+			return nil, nil, fmt.Errorf("post attachment %d of mail %d into %s: %w", i+1, d.spoolID, room, err)
 		}
 	}
 	if tooLong && emlFits {
 		if err := next(matrix.Attachment{Name: "mail.eml", MimeType: "message/rfc822", Data: d.message}, "original"); err != nil {
-			return 0, fmt.Errorf("post the original of mail %d into %s: %w", d.spoolID, room, err)
+			return nil, nil, fmt.Errorf("post the original of mail %d into %s: %w", d.spoolID, room, err)
 		}
 	}
-	return p.ID, nil
+	return items, mark, nil
 }
 
 // fitMail shortens a message over the size of an encrypted event (which fits any room) and

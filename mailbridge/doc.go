@@ -117,9 +117,11 @@
 // shared database (matrix.OpenDatabase; SQLite with synchronous=FULL) before the 250 reply. A
 // delivery worker converts each spooled mail and stores it in the client's durable outbox
 // (Client.Send) with an idempotency key made from the Message-ID (or, without one, the content)
-// and the room, so a mail sent twice is posted once; the spool marks it delivered only after
-// that. Failed deliveries, such as while the homeserver is down, are retried with backoff, also
-// by the next Gateway after a restart. One that still fails Options.DeadLetterAfter after
+// and the room, so a mail sent twice is posted once; the spool marks it delivered only once
+// the outbox has sent it (Client.WatchOutcomes), and a post the outbox failed for good (say a
+// refusal by a homeserver still starting) is requeued and posted again (Client.Requeue).
+// Failed deliveries, such as while the homeserver is down, are retried with backoff, also
+// by the next Gateway after a restart, which also settles what the last run had posted. One that still fails Options.DeadLetterAfter after
 // receipt waits as dead in the spool: Gateway.Undelivered lists what is not posted yet, and
 // Gateway.Retry revives a dead mail.
 //
@@ -183,10 +185,10 @@
 // the poller reads the whole mailbox again; mail already posted
 // is not posted again, since its idempotency key comes from the Message-ID (or the content)
 // and the room. On the first start the mail already in the mailbox is taken too, unless
-// IMAPMailbox.SkipExisting. Mail is read with BODY.PEEK[] (no \Seen), and once spooled it
-// can get a flag or keyword (IMAPMailbox.Flag) or be moved (MoveTo); nothing is deleted. That
-// happens after the spool commit, not after the room has the mail, and per batch: a crash in
-// between leaves a spooled mail unflagged.
+// IMAPMailbox.SkipExisting. Mail is read with BODY.PEEK[] (no \Seen), and once delivered into
+// its rooms it can get a flag or keyword (IMAPMailbox.Flag) or be moved (MoveTo); nothing is
+// deleted. What to flag or move is committed with the mail, so a poller stopped or crashed in
+// between does it when it runs again.
 //
 // The poller waits with IDLE, ended and issued again every IMAPOptions.IdleRestart (25
 // minutes; RFC 2177 asks for under 29), and asks a server without IDLE every PollInterval. A
@@ -207,7 +209,7 @@
 // Options.TrustSubmitters an authenticated submitter passes every list.
 //
 // Known limits: a route's AllowSenders checks the Return-Path (else From) for mail taken from
-// IMAP, which is not authenticated. An IMAP mail is flagged or moved once spooled, not once posted. The reply
+// IMAP, which is not authenticated. The reply
 // counts of Options.Metrics cover the gateway's answers to MAIL, RCPT and DATA and connections
 // refused, not go-smtp's own answers to malformed commands.
 package mailbridge

@@ -84,6 +84,15 @@ type Gateway struct {
 	closed   bool
 	done     chan struct{} // closed when Close has finished
 	closeErr error
+
+	// Confirmation by the outbox (confirm.go):
+	outcomes    chan int64  // outbox items with an outcome, for the confirmer
+	lostOutcome atomic.Bool // the queue was full: the confirmer looks at every posted delivery
+	stopWatch   func()      // ends Client.WatchOutcomes
+
+	// Flag or move after posting (imap_after.go):
+	deliveredMu sync.Mutex
+	deliveredCh chan struct{} // closed when a delivery is confirmed; nil until someone waits
 }
 
 // ErrMissingOption is wrapped by New's error when a required Option is not set.
@@ -171,8 +180,11 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	g.ctx, g.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	g.server = g.newSMTPServer()
 	g.rate = newRateLimiter(opts.SenderRate)
-	g.worker.Add(1)
+	g.outcomes = make(chan int64, outcomeQueue)
+	g.stopWatch = g.client.WatchOutcomes(g.onOutcome)
+	g.worker.Add(2)
 	go g.deliverLoop()
+	go g.confirmLoop()
 	return g, nil
 }
 
@@ -254,6 +266,7 @@ func (g *Gateway) Close() error {
 		g.data.Wait()
 		g.cancel()
 		g.worker.Wait()
+		g.stopWatch()
 		g.closeErr = err
 		close(g.done)
 	}

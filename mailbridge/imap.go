@@ -34,7 +34,7 @@ type IMAPOptions struct {
 	PollInterval      time.Duration      // how often a server without IDLE is asked for new mail; 0 means 1 minute
 	MinReconnectDelay time.Duration      // first wait after a lost connection or refused login; 0 means 1 s
 	MaxReconnectDelay time.Duration      // longest wait between connection attempts; 0 means 5 minutes
-	BatchSize         int                // messages handled per round, before the after-spool flag or move; 0 means 50
+	BatchSize         int                // messages spooled per round (one UID SEARCH); 0 means 50
 	Logger            *slog.Logger       // nil means the Gateway's; message content, passwords and tokens are never logged
 }
 
@@ -47,11 +47,14 @@ type IMAPMailbox struct {
 	// routed by the recipients in its header (Delivered-To, X-Original-To, To, Cc), each one
 	// the Router accepts, once per room.
 	Address string
-	// Flag, when set, is stored on a mail once it is in the spool: a system flag such as
-	// `\Seen` or a keyword such as "samtal-posted". Nothing is ever deleted.
+	// Flag, when set, is stored on a mail once it is posted: the homeserver has its events in
+	// every room it goes to. A system flag such as `\Seen` or a keyword such as
+	// "samtal-posted". Nothing is ever deleted. What was posted while the poller was stopped
+	// is flagged when it runs again; a mail given up on (dead-lettered) is not flagged until
+	// it is retried and posted.
 	Flag string
-	// MoveTo, when set, is where a mail is moved once it is in the spool (MOVE, or COPY and
-	// STORE \Deleted and EXPUNGE where the server has no MOVE).
+	// MoveTo, when set, is where a mail is moved once it is posted, as for Flag (MOVE, or
+	// COPY, STORE \Deleted and UID EXPUNGE where the server has UIDPLUS but no MOVE).
 	MoveTo string
 	// SkipExisting makes the first start (no checkpoint yet) begin after the mail already in
 	// the mailbox. By default that mail is posted too.
@@ -242,11 +245,18 @@ func (p *Poller) session(ctx context.Context, log *slog.Logger, mb *IMAPMailbox)
 		if err := lock.alive(ctx); err != nil {
 			return working, err
 		}
+		posted := p.g.deliveries() // taken first: a mail delivered from here on wakes the wait
 		if err := p.takeNew(ctx, log, c, mb, &cp); err != nil {
 			return working, err
 		}
+		if err := p.afterPosted(ctx, log, c, mb, cp); err != nil {
+			return working, err
+		}
 		working = true
-		woken, err := p.wait(ctx, c, idle, newMail)
+		if !mb.afterPost() {
+			posted = nil
+		}
+		woken, err := p.wait(ctx, c, idle, newMail, posted)
 		if err != nil {
 			return working, err
 		}
@@ -322,19 +332,11 @@ func (p *Poller) takeNew(ctx context.Context, log *slog.Logger, c *imapclient.Cl
 		}
 		slices.Sort(uids)
 		batch := uids[:min(len(uids), p.opts.BatchSize)]
-		var done imap.UIDSet
 		for _, uid := range batch {
-			spooled, err := p.takeOne(ctx, log, c, mb, *cp, uid)
-			if err != nil {
+			if err := p.takeOne(ctx, log, c, mb, *cp, uid); err != nil {
 				return err
 			}
 			cp.lastUID = uint32(uid)
-			if spooled {
-				done.AddNum(uid)
-			}
-		}
-		if err := p.afterSpool(c, mb, done); err != nil {
-			return err
 		}
 	}
 	return ctx.Err()
@@ -342,12 +344,12 @@ func (p *Poller) takeNew(ctx context.Context, log *slog.Logger, c *imapclient.Cl
 
 // takeOne fetches one mail and spools it with the checkpoint at its UID. A mail over the
 // size limit, gone meanwhile, or routed nowhere only moves the checkpoint; it stays in the
-// mailbox for a person to see. spooled reports whether it went into the spool.
-func (p *Poller) takeOne(ctx context.Context, log *slog.Logger, c *imapclient.Client, mb *IMAPMailbox, cp imapCheckpoint, uid imap.UID) (spooled bool, err error) {
+// mailbox for a person to see, and is never flagged or moved.
+func (p *Poller) takeOne(ctx context.Context, log *slog.Logger, c *imapclient.Client, mb *IMAPMailbox, cp imapCheckpoint, uid imap.UID) error {
 	cp.lastUID = uint32(uid)
 	raw, size, err := p.fetch(c, uid)
 	if err != nil {
-		return false, err
+		return err
 	}
 	var from string
 	var targets []target
@@ -362,16 +364,16 @@ func (p *Poller) takeOne(ctx context.Context, log *slog.Logger, c *imapclient.Cl
 			log.Warn("IMAP mail routed nowhere left in the mailbox", "uid", uid)
 		}
 	}
-	id, err := p.g.spool.storeIMAP(ctx, from, raw, targets, cp)
+	id, err := p.g.spool.storeIMAP(ctx, from, raw, targets, cp, mb.afterPost())
 	if err != nil {
-		return false, err
+		return err
 	}
 	if id == 0 {
-		return false, nil
+		return nil
 	}
 	log.Info("mail accepted from IMAP", "uid", uid, "spool_id", id, "rooms", len(targets), "bytes", len(raw))
 	p.g.kick()
-	return true, nil
+	return nil
 }
 
 // fetch returns the raw mail with uid and its size; nil when it is gone or too large.
@@ -405,40 +407,22 @@ func (p *Poller) fetch(c *imapclient.Client, uid imap.UID) ([]byte, int64, error
 	return nil, 0, nil
 }
 
-// afterSpool flags or moves the mail just spooled, as the mailbox asks.
-func (p *Poller) afterSpool(c *imapclient.Client, mb *IMAPMailbox, uids imap.UIDSet) error {
-	if len(uids) == 0 {
-		return nil
-	}
-	if mb.Flag != "" {
-		store := &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.Flag(mb.Flag)}}
-		if err := c.Store(uids, store, nil).Close(); err != nil {
-			return fmt.Errorf("flag spooled mail %s: %w", mb.Flag, err)
-		}
-	}
-	if mb.MoveTo != "" {
-		caps := c.Caps()
-		if !caps.Has(imap.CapMove) && !caps.Has(imap.CapUIDPlus) && !caps.Has(imap.CapIMAP4rev2) {
-			// The fallback would be COPY and a plain EXPUNGE, which also removes mail that a
-			// person marked \Deleted: not ours to do.
-			return fmt.Errorf("move spooled mail to %s: the server has neither MOVE nor UIDPLUS, so it cannot move without expunging other mail", mb.MoveTo)
-		}
-		if _, err := c.Move(uids, mb.MoveTo).Wait(); err != nil {
-			return fmt.Errorf("move spooled mail to %s: %w", mb.MoveTo, err)
-		}
-	}
-	return nil
-}
-
 // wait returns when the mailbox may have new mail: the server said so during IDLE (woken is
 // true), or IDLE was due to be issued again, or the poll interval passed on a server without
-// IDLE.
-func (p *Poller) wait(ctx context.Context, c *imapclient.Client, idle bool, newMail <-chan struct{}) (woken bool, err error) {
+// IDLE; or when posted is closed (woken is true): a mail was delivered, which may be one to
+// flag or move.
+func (p *Poller) wait(ctx context.Context, c *imapclient.Client, idle bool, newMail, posted <-chan struct{}) (woken bool, err error) {
 	if !idle {
-		if !backoff.Sleep(ctx, p.opts.PollInterval) {
+		t := time.NewTimer(p.opts.PollInterval)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return false, nil
+		case <-posted:
+			return true, nil
+		case <-ctx.Done():
 			return false, ctx.Err()
 		}
-		return false, nil
 	}
 	cmd, err := c.Idle()
 	if err != nil {
@@ -448,6 +432,8 @@ func (p *Poller) wait(ctx context.Context, c *imapclient.Client, idle bool, newM
 	defer t.Stop()
 	select {
 	case <-newMail:
+		woken = true
+	case <-posted:
 		woken = true
 	case <-t.C:
 	case <-ctx.Done():

@@ -17,8 +17,8 @@ type Metrics interface {
 	// commands are not counted.
 	SMTPReply(code int)
 	// Delivery is called when a delivery attempt of a mail into a room ends: outcome is
-	// "delivered" (stored in the outbox), "retry" (failed, tried again later) or "dead"
-	// (given up; see Undelivered).
+	// "delivered" (the outbox sent all it became), "retry" (failed, here or in the outbox;
+	// tried again later) or "dead" (given up; see Undelivered).
 	Delivery(outcome string)
 	// DMARC is called once per received mail with the DMARC result ("pass", "fail", "none",
 	// ...), when sender authentication checks it.
@@ -41,7 +41,7 @@ func (noMetrics) DMARC(string)    {}
 
 // SpoolStats is the state of the spool: how much is waiting, and for how long.
 type SpoolStats struct {
-	Pending int       // deliveries not done yet (mail into a room), dead ones not counted
+	Pending int       // deliveries not done yet (mail into a room, posted ones not yet sent included), dead ones not counted
 	Dead    int       // deliveries given up on, waiting for Retry
 	Oldest  time.Time // when the oldest pending delivery's mail was received; zero if none
 }
@@ -52,9 +52,9 @@ func (g *Gateway) SpoolStats(ctx context.Context) (SpoolStats, error) {
 	var st SpoolStats
 	var oldest *int64
 	err := g.spool.db.QueryRow(ctx, `SELECT
-			COALESCE(SUM(CASE WHEN d.state = 0 THEN 1 ELSE 0 END), 0),
+			COALESCE(SUM(CASE WHEN d.state IN (0, 3) THEN 1 ELSE 0 END), 0),
 			COALESCE(SUM(CASE WHEN d.state = 2 THEN 1 ELSE 0 END), 0),
-			MIN(CASE WHEN d.state = 0 THEN m.received_at END)
+			MIN(CASE WHEN d.state IN (0, 3) THEN m.received_at END)
 		FROM samtal_mail_delivery d JOIN samtal_mail_spool m ON m.id = d.spool_id WHERE d.state <> 1`).Scan(&st.Pending, &st.Dead, &oldest)
 	if err != nil {
 		return SpoolStats{}, fmt.Errorf("mailbridge: read spool: %w", err)

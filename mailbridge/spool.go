@@ -92,7 +92,8 @@ func (s *spool) nextAttempt(ctx context.Context) (time.Time, bool, error) {
 	return time.UnixMilli(*next), true, nil
 }
 
-// delivered marks a delivery done: its message is in the matrix outbox as outboxID.
+// delivered marks a delivery done: its message was posted as outbox item outboxID (0: by
+// another delivery of the same mail), and sent (confirm.go).
 func (s *spool) delivered(ctx context.Context, d delivery, outboxID int64) error {
 	_, err := s.db.Exec(ctx, `UPDATE samtal_mail_delivery SET state = 1, outbox_id = $1, last_error = '', claimed_by = '', claimed_until = 0 WHERE spool_id = $2 AND target = $3`,
 		outboxID, d.spoolID, d.target)
@@ -143,7 +144,7 @@ func (s *spool) undelivered(ctx context.Context) ([]SpooledMail, error) {
 		if err := rows.Scan(&m.ID, &m.Room, &m.Recipient, &m.MailFrom, &received, &m.Attempts, &m.LastError, &state); err != nil {
 			return nil, fmt.Errorf("mailbridge: read spool: %w", err)
 		}
-		m.ReceivedAt, m.Dead = time.UnixMilli(received), state == stateDead
+		m.ReceivedAt, m.Dead, m.Posted = time.UnixMilli(received), state == stateDead, state == statePosted
 		out = append(out, m)
 	}
 	if err := rows.Err(); err != nil {

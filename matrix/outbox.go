@@ -147,6 +147,13 @@ type outbox struct {
 	heldCh    chan struct{}    // closed when held is set
 	marks     chan mark
 	committed chan struct{} // closed when commitMarks has written the last mark
+
+	// Outcome watchers and requeued items (outbox_watch.go):
+	watchMu   sync.Mutex
+	watchers  map[int]func(Outcome) // Client.WatchOutcomes, by registration
+	nextWatch int
+	recheck   map[int64]bool     // requeued items that may have reached the room: look there first (under mu)
+	rewind    map[id.RoomID]bool // rooms with requeued items: the lane starts from its first item again (under mu)
 }
 
 type result struct {
@@ -201,6 +208,9 @@ func newOutbox(ctx context.Context, c *Client, opts OutboxOptions) (*outbox, err
 		marks:     make(chan mark, 1024),
 		committed: make(chan struct{}),
 		heldCh:    make(chan struct{}),
+		watchers:  map[int]func(Outcome){},
+		recheck:   map[int64]bool{},
+		rewind:    map[id.RoomID]bool{},
 	}
 	var err error
 	if o.instance, err = o.loadInstance(ctx); err != nil {

@@ -80,15 +80,18 @@ func ListOutbox(ctx context.Context, db *dbutil.Database, session, state string)
 // the next New does. It then goes out after what was sent into its room meanwhile. The full
 // text of an oversized message is retried with it.
 func RetryOutboxItem(ctx context.Context, db *dbutil.Database, session string, itemID int64) error {
-	return changeItem(ctx, db, session, itemID, stateFailed, func(ctx context.Context, db *dbutil.Database, ids []int64) error {
-		for _, i := range ids {
-			if _, err := db.Exec(ctx, `UPDATE samtal_outbox SET state = $1, attempts = 0, error = '', err_kind = '', err_status = 0,
-					err_code = '', err_retry_after = 0, err_request = '' WHERE id = $2`, statePending, i); err != nil {
-				return err
-			}
+	return changeItem(ctx, db, session, itemID, stateFailed, makePending)
+}
+
+// makePending makes failed items pending again, with their attempts and failure cleared.
+func makePending(ctx context.Context, db *dbutil.Database, ids []int64) error {
+	for _, i := range ids {
+		if _, err := db.Exec(ctx, `UPDATE samtal_outbox SET state = $1, attempts = 0, error = '', err_kind = '', err_status = 0,
+				err_code = '', err_retry_after = 0, err_request = '' WHERE id = $2`, statePending, i); err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // DropOutboxItem deletes a failed or sent item: the failure is acknowledged, and its
@@ -116,7 +119,13 @@ func changeItem(ctx context.Context, db *dbutil.Database, session string, itemID
 	if session == "" {
 		session = "default"
 	}
-	err = db.DoTxn(ctx, nil, func(ctx context.Context) error {
+	return changeItemIn(ctx, db, session, itemID, from, change)
+}
+
+// changeItemIn is changeItem on a database whose schema is known to be current.
+func changeItemIn(ctx context.Context, db *dbutil.Database, session string, itemID int64, from int,
+	change func(context.Context, *dbutil.Database, []int64) error) error {
+	err := db.DoTxn(ctx, nil, func(ctx context.Context) error {
 		var st int
 		var room id.RoomID
 		err := db.QueryRow(ctx, `SELECT state, room_id FROM samtal_outbox WHERE id = $1 AND session = $2`, itemID, session).Scan(&st, &room)

@@ -62,6 +62,9 @@ func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 			o.endLane(room)
 			return
 		}
+		if o.takeRewind(room) {
+			after, prevFailed = 0, false // a requeued item is behind the lane
+		}
 		rows, err := o.pending(room, after)
 		if err != nil {
 			if o.ctx.Err() != nil {
@@ -253,7 +256,7 @@ func (o *outbox) pending(room id.RoomID, after int64) ([]row, error) {
 // was refused (the item stays pending).
 func (o *outbox) deliver(r row) (ok, failed bool) {
 	txn := o.txnID(r.id)
-	unknown := false // whether an earlier try may have reached the server
+	unknown := o.takeRecheck(r.id) // whether an earlier try may have reached the server
 	attempt := r.attempts
 	for {
 		if unknown {

@@ -8,8 +8,8 @@ import (
 
 // PendingItem returns the outbox item itemID (Pending.ID, OutboxItem.ID) of this client's
 // session as a Pending, so that a program that stored the ID, and was restarted since, can
-// wait for the item's event ID. Wait on an ID this session has no item for returns an error
-// at once.
+// wait for the item's event ID. Wait (and Sent) on an ID this session has no item for returns
+// an error matching ErrNoItem at once.
 func (c *Client) PendingItem(itemID int64) *Pending {
 	return &Pending{ID: itemID, ob: c.outbox}
 }

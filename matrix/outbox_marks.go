@@ -32,9 +32,7 @@ func (o *outbox) succeed(r row, evt id.EventID, attempts int) {
 		w <- result{eventID: evt}
 	}
 	o.marks <- mark{id: r.id, eventID: evt, attempts: attempts, encrypted: r.encrypted}
-	if o.opts.OnOutcome != nil {
-		o.opts.OnOutcome(Outcome{ID: r.id, Room: r.room, IdempotencyKey: r.key, EventID: evt})
-	}
+	o.notify(Outcome{ID: r.id, Room: r.room, IdempotencyKey: r.key, EventID: evt})
 }
 
 // skip records an item that turned out not to be needed (the full text of a message that
@@ -63,9 +61,7 @@ func (o *outbox) fail(r row, cause error, attempts int) {
 	for _, w := range ws {
 		w <- result{err: serr}
 	}
-	if o.opts.OnOutcome != nil {
-		o.opts.OnOutcome(Outcome{ID: r.id, Room: r.room, IdempotencyKey: r.key, Err: serr})
-	}
+	o.notify(Outcome{ID: r.id, Room: r.room, IdempotencyKey: r.key, Err: serr})
 }
 
 // failure is a final error as the outbox stores it: enough to make it typed again. Waiters
@@ -279,7 +275,7 @@ func (o *outbox) stored(ctx context.Context, rowID int64) (evt id.EventID, err e
 		FROM samtal_outbox WHERE id = $1 AND session = $2`, rowID, o.c.name).
 		Scan(&state, &evt, &room, &f.Message, &f.Kind, &f.Status, &f.ErrCode, &retryAfter, &f.Request)
 	if errors.Is(err, sql.ErrNoRows) {
-		return "", fmt.Errorf("matrix: outbox has no item %d", rowID), true
+		return "", fmt.Errorf("%w: %d in session %q", ErrNoItem, rowID, o.c.name), true
 	}
 	if err != nil {
 		return "", fmt.Errorf("matrix: outbox: %w", err), true

@@ -20,6 +20,10 @@ type faultProxy struct {
 	limitEach int64 // answer every n-th /send with 429 M_LIMIT_EXCEEDED; 0 never
 	sends     atomic.Int64
 	limited   atomic.Int64
+	// Requeue tests (outbox_watch_test.go): the next refuse /sends are answered 400 M_UNKNOWN,
+	// as by a homeserver still starting; the next drop /sends reach the server, and the
+	// connection is then closed with no answer.
+	refuse, drop atomic.Int64
 }
 
 func newFaultProxy(t testing.TB, target string) *faultProxy {
@@ -37,6 +41,18 @@ func newFaultProxy(t testing.TB, target string) *faultProxy {
 		}
 		if r.Method == http.MethodPut && isSend(r.URL.Path) {
 			n := p.sends.Add(1)
+			if p.refuse.Add(-1) >= 0 {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusBadRequest)
+				_, _ = w.Write([]byte(`{"errcode":"M_UNKNOWN","error":"not ready"}`))
+				return
+			}
+			p.refuse.Store(0)
+			if p.drop.Add(-1) >= 0 {
+				rp.ServeHTTP(httptest.NewRecorder(), r)
+				panic(http.ErrAbortHandler) // the answer is lost on the way
+			}
+			p.drop.Store(0)
 			if p.limitEach > 0 && n%p.limitEach == 0 {
 				p.limited.Add(1)
 				w.Header().Set("Content-Type", "application/json")
