@@ -48,6 +48,7 @@ type party struct {
 	sendOnly bool           // runs no Syncer, as a case system that only sends
 	syncer   *matrix.Syncer // the running Syncer, unless sendOnly
 	noJoin   bool           // accepts no invites by itself
+	via      string         // the homeserver URL the client uses, if not srv.URL (a proxy)
 }
 
 // newParty registers localpart and starts an encrypted client with a running Syncer.
@@ -85,7 +86,11 @@ func (p *party) startErr(opts e2ee.Options) error {
 	if err != nil {
 		return err
 	}
-	c, err := matrix.New(ctx, matrix.Options{HomeserverURL: p.srv.URL, Login: matrix.Password(p.user, p.password), DB: db, Logger: logger(p.t)})
+	url := p.srv.URL
+	if p.via != "" {
+		url = p.via
+	}
+	c, err := matrix.New(ctx, matrix.Options{HomeserverURL: url, Login: matrix.Password(p.user, p.password), DB: db, Logger: logger(p.t)})
 	if err != nil {
 		db.Close()
 		return err

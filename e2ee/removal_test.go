@@ -1,9 +1,19 @@
 package e2ee_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -354,4 +364,73 @@ func TestNewMemberWhileSenderWasDown(t *testing.T) {
 	if got := cr.bot.m.Stats().Rotations[e2ee.RotationNewMember]; got == 0 {
 		t.Errorf("Stats().Rotations[new_member] = 0 after a rotation for b")
 	}
+}
+
+// TestKickWithLaggingMemberList: Dendrite serves /members from its sync API, which can lag
+// behind the room server. A send-only bot's member read right after its own kick then showed
+// the removed member as joined, and m2's key went to them (seen once in CI). A proxy in front of
+// the bot replays the member list it answered before the kick, as a lagging server would; the
+// bot must still keep b out of m2.
+func TestKickWithLaggingMemberList(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	target, err := url.Parse(srv.URL)
+	must(t, err)
+	var mu sync.Mutex
+	stale := map[string][]byte{} // path -> the first /members answer, served ever after
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.Method != http.MethodGet || !strings.HasSuffix(resp.Request.URL.Path, "/members") || resp.StatusCode != http.StatusOK {
+			return nil
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		if old, ok := stale[resp.Request.URL.Path]; ok {
+			body = old // a member list from before the kick, as a lagging sync API serves it
+		} else {
+			stale[resp.Request.URL.Path] = body
+		}
+		mu.Unlock()
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		resp.ContentLength = int64(len(body))
+		resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+		return nil
+	}
+	front := httptest.NewServer(proxy)
+	t.Cleanup(front.Close)
+
+	_, pw := srv.RegisterUser(t, "lag-bot")
+	bot := &party{t: t, srv: srv, dbPath: filepath.Join(t.TempDir(), "lag-bot.db"), user: "lag-bot", password: pw, got: &inbox{}, sendOnly: true, via: front.URL}
+	bot.start(e2ee.Options{PickleKey: testKey})
+	t.Cleanup(bot.close)
+	a, b := newParty(t, srv, "lag-a"), newParty(t, srv, "lag-b")
+	ctx := t.Context()
+	room, err := bot.c.CreateRoom(ctx, matrix.RoomSpec{Preset: matrix.CaseRoom, CaseID: "lag", Invite: []id.UserID{a.c.UserID(), b.c.UserID()}})
+	must(t, err)
+	for _, p := range []*party{a, b} {
+		waitFor(t, p.user+" to join", func() bool {
+			members, err := a.c.Mautrix().JoinedMembers(ctx, room)
+			if err != nil {
+				return false
+			}
+			_, ok := members.Joined[p.c.UserID()]
+			return ok
+		})
+	}
+	send(t, bot, room, matrix.Text("lag: m1"))
+	a.got.wait(t, "lag: m1")
+	b.got.wait(t, "lag: m1")
+	// A second send a member-check interval later reads the members again: with /members,
+	// the proxy keeps that answer (b joined) from here on.
+	time.Sleep(e2ee.MemberCheckInterval + 100*time.Millisecond)
+	send(t, bot, room, matrix.Text("lag: m1b"))
+	b.got.wait(t, "lag: m1b")
+
+	must(t, bot.c.Kick(ctx, room, b.c.UserID(), ""))
+	m2 := send(t, bot, room, matrix.Text("lag: m2"))
+	a.got.wait(t, "lag: m2")
+	cannotRead(t, b, bot, room, m2)
 }

@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
@@ -161,14 +160,13 @@ func (m *Machine) refreshRoom(ctx context.Context, room id.RoomID, rk *roomKeys)
 		return nil
 	}
 	if readMembers {
-		if !rk.loaded {
-			// Encryption settings, history visibility and every member: lazy-loading syncs
-			// leave members out, and they would get no key.
-			if _, err := m.mx.State(ctx, room); err != nil {
-				return fmt.Errorf("e2ee: read state of %s: %w", room, err)
-			}
-		} else if _, err := m.mx.Members(ctx, room, mautrix.ReqMembers{NotMembership: event.MembershipLeave}); err != nil {
-			return fmt.Errorf("e2ee: read members of %s: %w", room, err)
+		// The room's current state, every time: encryption settings, history visibility and
+		// every member (lazy-loading syncs leave members out, and they would get no key).
+		// Not /members: Dendrite serves it from its sync API, which can lag behind the room
+		// server by a moment, and a read right after this client's own kick then showed the
+		// removed member as joined again, so the next key went to them.
+		if _, err := m.mx.State(ctx, room); err != nil {
+			return fmt.Errorf("e2ee: read state of %s: %w", room, err)
 		}
 		rk.membersAt = now
 	}
