@@ -150,14 +150,19 @@ routes:
 		spoolID = m[1]
 		return nil
 	})
-	_, metrics := get(t, httpURL+"/metrics")
-	for _, want := range []string{`samtal_gateway_smtp_replies_total{code="250"}`,
-		`samtal_gateway_deliveries_total{outcome="delivered"} 1`, `samtal_gateway_deliveries_total{outcome="dead"} 1`,
-		"samtal_gateway_spool_dead 1", "samtal_gateway_spool_pending 0", "samtal_gateway_spool_oldest_age_seconds 0"} {
-		if !strings.Contains(metrics, want) {
-			t.Errorf("/metrics lacks %s", want)
+	// A delivery counts as delivered once the outbox reports it sent, which the gateway's
+	// confirmer records a moment after the event is in the room: wait for it.
+	matrixtest.Eventually(t, func() error {
+		_, metrics := get(t, httpURL+"/metrics")
+		for _, want := range []string{`samtal_gateway_smtp_replies_total{code="250"}`,
+			`samtal_gateway_deliveries_total{outcome="delivered"} 1`, `samtal_gateway_deliveries_total{outcome="dead"} 1`,
+			"samtal_gateway_spool_dead 1", "samtal_gateway_spool_pending 0", "samtal_gateway_spool_oldest_age_seconds 0"} {
+			if !strings.Contains(metrics, want) {
+				return fmt.Errorf("/metrics lacks %s", want)
+			}
 		}
-	}
+		return nil
+	})
 	if show := mustSamtal(t, "gateway", "spool", "show", spoolID, "--config", cfgPath); !strings.Contains(show, "lost@agency.example") || !strings.Contains(show, "dead") || strings.Contains(show, "Hello") {
 		t.Errorf("spool show:\n%s", show)
 	}
