@@ -60,7 +60,7 @@ func TestAllowSendersAuthenticated(t *testing.T) {
 		}
 		return mailbridge.ErrAuthFailed
 	}
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, Resolver: mailbridge.DNSServer(zone.addr),
+	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, Resolver: mailbridge.DNSServer(zone.Addr),
 		TLSConfig: serverTLS, Authenticate: submitter, TrustedRelays: []netip.Prefix{netip.MustParsePrefix("127.0.0.3/32")}})
 	inbox := matrixtest.NewRecorder(t, officer, room)
 	notAllowed := smtp.EnhancedCode{5, 7, 1}

@@ -33,7 +33,7 @@ func TestCrashHelper(t *testing.T) {
 		t.Skip("run by TestGatewayKilled")
 	}
 	g := processGateway(t, mailbridge.Options{
-		Resolver: mailbridge.DNSServer(startDNS(t).addr), // never the machine's resolver
+		Resolver: mailbridge.DNSServer(startDNS(t).Addr), // never the machine's resolver
 	})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

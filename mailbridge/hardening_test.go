@@ -80,7 +80,7 @@ func TestSMTPHardening(t *testing.T) {
 	// agency.example's mail comes from here (SPF), which proves its From for the allow-list.
 	zone := startDNS(t)
 	zone.TXT("agency.example", "v=spf1 ip4:127.0.0.1 -all")
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, SenderRate: 3, PostmasterRoom: string(postmaster), Resolver: mailbridge.DNSServer(zone.addr)})
+	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, SenderRate: 3, PostmasterRoom: string(postmaster), Resolver: mailbridge.DNSServer(zone.Addr)})
 	inbox := matrixtest.NewRecorder(t, officer, "")
 	c := dial(t, addr)
 	in := func(room id.RoomID, subject string) func(*matrix.Event) bool {

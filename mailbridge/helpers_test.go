@@ -40,7 +40,7 @@ func startGateway(t *testing.T, opts mailbridge.Options) (*mailbridge.Gateway, s
 	opts.Domain = "mx.test"
 	if opts.Resolver == nil {
 		// Never the machine's resolver: an empty zone of the test's own (dns_test.go).
-		opts.Resolver = mailbridge.DNSServer(startDNS(t).addr)
+		opts.Resolver = mailbridge.DNSServer(startDNS(t).Addr)
 	}
 	g, err := mailbridge.New(t.Context(), opts)
 	if err != nil {

@@ -33,7 +33,7 @@ func TestIMAPFlagMoveAfterPosted(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.gw, _ = startGateway(t, mailbridge.Options{Client: s.bot, Router: router, Logger: slog.New(s.logs)})
-	c := s.imap.client(t)
+	c := s.imap.Client(t)
 	if err := c.Create("Posted", nil).Wait(); err != nil {
 		t.Fatal(err)
 	}

@@ -53,7 +53,7 @@ func TestIMAPPollerKilled(t *testing.T) {
 	ps := newProcessScene(t, imapHelperEnv)
 	inbox := ps.inbox
 	d := startDovecot(t, dovecotOptions{})
-	c := d.client(t)
+	c := d.Client(t)
 	start := func() *exec.Cmd {
 		t.Helper()
 		return ps.start(t, "TestIMAPHelper", "IMAP_ADDR="+d.Addr, "IMAP_USER="+d.User, "IMAP_IMAP_PASSWORD="+d.Password)

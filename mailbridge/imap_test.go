@@ -119,7 +119,7 @@ func imapMail(subject string) string {
 // mails' To header has its mail moved away after.
 func TestIMAPArrivesOnce(t *testing.T) {
 	s := newIMAPSetup(t, dovecotOptions{}, "")
-	c := s.imap.client(t)
+	c := s.imap.Client(t)
 	if err := c.Create("Routed", nil).Wait(); err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +191,7 @@ func hasFlag(flags []imap.Flag, f imap.Flag) bool {
 // stopped.
 func TestIMAPRestart(t *testing.T) {
 	s := newIMAPSetup(t, dovecotOptions{}, "")
-	c := s.imap.client(t)
+	c := s.imap.Client(t)
 	opts := s.options(mailbridge.IMAPMailbox{Address: "cases@agency.example"})
 	opts.BatchSize = 3
 	var all []string
@@ -223,7 +223,7 @@ func TestIMAPRestart(t *testing.T) {
 // UIDVALIDITY) while the poller runs; its mail, old and new, is in the room once each.
 func TestIMAPUIDValidity(t *testing.T) {
 	s := newIMAPSetup(t, dovecotOptions{}, "")
-	c := s.imap.client(t)
+	c := s.imap.Client(t)
 	if err := c.Create("Cases", nil).Wait(); err != nil {
 		t.Fatal(err)
 	}
@@ -256,8 +256,8 @@ func TestIMAPUIDValidity(t *testing.T) {
 
 // TestIMAPPollingFallback: a server without IDLE is asked again every PollInterval.
 func TestIMAPPollingFallback(t *testing.T) {
-	s := newIMAPSetup(t, dovecotOptions{noIdle: true}, "")
-	c := s.imap.client(t)
+	s := newIMAPSetup(t, dovecotOptions{NoIdle: true}, "")
+	c := s.imap.Client(t)
 	s.run(t, s.options(mailbridge.IMAPMailbox{Address: "cases@agency.example"}))
 	matrixtest.Eventually(t, func() error {
 		if !s.logs.has(func(r slog.Record) bool { return r.Message == "polling IMAP mailbox" && attr(r, "idle") == "false" }) {
@@ -276,7 +276,7 @@ func TestIMAPPollingFallback(t *testing.T) {
 // issued again after IdleRestart, with no warnings, and mail after that is still seen.
 func TestIMAPIdle(t *testing.T) {
 	s := newIMAPSetup(t, dovecotOptions{}, "")
-	c := s.imap.client(t)
+	c := s.imap.Client(t)
 	idling := func() error {
 		if !s.logs.has(func(r slog.Record) bool { return r.Message == "polling IMAP mailbox" && attr(r, "idle") == "true" }) {
 			return errors.New("the poller is not idling yet")
@@ -354,8 +354,8 @@ func TestIMAPOAuth(t *testing.T) {
 	tokens := &tokenEndpoint{active: map[string]bool{"good-token-4711": true}}
 	hs := httptest.NewServer(tokens)
 	t.Cleanup(hs.Close)
-	s := newIMAPSetup(t, dovecotOptions{introspection: hs.URL + "/introspect"}, "")
-	c := s.imap.client(t)
+	s := newIMAPSetup(t, dovecotOptions{Introspection: hs.URL + "/introspect"}, "")
+	c := s.imap.Client(t)
 	for _, mech := range []string{"XOAUTH2", "OAUTHBEARER"} {
 		t.Run(mech, func(t *testing.T) {
 			if err := c.Create(mech, nil).Wait(); err != nil {
@@ -429,7 +429,7 @@ func TestIMAPOnePollerPerMailbox(t *testing.T) {
 		t.Skip("starts Dendrite, Dovecot and PostgreSQL")
 	}
 	s := newIMAPSetup(t, dovecotOptions{}, pgtest.New(t))
-	c := s.imap.client(t)
+	c := s.imap.Client(t)
 	opts := s.options(mailbridge.IMAPMailbox{Address: "cases@agency.example"})
 	polling := func() int {
 		n := 0

@@ -63,7 +63,7 @@ func TestMembersOnlyRoute(t *testing.T) {
 	notMember := smtp.EnhancedCode{5, 7, 1}
 
 	t.Run("with the list", func(t *testing.T) {
-		_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: openDB(t, "spool.db"), Resolver: mailbridge.DNSServer(zone.addr), Federation: list})
+		_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: openDB(t, "spool.db"), Resolver: mailbridge.DNSServer(zone.Addr), Federation: list})
 		c := dial(t, addr)
 		if err := send(c, "anna@agency.example", []string{"cases@agency.example"}, mail("Anna <anna@agency.example>", "From a member", "m-1@agency.example", "x")); err != nil {
 			t.Fatalf("a verified member's mail: %v", err)
@@ -77,7 +77,7 @@ func TestMembersOnlyRoute(t *testing.T) {
 		inbox.Wait(t, subjectLine("Outsider, open route"))
 	})
 	t.Run("without a list", func(t *testing.T) {
-		_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: openDB(t, "spool2.db"), Resolver: mailbridge.DNSServer(zone.addr)})
+		_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: openDB(t, "spool2.db"), Resolver: mailbridge.DNSServer(zone.Addr)})
 		c := dial(t, addr)
 		wantCode(t, "a member's mail with no list configured", send(c, "anna@agency.example", []string{"cases@agency.example"}, mail("Anna <anna@agency.example>", "No list", "m-5@agency.example", "x")), 550, notMember)
 	})

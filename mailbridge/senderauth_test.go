@@ -69,7 +69,7 @@ func TestSenderAuthentication(t *testing.T) {
 	}
 	db := openDB(t, "spool.db")
 	metrics := &metricsRecorder{}
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: db, Resolver: mailbridge.DNSServer(zone.addr), Metrics: metrics})
+	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: db, Resolver: mailbridge.DNSServer(zone.Addr), Metrics: metrics})
 	inbox := matrixtest.NewRecorder(t, officer, room)
 	c := dial(t, addr)
 
@@ -180,7 +180,7 @@ func TestSenderAuthentication(t *testing.T) {
 
 	// A trusted relay: its Authentication-Results stay, and its SPF verdict counts.
 	relayDB := openDB(t, "relay.db")
-	_, relayAddr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: relayDB, Resolver: mailbridge.DNSServer(zone.addr),
+	_, relayAddr := startGateway(t, mailbridge.Options{Client: bot, Router: router, DB: relayDB, Resolver: mailbridge.DNSServer(zone.Addr),
 		TrustedRelays: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
 	relayed := "Authentication-Results: relay.agency.example; spf=pass smtp.mailfrom=bank.example\r\n" +
 		mail("CEO <ceo@bank.example>", "Relayed", "relayed@bank.example", "real")

@@ -1,7 +1,7 @@
 // Package dnstest runs a real DNS server on loopback for tests (github.com/miekg/dns), which
 // answers TXT and address queries from records the test sets and NXDOMAIN for every other
 // name, so that SPF, DKIM and DMARC run against real DNS replies and no test asks the
-// machine's resolver. mailbridge's own tests have a richer one (SERVFAIL, lookup counts).
+// machine's resolver. A name can be made to fail (SERVFAIL), and the names asked are counted.
 package dnstest
 
 import (
@@ -20,15 +20,17 @@ type Zone struct {
 	// Addr is the server's host:port, for mailbridge.DNSServer or a config file.
 	Addr string
 
-	mu  sync.Mutex
-	txt map[string][]string
-	a   map[string][]netip.Addr
+	mu       sync.Mutex
+	txt      map[string][]string
+	a        map[string][]netip.Addr
+	servfail map[string]bool
+	asked    map[string]int // lookups by name, for tests that check nothing else was asked
 }
 
 // Start starts a Zone on a free UDP port of 127.0.0.1; it stops when the test ends.
 func Start(t testing.TB) *Zone {
 	t.Helper()
-	z := &Zone{txt: map[string][]string{}, a: map[string][]netip.Addr{}}
+	z := &Zone{txt: map[string][]string{}, a: map[string][]netip.Addr{}, servfail: map[string]bool{}, asked: map[string]int{}}
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -56,6 +58,31 @@ func (z *Zone) A(name string, addrs ...netip.Addr) {
 	z.a[dns.Fqdn(strings.ToLower(name))] = addrs
 }
 
+// ServFail makes every lookup of name fail with SERVFAIL (a temporary error).
+func (z *Zone) ServFail(name string) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.servfail[dns.Fqdn(strings.ToLower(name))] = true
+}
+
+// Heal undoes ServFail.
+func (z *Zone) Heal(name string) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	delete(z.servfail, dns.Fqdn(strings.ToLower(name)))
+}
+
+// Asked returns every name looked up so far, without the trailing dot.
+func (z *Zone) Asked() []string {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	out := make([]string, 0, len(z.asked))
+	for n := range z.asked {
+		out = append(out, n)
+	}
+	return out
+}
+
 func (z *Zone) answer(w dns.ResponseWriter, req *dns.Msg) {
 	m := new(dns.Msg)
 	m.SetReply(req)
@@ -68,9 +95,16 @@ func (z *Zone) answer(w dns.ResponseWriter, req *dns.Msg) {
 	q := req.Question[0]
 	name := strings.ToLower(q.Name)
 	z.mu.Lock()
+	z.asked[strings.TrimSuffix(name, ".")]++
 	txt, hasTXT := z.txt[name]
 	addrs, hasA := z.a[name]
+	fail := z.servfail[name]
 	z.mu.Unlock()
+	if fail {
+		m.Rcode = dns.RcodeServerFailure
+		_ = w.WriteMsg(m)
+		return
+	}
 	if !hasTXT && !hasA {
 		m.Rcode = dns.RcodeNameError
 		_ = w.WriteMsg(m)
