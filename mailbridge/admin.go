@@ -23,7 +23,7 @@ func OpenSpool(ctx context.Context, db *dbutil.Database) (*Spool, error) {
 	return &Spool{s: s}, nil
 }
 
-// Undelivered lists the mail not yet posted to all its rooms, as Gateway.Undelivered does.
+// Undelivered lists the mail not yet delivered to all its rooms, as Gateway.Undelivered does.
 func (sp *Spool) Undelivered(ctx context.Context) ([]SpooledMail, error) {
 	return sp.s.undelivered(ctx)
 }
@@ -40,4 +40,22 @@ func (sp *Spool) Retry(ctx context.Context, id int64) error {
 		return fmt.Errorf("%w: %d", ErrNotInSpool, id)
 	}
 	return nil
+}
+
+// The states of a SpooledMail's delivery, as SpooledMail.State names them.
+const (
+	StatePending = "pending" // waiting for its next attempt (or being retried)
+	StatePosted  = "posted"  // in the matrix outbox, waiting for the homeserver to take it
+	StateDead    = "dead"    // given up after Options.DeadLetterAfter; waits for Retry
+)
+
+// State names the delivery's state: StatePending, StatePosted or StateDead.
+func (m SpooledMail) State() string {
+	switch {
+	case m.Dead:
+		return StateDead
+	case m.Posted:
+		return StatePosted
+	}
+	return StatePending
 }

@@ -24,8 +24,8 @@ type SpooledMail struct {
 // ErrNotInSpool is returned by Retry for a spool ID with no dead delivery.
 var ErrNotInSpool = errors.New("mailbridge: no dead-lettered mail with that spool ID")
 
-// Undelivered lists the mail not yet posted to all its rooms, one entry per room: pending
-// (being retried) and dead (given up), oldest first.
+// Undelivered lists the mail not yet delivered to all its rooms, one entry per room: pending
+// (being retried), posted (in the outbox, not sent yet) and dead (given up), oldest first.
 func (g *Gateway) Undelivered(ctx context.Context) ([]SpooledMail, error) {
 	return g.spool.undelivered(ctx)
 }

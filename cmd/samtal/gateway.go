@@ -266,10 +266,12 @@ func runGatewaySpool(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "gateway spool")
 	path := fs.String("config", envOr("SAMTAL_GATEWAY_CONFIG", "gateway.yaml"), "the gateway's configuration (env SAMTAL_GATEWAY_CONFIG)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	setUsage(fs, "gateway spool list|show ID|retry ID [--config FILE]", `Shows the mail in the gateway's spool that is not posted to all its rooms yet, pending (being
-retried) or dead (given up after dead_letter_after), and revives a dead mail: 'retry ID' makes
-it pending again, and the running gateway posts it within its max_retry_delay. It needs only
-the database, not the homeserver; no mail content is shown.`)
+	only := fs.String("state", "", "list only the deliveries in this state: pending, posted or dead") // gwsmall part
+	setUsage(fs, "gateway spool list [--state pending|posted|dead]|show ID|retry ID [--config FILE]", `Shows the mail in the gateway's spool that is not delivered to all its rooms yet, with the
+state and age of each delivery: pending (waiting for its next attempt), posted (in the outbox,
+waiting for the homeserver to take it) or dead (given up after dead_letter_after), and revives a
+dead mail: 'retry ID' makes it pending again, and the running gateway posts it within its
+max_retry_delay. It needs only the database, not the homeserver; no mail content is shown.`)
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -292,6 +294,11 @@ the database, not the homeserver; no mail content is shown.`)
 		}
 	default:
 		return fmt.Errorf("%w: unknown 'spool %s': want list, show or retry", errUsage, rest[0])
+	}
+	switch *only { // gwsmall part
+	case "", mailbridge.StatePending, mailbridge.StatePosted, mailbridge.StateDead:
+	default:
+		return fmt.Errorf("%w: --state %q: want pending, posted or dead", errUsage, *only)
 	}
 	cfg, err := loadGatewayConfig(*path)
 	if err != nil {
@@ -322,7 +329,7 @@ the database, not the homeserver; no mail content is shown.`)
 	}
 	var list []mailbridge.SpooledMail
 	for _, m := range all {
-		if rest[0] == "list" || m.ID == id {
+		if (rest[0] == "list" || m.ID == id) && (*only == "" || m.State() == *only) {
 			list = append(list, m)
 		}
 	}
@@ -332,26 +339,26 @@ the database, not the homeserver; no mail content is shown.`)
 	if *asJSON {
 		return json.NewEncoder(e.stdout).Encode(list)
 	}
+	now := time.Now()
 	if rest[0] == "show" {
 		for _, m := range list {
-			fmt.Fprintf(e.stdout, "mail        %d\nroom        %s\nrecipient   %s\nfrom        %s\nreceived    %s\nstate       %s\nattempts    %d\nlast error  %s\n\n",
-				m.ID, m.Room, m.Recipient, m.MailFrom, m.ReceivedAt.UTC().Format(time.RFC3339), state(m), m.Attempts, m.LastError)
+			fmt.Fprintf(e.stdout, "mail        %d\nroom        %s\nrecipient   %s\nfrom        %s\nreceived    %s\nage         %s\nstate       %s\nattempts    %d\nlast error  %s\n\n",
+				m.ID, m.Room, m.Recipient, m.MailFrom, m.ReceivedAt.UTC().Format(time.RFC3339), spoolAge(now, m.ReceivedAt), m.State(), m.Attempts, m.LastError)
 		}
 		return nil
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "ID\tSTATE\tRECEIVED\tATTEMPTS\tROOM\tFROM")
+	fmt.Fprintln(w, "ID\tSTATE\tAGE\tRECEIVED\tATTEMPTS\tROOM\tFROM")
 	for _, m := range list {
-		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%s\t%s\n", m.ID, state(m), m.ReceivedAt.UTC().Format(time.RFC3339), m.Attempts, m.Room, m.MailFrom)
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%s\t%s\n", m.ID, m.State(), spoolAge(now, m.ReceivedAt), m.ReceivedAt.UTC().Format(time.RFC3339), m.Attempts, m.Room, m.MailFrom)
 	}
 	return w.Flush()
 }
 
-func state(m mailbridge.SpooledMail) string {
-	if m.Dead {
-		return "dead"
-	}
-	return "pending"
+// spoolAge is how long ago a mail was received, to the second ("0s" for one from a clock
+// ahead of this machine's).
+func spoolAge(now, received time.Time) string {
+	return max(now.Sub(received), 0).Truncate(time.Second).String()
 }
 
 // openExistingDB opens a database that must exist: a SQLite file is not created.

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+	"maunium.net/go/mautrix/event"
+
+	"github.com/samtalhq/samtal/matrix/matrixtest"
+)
+
+// holdingProxy passes everything to the real homeserver but holds event sends (PUT .../send/)
+// until release: a fault Dendrite will not produce on demand, a homeserver that takes a send
+// and does not answer yet. It is what keeps a delivery in the outbox ("posted").
+type holdingProxy struct {
+	*httptest.Server
+	release chan struct{}
+	once    sync.Once
+}
+
+func newHoldingProxy(t *testing.T, target string) *holdingProxy {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &holdingProxy{release: make(chan struct{})}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	p.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/send/") {
+			select {
+			case <-p.release:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() {
+		p.unhold()
+		p.Close()
+	})
+	return p
+}
+
+// unhold lets the held sends and all later ones through.
+func (p *holdingProxy) unhold() { p.once.Do(func() { close(p.release) }) }
+
+// TestGatewaySpoolPosted: a mail the gateway has posted into the outbox, whose send the
+// homeserver has not answered yet, is listed by `gateway spool list` as posted with its age,
+// found by `--state posted` and not by `--state dead`, and shown by `spool show`; once the
+// homeserver takes the send, it arrives and leaves the list.
+func TestGatewaySpoolPosted(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	proxy := newHoldingProxy(t, srv.URL)
+	clearEnv(t)
+	_, password := srv.RegisterUser(t, "mailbot")
+	t.Setenv("SAMTAL_HOMESERVER", proxy.URL)
+	t.Setenv("SAMTAL_USER", "mailbot")
+	t.Setenv("SAMTAL_PASSWORD", password)
+	mustSamtal(t, "login")
+	officer := srv.Client(t, "officer")
+	room := sharedRoom(t, officer)
+	cfgPath := filepath.Join(t.TempDir(), "gateway.yaml")
+	cfg := fmt.Sprintf(`database: ${SAMTAL_DB}
+matrix: {e2ee: false}
+smtp: {listen: "127.0.0.1:0", domain: mx.test}
+http: {listen: "127.0.0.1:0"}
+delivery: {min_retry_delay: 50ms, max_retry_delay: 200ms}
+routes:
+  - {address: cases@agency.example, room: "%s"}
+`, room)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e, out, errOut := testEnv()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, e, []string{"gateway", "--config", cfgPath}) }()
+	waitFor(t, func() bool { return strings.Contains(out.String(), "http") }, done, errOut)
+	smtpAddr := regexp.MustCompile(`(?m)^\s+smtp\s+(\S+)`).FindStringSubmatch(out.String())[1]
+
+	c, err := smtp.Dial(smtpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.SendMail("system@agency.example", []string{"cases@agency.example"}, strings.NewReader("From: system@agency.example\r\nSubject: Held\r\n\r\nSecret body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	listed := regexp.MustCompile(`(?m)^(\d+)\s+posted\s+\d+(\.\d+)?[a-z]+\s+\S+\s+\d+\s+` + regexp.QuoteMeta(string(room)) + `\s+system@agency\.example$`)
+	var spoolID string
+	matrixtest.Eventually(t, func() error {
+		r := samtal(t, nil, "gateway", "spool", "list", "--config", cfgPath)
+		m := listed.FindStringSubmatch(r.stdout)
+		if m == nil {
+			return fmt.Errorf("no posted mail listed: %d %s %s", r.code, r.stdout, r.stderr)
+		}
+		spoolID = m[1]
+		return nil
+	})
+	if list := mustSamtal(t, "gateway", "spool", "list", "--state", "posted", "--config", cfgPath); !listed.MatchString(list) {
+		t.Errorf("--state posted:\n%s", list)
+	}
+	if list := mustSamtal(t, "gateway", "spool", "list", "--state", "dead", "--config", cfgPath); strings.Contains(list, string(room)) {
+		t.Errorf("--state dead lists the posted mail:\n%s", list)
+	}
+	if r := samtal(t, nil, "gateway", "spool", "list", "--state", "lost", "--config", cfgPath); r.code != exitUsage || !strings.Contains(r.stderr, "--state") {
+		t.Errorf("--state lost: exit %d %s", r.code, r.stderr)
+	}
+	show := mustSamtal(t, "gateway", "spool", "show", spoolID, "--config", cfgPath)
+	if !regexp.MustCompile(`(?m)^state\s+posted$`).MatchString(show) || !regexp.MustCompile(`(?m)^age\s+\d+`).MatchString(show) || strings.Contains(show, "Secret body") {
+		t.Errorf("spool show:\n%s", show)
+	}
+
+	proxy.unhold()
+	matrixtest.WaitEvent(t, officer, room, func(e *event.Event) bool {
+		return e.Type == event.EventMessage && strings.Contains(e.Content.AsMessage().Body, "Subject: Held")
+	})
+	matrixtest.Eventually(t, func() error {
+		if list := mustSamtal(t, "gateway", "spool", "list", "--config", cfgPath); strings.Contains(list, string(room)) {
+			return fmt.Errorf("still listed after delivery:\n%s", list)
+		}
+		return nil
+	})
+	cancel()
+	if code := <-done; code != exitOK {
+		t.Fatalf("gateway exited %d: %s", code, errOut)
+	}
+}
