@@ -132,8 +132,12 @@ func (c *committer) commit(batch []*commitReq) ([]int64, error) {
 				return err
 			}
 			for _, t := range r.targets {
-				_, err := c.db.Exec(ctx, `INSERT INTO samtal_mail_delivery (spool_id, target, recipient, create_spec) VALUES ($1, $2, $3, $4)`,
-					ids[i], t.room, t.recipient, t.createSpec)
+				state := 0
+				if t.refused != "" {
+					state = stateDead // refused before it was ever tried (imap_sender.go)
+				}
+				_, err := c.db.Exec(ctx, `INSERT INTO samtal_mail_delivery (spool_id, target, recipient, create_spec, state, last_error) VALUES ($1, $2, $3, $4, $5, $6)`,
+					ids[i], t.room, t.recipient, t.createSpec, state, t.refused)
 				if err != nil {
 					return err
 				}

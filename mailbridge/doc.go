@@ -208,8 +208,14 @@
 // for SenderPolicy, one route that refuses refuses the mail for all its recipients. With
 // Options.TrustSubmitters an authenticated submitter passes every list.
 //
-// Known limits: a route's AllowSenders checks the Return-Path (else From) for mail taken from
-// IMAP, which is not authenticated. The reply
+// Mail taken from IMAP has no SMTP session of ours (no client IP for SPF): a route's
+// AllowSenders counts its From address as proven only by a DKIM signature the gateway
+// verifies, aligned with From, or by the mailbox server's own top-most Authentication-Results
+// (IMAPOptions.TrustAuthServID) saying dmarc=pass or an aligned SPF or DKIM pass. The
+// Return-Path proves nothing. A mail a route refuses is spooled for that room as a dead
+// letter with the reason (Gateway.Undelivered, `samtal gateway spool list`); Retry posts it.
+//
+// Known limits: the reply
 // counts of Options.Metrics cover the gateway's answers to MAIL, RCPT and DATA and connections
 // refused, not go-smtp's own answers to malformed commands.
 package mailbridge

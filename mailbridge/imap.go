@@ -35,7 +35,11 @@ type IMAPOptions struct {
 	MinReconnectDelay time.Duration      // first wait after a lost connection or refused login; 0 means 1 s
 	MaxReconnectDelay time.Duration      // longest wait between connection attempts; 0 means 5 minutes
 	BatchSize         int                // messages spooled per round (one UID SEARCH); 0 means 50
-	Logger            *slog.Logger       // nil means the Gateway's; message content, passwords and tokens are never logged
+	// TrustAuthServID is the authserv-id (RFC 8601) the mailbox's own server writes in its
+	// Authentication-Results, such as "mx.agency.example": the top-most such field counts for
+	// a route's AllowSenders (imap_sender.go). Empty: none is trusted, only DKIM we verify.
+	TrustAuthServID string
+	Logger          *slog.Logger // nil means the Gateway's; message content, passwords and tokens are never logged
 }
 
 // IMAPMailbox is one mailbox a Poller takes mail from.
@@ -359,9 +363,14 @@ func (p *Poller) takeOne(ctx context.Context, log *slog.Logger, c *imapclient.Cl
 	case raw == nil:
 		log.Info("IMAP mail gone before it was read", "uid", uid)
 	default:
-		from, targets = p.route(mb, raw)
+		from, targets = p.route(ctx, mb, raw)
 		if len(targets) == 0 {
 			log.Warn("IMAP mail routed nowhere left in the mailbox", "uid", uid)
+		}
+		for _, t := range targets {
+			if t.refused != "" {
+				log.Info("IMAP mail refused for a room: dead-lettered", "uid", uid, "room", t.room, "reason", t.refused)
+			}
 		}
 	}
 	id, err := p.g.spool.storeIMAP(ctx, from, raw, targets, cp, mb.afterPost())

@@ -3,10 +3,12 @@ package mailbridge
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/mail"
 	"strings"
 
+	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
 )
 
@@ -17,9 +19,11 @@ var recipientFields = []string{"Delivered-To", "X-Original-To", "To", "Cc"}
 
 // route returns the sender of a mail taken from mb, and the rooms it goes to: the route of
 // mb.Address, or of each recipient in its header the Router accepts; once per room. The
-// sender is the Return-Path the delivering server wrote, else the From address, and is what
-// a route's allow-list is checked against (it is no more authenticated than MAIL FROM).
-func (p *Poller) route(mb *IMAPMailbox, raw []byte) (from string, targets []target) {
+// sender is the Return-Path the delivering server wrote, else the From address: the spool's
+// envelope sender, which proves nothing. A route with AllowSenders takes the mail only from
+// a sender it proves (imap_sender.go); for a route that refuses it, the room's delivery is
+// spooled dead with the reason.
+func (p *Poller) route(ctx context.Context, mb *IMAPMailbox, raw []byte) (from string, targets []target) {
 	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(raw)))
 	if err == nil {
 		from = headerAddress(h.Get("Return-Path"))
@@ -43,14 +47,31 @@ func (p *Poller) route(mb *IMAPMailbox, raw []byte) (from string, targets []targ
 			}
 		}
 	}
+	var senders *provenSenders // worked out once, for the first route with an allow-list
 	for _, rcpt := range recipients {
 		m, err := p.g.router.Match(rcpt)
-		if err != nil || !m.Allows(from) {
+		if err != nil {
 			continue
 		}
-		if t, ok := targetFor(m, rcpt); ok && !hasRoom(targets, t.room) {
-			targets = append(targets, t)
+		t, ok := targetFor(m, rcpt)
+		if !ok {
+			continue
 		}
+		if !m.Allows("") {
+			if senders == nil {
+				ps := p.imapProven(ctx, raw, message.Header{Header: h})
+				senders = &ps
+			}
+			t.refused = imapRefusal(m, *senders)
+		}
+		// As over SMTP, the strictest route of a room holds: one that refuses refuses the room.
+		if i := roomIndex(targets, t.room); i >= 0 {
+			if targets[i].refused == "" {
+				targets[i].refused = t.refused
+			}
+			continue
+		}
+		targets = append(targets, t)
 	}
 	return from, targets
 }
@@ -68,13 +89,14 @@ func targetFor(m Match, rcpt string) (target, bool) {
 	return t, true
 }
 
-func hasRoom(targets []target, room string) bool {
-	for _, t := range targets {
+// roomIndex is the index of room's target in targets, or -1.
+func roomIndex(targets []target, room string) int {
+	for i, t := range targets {
 		if t.room == room {
-			return true
+			return i
 		}
 	}
-	return false
+	return -1
 }
 
 // headerAddress is the address in a Return-Path or From field, or "".

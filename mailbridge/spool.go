@@ -31,6 +31,7 @@ type target struct {
 	room       string // room ID or alias, from Match.Room
 	recipient  string // first recipient routed there
 	createSpec string // JSON RoomSpec or ""
+	refused    string // when set, the delivery is spooled dead with this reason (no content)
 }
 
 // delivery is a due delivery, with its mail.

@@ -82,6 +82,8 @@ type imapConfig struct {
 	Mailboxes    []imapMailboxConfig `yaml:"mailboxes"`
 	IdleRestart  duration            `yaml:"idle_restart"`
 	PollInterval duration            `yaml:"poll_interval"`
+	// gwsmall part: the authserv-id of the mailbox server's Authentication-Results to trust.
+	TrustAuthServID string `yaml:"trust_authserv_id"`
 }
 
 // imapOAuthConfig is where an IMAP account's access tokens come from: a file another program
@@ -323,7 +325,7 @@ func (cfg *gatewayConfig) pollerOptions(ctx context.Context) ([]mailbridge.IMAPO
 	for i, ic := range cfg.IMAP {
 		key := fmt.Sprintf("imap[%d]", i)
 		o := mailbridge.IMAPOptions{Addr: ic.Addr, Security: ic.Security, Username: ic.Username, Password: ic.Password,
-			IdleRestart: time.Duration(ic.IdleRestart), PollInterval: time.Duration(ic.PollInterval)}
+			IdleRestart: time.Duration(ic.IdleRestart), PollInterval: time.Duration(ic.PollInterval), TrustAuthServID: ic.TrustAuthServID}
 		if ic.CAFile != "" {
 			pem, err := os.ReadFile(ic.CAFile)
 			if err != nil {

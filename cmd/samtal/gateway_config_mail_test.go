@@ -652,7 +652,8 @@ func TestGatewayExampleConfigSections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(imap) != 2 || imap[0].Mailboxes[0].Flag != `\Seen` || imap[1].TokenSource == nil || imap[1].Mechanism != "XOAUTH2" {
+	if len(imap) != 2 || imap[0].Mailboxes[0].Flag != `\Seen` || imap[1].TokenSource == nil || imap[1].Mechanism != "XOAUTH2" ||
+		imap[0].TrustAuthServID != "mx.agency.example" {
 		t.Errorf("imap = %+v", imap)
 	}
 }

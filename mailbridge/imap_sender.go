@@ -1,0 +1,99 @@
+package mailbridge
+
+import (
+	"context"
+	"strings"
+
+	"github.com/emersion/go-message"
+	"github.com/emersion/go-msgauth/authres"
+)
+
+// Who sent a mail taken from IMAP. No SMTP session of ours saw it arrive: the mailbox's own
+// server did the receiving, so there is no client IP for SPF, and the Return-Path and From are
+// only what the sender wrote. A route's AllowSenders counts the From address of such a mail
+// as proven only when
+//
+//   - the mailbox server's own top-most Authentication-Results field, named by
+//     IMAPOptions.TrustAuthServID, says dmarc=pass for the From domain, or an SPF or DKIM
+//     pass aligned with it (relaxed); or
+//   - a DKIM signature we verify ourselves is aligned with the From domain (DMARC pass, or no
+//     DMARC record and an aligned DKIM pass, as for SMTP).
+//
+// A mail whose sender is not proven, or not on the list, is spooled as a dead letter for that
+// room with the reason, where `samtal gateway spool list` shows it; an admin who knows the
+// sender can retry it, which posts it. It is neither flagged nor moved in the mailbox.
+
+// Reasons a delivery of a mail from IMAP is spooled dead, as SpooledMail.LastError shows them.
+const (
+	reasonIMAPUnproven     = "sender not proven: no trusted Authentication-Results and no verified DKIM signature aligned with From (the route has AllowSenders)"
+	reasonIMAPNotAllowed   = "sender not allowed: the proven sender is not on the route's AllowSenders"
+	reasonIMAPUnverifiable = "sender could not be verified this time (DNS): retry it once DNS answers"
+)
+
+// imapProven works out the senders a mail taken from IMAP proves.
+func (p *Poller) imapProven(ctx context.Context, raw []byte, h message.Header) provenSenders {
+	v := p.g.authenticate(ctx, envelope{}, raw, h) // no client IP: SPF is none
+	ps := proven(envelope{}, v, h)
+	if id := p.opts.TrustAuthServID; id != "" && v.fromDomain != "" && serverAuthenticated(h, id, v.fromDomain) {
+		if from := fromAddress(h, v.fromDomain); from != "" {
+			ps.addrs = append(ps.addrs, from)
+		}
+	}
+	return ps
+}
+
+// serverAuthenticated reports whether the top-most Authentication-Results field carries
+// authServID and says the From domain passed there: dmarc=pass for it, or an SPF or DKIM pass
+// of a domain aligned with it. Only the top-most field counts: a field of that name further
+// down can be the sender's own, written before the mailbox server added its.
+func serverAuthenticated(h message.Header, authServID, fromDomain string) bool {
+	top := h.Get("Authentication-Results")
+	if top == "" {
+		return false
+	}
+	id, results, err := authres.Parse(top)
+	if err != nil || !strings.EqualFold(id, authServID) {
+		return false
+	}
+	for _, r := range results {
+		switch r := r.(type) {
+		case *authres.DMARCResult:
+			if r.Value == authres.ResultPass && strings.EqualFold(r.From, fromDomain) {
+				return true
+			}
+		case *authres.DKIMResult:
+			if r.Value == authres.ResultPass && aligned(strings.ToLower(r.Domain), fromDomain, "") {
+				return true
+			}
+		case *authres.SPFResult:
+			_, domain, _ := strings.Cut(strings.ToLower(r.From), "@")
+			if domain == "" {
+				domain = strings.ToLower(r.From)
+			}
+			if r.Value == authres.ResultPass && aligned(domain, fromDomain, "") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// imapRefusal is why the route of m refuses the mail with proven senders ps, or "" when it
+// takes it.
+func imapRefusal(m Match, ps provenSenders) string {
+	if m.Allows("") {
+		return "" // no allow-list (or postmaster@)
+	}
+	for _, a := range ps.addrs {
+		if m.Allows(a) {
+			return ""
+		}
+	}
+	switch {
+	case ps.unsure != "" && m.Allows(ps.unsure):
+		return reasonIMAPUnverifiable
+	case len(ps.addrs) == 0:
+		return reasonIMAPUnproven
+	}
+	return reasonIMAPNotAllowed
+}
