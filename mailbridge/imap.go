@@ -203,6 +203,8 @@ func (p *Poller) runMailbox(ctx context.Context, mb *IMAPMailbox) {
 		case errors.Is(err, errMailboxBusy):
 			wait = p.opts.PollInterval
 			log.Debug("mailbox is polled by another gateway instance; waiting", "retry_in", wait)
+		case errors.Is(err, ErrIMAPCertificate):
+			log.Error("IMAP server's certificate is not trusted (its CA belongs in IMAPOptions.TLSConfig, ca_file in the gateway's config); will retry", "attempt", failures, "retry_in", wait, "err", err)
 		case errors.Is(err, ErrIMAPLogin):
 			log.Error("IMAP login refused; will retry", "user", p.opts.Username, "attempt", failures, "retry_in", wait, "err", err)
 		default:
@@ -493,10 +495,15 @@ func (p *Poller) dial(ctx context.Context, newMail chan<- struct{}) (*imapclient
 		c, err = imapclient.NewStartTLS(conn, opts)
 		if err != nil {
 			conn.Close()
-			return nil, fmt.Errorf("IMAP STARTTLS: %w", err)
+			return nil, certificateError(fmt.Errorf("IMAP STARTTLS: %w", err))
 		}
 	default:
-		c = imapclient.New(tls.Client(conn, opts.TLSConfig), opts)
+		tc, err := tlsHandshake(ctx, conn, opts.TLSConfig)
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+		c = imapclient.New(tc, opts)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
 	defer stop()

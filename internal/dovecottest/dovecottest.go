@@ -25,6 +25,9 @@ import (
 type Options struct {
 	NoIdle        bool   // leave IDLE out of the capabilities, for the polling fallback
 	Introspection string // URL of an OAuth 2.0 token introspection endpoint: enables XOAUTH2 and OAUTHBEARER
+	// TLS adds an implicit TLS listener (Server.TLSAddr) and STARTTLS on the plain one, with a
+	// certificate for 127.0.0.1 and localhost from a CA made for the test (Server.CAFile).
+	TLS bool
 }
 
 // Server is a real Dovecot IMAP server (Debian's dovecot-imapd) run by a test on loopback,
@@ -33,6 +36,8 @@ type Server struct {
 	Addr     string // host:port of the IMAP listener, plain text (no TLS)
 	User     string // the one user, "cases"
 	Password string // its password, for LOGIN
+	TLSAddr  string // host:port of the implicit TLS listener, with Options.TLS; else ""
+	CAFile   string // PEM file of the CA that signed the server's certificate, with Options.TLS
 }
 
 // Start starts Dovecot for the test with a minimal configuration of its own and stops
@@ -69,14 +74,15 @@ func Start(t testing.TB, o Options) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-
+	port := freePort(t)
 	d := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port), User: "cases", Password: "imap-test-password"}
+	ssl, tlsPort := "ssl = no\n", 0
+	if o.TLS {
+		tlsPort = freePort(t)
+		d.TLSAddr, d.CAFile = fmt.Sprintf("127.0.0.1:%d", tlsPort), filepath.Join(dir, "ca.pem")
+		writeTLSFiles(t, dir)
+		ssl = fmt.Sprintf("ssl = yes\nssl_cert = <%[1]s/cert.pem\nssl_key = <%[1]s/key.pem\n", dir)
+	}
 	mechanisms := "plain login"
 	passdb := fmt.Sprintf("passdb {\n  driver = passwd-file\n  args = %s/passwd\n}\n", dir)
 	if o.Introspection != "" {
@@ -100,8 +106,7 @@ default_login_user = %[2]s
 first_valid_uid = 1
 protocols = imap
 listen = 127.0.0.1
-ssl = no
-disable_plaintext_auth = no
+%[10]sdisable_plaintext_auth = no
 auth_mechanisms = %[4]s
 auth_failure_delay = 0
 mail_location = maildir:%[1]s/mail/%%u
@@ -116,13 +121,14 @@ service imap-login {
     port = %[9]d
   }
   inet_listener imaps {
-    port = 0
+    address = 127.0.0.1
+    port = %[11]d
   }
 }
 service anvil {
   chroot =
 }
-`, dir, runAs.Username, group.Name, mechanisms, capability, passdb, runAs.Uid, runAs.Gid, port)
+`, dir, runAs.Username, group.Name, mechanisms, capability, passdb, runAs.Uid, runAs.Gid, port, ssl, tlsPort)
 	writeFile(t, filepath.Join(dir, "dovecot.conf"), conf)
 	writeFile(t, filepath.Join(dir, "passwd"), d.User+":{PLAIN}"+d.Password+"::::::\n")
 	if cred != nil {
@@ -177,6 +183,17 @@ service anvil {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // greeted reports whether an IMAP server greets on addr.
