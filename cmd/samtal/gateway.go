@@ -186,6 +186,7 @@ func startGateway(ctx context.Context, e *env, cfg *gatewayConfig, c *matrix.Cli
 		rg.serving.Store(false)
 	}()
 	rg.serveTLS(ctx, tl, pollers, bg) // gwconfig part
+	rg.watchFederation(bg, cfg)       // gwsmall part: federation.list_url kept fresh
 	syncer := c.NewSyncer(matrix.SyncOptions{})
 	rg.bg.Go(func() {
 		if err := syncer.Run(bg); err != nil && bg.Err() == nil {

@@ -69,6 +69,12 @@ type dnsConfig struct {
 type federationConfig struct {
 	ListFile string `yaml:"list_file"`
 	KeyFile  string `yaml:"key_file"`
+	// gwsmall part: the list fetched over HTTPS and kept fresh (gateway_config_federation.go).
+	ListURL   string   `yaml:"list_url"`
+	CAFile    string   `yaml:"ca_file"`
+	Refresh   duration `yaml:"refresh"`
+	CacheFile string   `yaml:"cache_file"`
+	watcher   *federationURL
 }
 
 // imapConfig is one entry of imap: a mailbox account the gateway polls (mailbridge.IMAPOptions).
@@ -152,7 +158,7 @@ func (cfg *gatewayConfig) mailOptions(opts *mailbridge.Options, log *slog.Logger
 		}
 		opts.Resolver = mailbridge.DNSServer(cfg.DNS.Server)
 	}
-	fed, err := cfg.Federation.load(log)
+	fed, err := cfg.Federation.source(log) // gwsmall part: list_file or list_url
 	if err != nil {
 		return err
 	}
@@ -161,7 +167,7 @@ func (cfg *gatewayConfig) mailOptions(opts *mailbridge.Options, log *slog.Logger
 	} else {
 		for i, r := range cfg.Routes {
 			if r.MembersOnly {
-				return fmt.Errorf("%w: routes[%d].members_only: no federation list (federation.list_file) to check members against", errConfig, i)
+				return fmt.Errorf("%w: routes[%d].members_only: no federation list (federation.list_file or federation.list_url) to check members against", errConfig, i)
 			}
 		}
 	}
@@ -175,6 +181,9 @@ func (cfg *gatewayConfig) check(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	if err := cfg.mailOptions(new(mailbridge.Options), log); err != nil {
+		return err
+	}
+	if err := cfg.Federation.firstFetch(ctx); err != nil { // gwsmall part
 		return err
 	}
 	_, err := cfg.pollerOptions(ctx)
