@@ -122,7 +122,8 @@
 // refusal by a homeserver still starting) is requeued and posted again (Client.Requeue).
 // Failed deliveries, such as while the homeserver is down, are retried with backoff, also
 // by the next Gateway after a restart, which also settles what the last run had posted. One that still fails Options.DeadLetterAfter after
-// receipt waits as dead in the spool: Gateway.Undelivered lists what is not posted yet, and
+// receipt waits as dead in the spool: Gateway.Undelivered lists what is not delivered yet,
+// each with its State (pending, posted into the outbox and not sent yet, or dead), and
 // Gateway.Retry revives a dead mail.
 //
 // Operations. Mails that end DATA at the same time share one transaction, and so one fsync
