@@ -62,6 +62,9 @@ func (p *holdingProxy) unhold() { p.once.Do(func() { close(p.release) }) }
 // found by `--state posted` and not by `--state dead`, and shown by `spool show`; once the
 // homeserver takes the send, it arrives and leaves the list.
 func TestGatewaySpoolPosted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Dendrite")
+	}
 	srv := matrixtest.NewServer(t)
 	proxy := newHoldingProxy(t, srv.URL)
 	clearEnv(t)
