@@ -38,6 +38,7 @@ func runDev(ctx context.Context, e *env, args []string) error {
 	user := fs.String("user", "demo", "demo user to create")
 	smtpPort := fs.Int("smtp-port", 2525, "SMTP port of the mail gateway on loopback (a free one if it is taken)")
 	dnsServer := fs.String("dns", "", "DNS server (host:port) for the gateway's SPF, DKIM and DMARC lookups; empty: the system's resolver")
+	hsDirFlag := fs.String("homeserver-dir", "", "folder for the homeserver's own data; empty: homeserver/ in -dir (a benchmark may put it in /dev/shm, the gateway's spool staying in -dir)")
 	setUsage(fs, "dev [flags]\n       samtal dev user add [-dir DIR] NAME", `Runs a development homeserver (Dendrite) on loopback until interrupted, with a demo user,
 and the mail gateway (SMTP on loopback) with a route into a room the demo user is in,
 its data kept in -dir for the next run. While it runs, 'samtal dev user add NAME' (with the
@@ -53,6 +54,12 @@ same -dir) adds a user and prints its password, through the admin endpoint it pr
 	}
 
 	hsDir := filepath.Join(*dir, "homeserver")
+	if *hsDirFlag != "" {
+		hsDir = *hsDirFlag
+	}
+	if err := os.MkdirAll(*dir, 0o700); err != nil {
+		return err
+	}
 	e.log.Info("starting development homeserver", "dir", hsDir, "port", *port)
 	hs, err := homeserver.Start(ctx, homeserver.Options{
 		Dir:  hsDir,

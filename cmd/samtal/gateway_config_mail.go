@@ -62,8 +62,12 @@ type smtpUserConfig struct {
 
 // dnsConfig is dns: where the SPF, DKIM and DMARC lookups go.
 type dnsConfig struct {
-	Server string `yaml:"server"`
+	Server string    `yaml:"server"`
+	Cache  *duration `yaml:"cache"` // how long answers are kept; absent: defaultDNSCache, 0s: not at all
 }
+
+// defaultDNSCache is how long the gateway keeps DNS answers unless dns.cache says otherwise.
+const defaultDNSCache = time.Minute
 
 // federationConfig is federation: the signed list of member agencies, for members_only routes.
 type federationConfig struct {
@@ -157,6 +161,19 @@ func (cfg *gatewayConfig) mailOptions(opts *mailbridge.Options, log *slog.Logger
 			return fmt.Errorf("%w: dns.server: %q is not host:port such as 192.0.2.53:53", errConfig, cfg.DNS.Server)
 		}
 		opts.Resolver = mailbridge.DNSServer(cfg.DNS.Server)
+	}
+	keep := defaultDNSCache
+	if cfg.DNS.Cache != nil {
+		keep = time.Duration(*cfg.DNS.Cache)
+	}
+	if keep < 0 {
+		return fmt.Errorf("%w: dns.cache: %v is negative (0s keeps nothing)", errConfig, keep)
+	}
+	if keep > 0 {
+		if opts.Resolver == nil {
+			opts.Resolver = net.DefaultResolver
+		}
+		opts.Resolver = mailbridge.CachingResolver(opts.Resolver, keep)
 	}
 	fed, err := cfg.Federation.source(log) // gwsmall part: list_file or list_url
 	if err != nil {

@@ -320,6 +320,7 @@ func TestGatewayConfigSectionErrors(t *testing.T) {
 		{"smtp: {auth: {trust_submitters: true}}\n" + route, "smtp.auth.trust_submitters"},
 		{"smtp: {trusted_relays: [10.0.0.0/33]}\n" + route, "smtp.trusted_relays[0]"},
 		{"dns: {server: 192.0.2.53}\n" + route, "dns.server"},
+		{"dns: {cache: -1s}\n" + route, "dns.cache"},
 		{"routes: [{address: a@b.example, room: '!r:b', members_only: true}]\n", "routes[0].members_only"},
 		{"federation: {list_file: x}\n" + route, "federation: list_file and key_file"},
 		{"federation: {list_file: /nonexistent/l, key_file: /nonexistent/k}\n" + route, "federation.key_file"},

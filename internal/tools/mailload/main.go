@@ -164,6 +164,24 @@ func main() {
 		fmt.Printf(", the last %.1fs after the first send = %.1f/s", total.Seconds(), float64(len(got))/total.Seconds())
 	}
 	fmt.Println()
+	// The two halves: while the load was sent, the homeserver shared the machine with the
+	// SMTP load; after it, the backlog drains with the gateway's delivery alone, as the raw
+	// loop ran.
+	stopped := start.Add(sending)
+	var during, after int
+	for _, at := range got {
+		if at.After(stopped) {
+			after++
+		} else {
+			during++
+		}
+	}
+	fmt.Printf("delivered while sending: %d in %.1fs = %.1f/s", during, sending.Seconds(), float64(during)/sending.Seconds())
+	if after > 0 && last.After(stopped) {
+		drain := last.Sub(stopped)
+		fmt.Printf("; after: %d in %.1fs = %.1f/s", after, drain.Seconds(), float64(after)/drain.Seconds())
+	}
+	fmt.Println()
 	var lat []time.Duration
 	endsMu.Lock()
 	for n, at := range got {
