@@ -475,6 +475,12 @@ func (s *Syncer) timeline(ctx context.Context, room id.RoomID, tl mautrix.SyncTi
 			return evts[i:], nil // what came before the join is history
 		}
 	}
+	if slices.ContainsFunc(evts, s.ownInvite) {
+		// Invited in this timeline and not joined in it: all of it, and any gap before it,
+		// is from before the join. (Dendrite's sync can show a room as joined while its
+		// timeline still ends before the join, which the next batch then brings.)
+		return nil, nil
+	}
 	if !tl.Limited || tl.PrevBatch == "" {
 		return evts, nil
 	}
@@ -534,6 +540,12 @@ func (s *Syncer) ownJoin(evt *event.Event) bool {
 	}
 	prev := evt.Unsigned.PrevContent
 	return prev == nil || membership(prev) != string(event.MembershipJoin)
+}
+
+// ownInvite reports whether evt is this account being invited to a room.
+func (s *Syncer) ownInvite(evt *event.Event) bool {
+	return evt.Type.Type == event.StateMember.Type && evt.GetStateKey() == string(s.c.UserID()) &&
+		membership(&evt.Content) == string(event.MembershipInvite)
 }
 
 func membership(c *event.Content) string {
