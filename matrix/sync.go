@@ -88,7 +88,11 @@ type SyncStats struct {
 // in a later batch (a homeserver answers /sync from a stream that can lag behind a join that
 // has returned); that memory is not kept across a restart of the Syncer. When the server leaves out part of a room's
 // timeline because too much happened since the last sync, the Syncer fetches the missing
-// events (up to 1000 per room and batch) so that none is skipped.
+// events (up to 1000 per room and batch) so that none is skipped. After a failed sync, the
+// Syncer asks again from the token before its last batch, which it does not hand out twice: a
+// homeserver going down can answer the sync in progress with events left out (Dendrite does), and
+// a sync that fails next is how that shows. (The memory of that batch is not kept across a
+// restart of the Syncer.)
 //
 // Run one Syncer per session at a time: they share the stored token.
 type Syncer struct {
