@@ -39,12 +39,10 @@ func newSyncProxy(t *testing.T, srv *matrixtest.Server) *syncProxy {
 		t.Fatal(err)
 	}
 	p := &syncProxy{}
-	rp := httputil.NewSingleHostReverseProxy(target)
-	director := rp.Director
-	rp.Director = func(r *http.Request) {
-		director(r)
-		r.Header.Del("Accept-Encoding") // bodies the proxy can read
-	}
+	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(target)
+		r.Out.Header.Del("Accept-Encoding") // bodies the proxy can read
+	}}
 	rp.ModifyResponse = func(resp *http.Response) error {
 		if resp.Request.URL.Path != "/_matrix/client/v3/sync" || resp.StatusCode != http.StatusOK {
 			return nil
