@@ -30,7 +30,7 @@ const restartCycles = 10
 // it (seen as mailbridge.TestHomeserverOutage missing a mail).
 func TestSyncAcrossHomeserverRestart(t *testing.T) {
 	if testing.Short() {
-		t.Skip("skipped in -short: restarts the homeserver a few times while sending (about 15 s)")
+		t.Skip("skipped in -short: restarts the homeserver a few times while sending (about 20 s)")
 	}
 	srv := matrixtest.NewServer(t)
 	bot := newClient(t, srv, "bot")
