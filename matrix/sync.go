@@ -88,7 +88,11 @@ type SyncStats struct {
 // in a later batch (a homeserver answers /sync from a stream that can lag behind a join that
 // has returned); that memory is not kept across a restart of the Syncer. When the server leaves out part of a room's
 // timeline because too much happened since the last sync, the Syncer fetches the missing
-// events (up to 1000 per room and batch) so that none is skipped.
+// events (up to 1000 per room and batch) so that none is skipped. After a failed sync, the
+// Syncer asks again from the token before its last batch, which it does not hand out twice: a
+// homeserver going down can answer the sync in progress with events left out (Dendrite does), and
+// a sync that fails next is how that shows. (The memory of that batch is not kept across a
+// restart of the Syncer.)
 //
 // Run one Syncer per session at a time: they share the stored token.
 type Syncer struct {
@@ -172,6 +176,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 		log.Info("sync: first sync of this session", "replay_history", s.opts.ReplayHistory)
 	}
 	failures := 0
+	var back rewind // see rewind: after a failed sync, the last batch is asked for again
 	for {
 		timeout := s.opts.Timeout
 		if since == "" || failures > 0 {
@@ -183,12 +188,14 @@ func (s *Syncer) Run(ctx context.Context) error {
 			// point a later gap is filled back to.
 			filter = syncFilter(1)
 		}
+		from, skip := back.from(since, failures > 0)
 		var resp *mautrix.RespSync
+		var keys []string
 		err := s.startReplay(ctx, since)
 		if err == nil {
-			resp, err = s.c.mx.SyncRequest(ctx, int(timeout.Milliseconds()), since, filter, false, "")
+			resp, err = s.c.mx.SyncRequest(ctx, int(timeout.Milliseconds()), from, filter, false, "")
 			if err == nil {
-				err = s.process(ctx, resp, since)
+				keys, err = s.process(ctx, resp, from, skip)
 			} else {
 				err = fmt.Errorf("matrix: sync: %w", wrapErr(err))
 			}
@@ -211,9 +218,10 @@ func (s *Syncer) Run(ctx context.Context) error {
 			continue
 		}
 		if failures > 0 {
-			log.Info("sync: recovered", "after_failures", failures)
+			log.Info("sync: recovered", "after_failures", failures, "rewound", skip != nil)
 			failures = 0
 		}
+		back.committed(from, skip != nil, keys)
 		for room := range s.replay {
 			_, joined := resp.Rooms.Join[room]
 			_, left := resp.Rooms.Leave[room]
@@ -311,6 +319,7 @@ type batch struct {
 	// last is each room's newest timeline event: where a gap in a later sync is filled to.
 	last map[id.RoomID]id.EventID
 	left []id.RoomID // rooms this account left, whose last event is forgotten
+	keys []string    // deliveryKey of each event handed out, for a rewind
 
 	utd      []undecryptable // encrypted events to retry when their keys arrive
 	resolved []id.EventID    // stored undecryptable events decrypted or given up on now
@@ -324,21 +333,24 @@ type batch struct {
 // messages in the same response as the events they unlock), then encrypted events are
 // decrypted; those that cannot be yet are stored and retried with every later batch, and handed
 // out when their keys come, after the batch's own events.
-func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since string) error {
+//
+// Events whose deliveryKey is in skip were handed out before (see rewind) and are left out. On
+// success, process returns the keys of the events it handed out.
+func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since string, skip map[string]bool) ([]string, error) {
 	if enc := s.c.encryption(); enc != nil {
 		if err := enc.ProcessSync(ctx, resp, since); err != nil {
-			return fmt.Errorf("matrix: sync: crypto: %w", err)
+			return nil, fmt.Errorf("matrix: sync: crypto: %w", err)
 		}
 	}
 	s.c.syncing.synced()
 	s.noticeEncryption(resp)
-	b, err := s.collect(ctx, resp, since)
+	b, err := s.collect(ctx, resp, since, skip)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	late, drop, again, err := s.retryUndecryptable(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	b.retried = again
 	for _, evt := range late {
@@ -347,7 +359,7 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 	b.resolved = append(b.resolved, drop...)
 	for i, evt := range append(b.events, late...) {
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, err
 		}
 		if i >= len(b.events) {
 			s.dispatch(ctx, evt) // decrypted by retryUndecryptable
@@ -368,16 +380,16 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 		s.dispatch(ctx, evt)
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	if err := s.commit(ctx, resp.NextBatch, b); err != nil {
 		// The batch is handed out again from the old token after a backoff: what could not
 		// be decrypted must be stored before the token moves on, or it would be lost.
-		return fmt.Errorf("matrix: sync: commit batch: %w", err)
+		return nil, fmt.Errorf("matrix: sync: commit batch: %w", err)
 	}
 	s.batches.Add(1)
 	s.lastBatch.Store(time.Now().UnixMilli())
-	return nil
+	return b.keys, nil
 }
 
 // noticeEncryption marks the rooms whose state says they are encrypted, from every state and
@@ -396,7 +408,8 @@ func (s *Syncer) noticeEncryption(resp *mautrix.RespSync) {
 
 // collect turns a sync response into the events to deliver, in order: joined rooms, then left
 // rooms, then invites, rooms sorted by ID so that a repeated batch comes in the same order.
-func (s *Syncer) collect(ctx context.Context, resp *mautrix.RespSync, since string) (*batch, error) {
+// Events whose deliveryKey is in skip are left out.
+func (s *Syncer) collect(ctx context.Context, resp *mautrix.RespSync, since string, skip map[string]bool) (*batch, error) {
 	b := &batch{last: map[id.RoomID]id.EventID{}}
 	seen := map[id.EventID]bool{}
 	add := func(room id.RoomID, evts []*event.Event, invite bool) {
@@ -409,6 +422,13 @@ func (s *Syncer) collect(ctx context.Context, resp *mautrix.RespSync, since stri
 			}
 			if !invite && !s.opts.IncludeOwn && raw.Sender == s.c.UserID() {
 				continue
+			}
+			key := deliveryKey(room, raw, invite)
+			if key != "" && skip[key] {
+				continue // handed out by the batch a rewind asks for again
+			}
+			if key != "" {
+				b.keys = append(b.keys, key)
 			}
 			b.events = append(b.events, s.prepare(room, raw, invite))
 		}
@@ -458,6 +478,12 @@ func (s *Syncer) timeline(ctx context.Context, room id.RoomID, tl mautrix.SyncTi
 		if s.ownJoin(evts[i]) {
 			return evts[i:], nil // what came before the join is history
 		}
+	}
+	if slices.ContainsFunc(evts, s.ownInvite) {
+		// Invited in this timeline and not joined in it: all of it, and any gap before it,
+		// is from before the join. (Dendrite's sync can show a room as joined while its
+		// timeline still ends before the join, which the next batch then brings.)
+		return nil, nil
 	}
 	if !tl.Limited || tl.PrevBatch == "" {
 		return evts, nil
@@ -518,6 +544,12 @@ func (s *Syncer) ownJoin(evt *event.Event) bool {
 	}
 	prev := evt.Unsigned.PrevContent
 	return prev == nil || membership(prev) != string(event.MembershipJoin)
+}
+
+// ownInvite reports whether evt is this account being invited to a room.
+func (s *Syncer) ownInvite(evt *event.Event) bool {
+	return evt.Type.Type == event.StateMember.Type && evt.GetStateKey() == string(s.c.UserID()) &&
+		membership(&evt.Content) == string(event.MembershipInvite)
 }
 
 func membership(c *event.Content) string {
