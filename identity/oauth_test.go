@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/identity"
+	"github.com/samtalhq/samtal/internal/logtest"
 	"github.com/samtalhq/samtal/internal/oidctest"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
@@ -280,8 +280,7 @@ func TestOAuthDeviceGrant(t *testing.T) {
 // logger captured (the matrix client's, bridging mautrix's, the login's and the transport's):
 // no access or refresh token appears in the log or in an error's text.
 func TestOAuthLogsNoTokens(t *testing.T) {
-	var logs lockedBuffer
-	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger, logs := logtest.Capture()
 	o := oidctest.Start(t)
 	f := oidctest.StartFront(t, o)
 	db := openDB(t)
@@ -339,23 +338,6 @@ func TestOAuthLogsNoTokens(t *testing.T) {
 	if !strings.Contains(logs.String(), "access token refreshed") {
 		t.Error("the refresh is not in the log")
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // TestOAuthTokensStoredOwnerOnly: the tokens are in the shared database, whose file only its

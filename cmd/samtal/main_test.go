@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -12,30 +11,16 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"maunium.net/go/mautrix"
+
+	"github.com/samtalhq/samtal/internal/logtest"
 )
 
-// syncBuffer is a bytes.Buffer that a running command may write while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a buffer that a running command may write while the test reads it.
+type syncBuffer = logtest.Buffer
 
 func testEnv() (*env, *syncBuffer, *syncBuffer) {
 	var out, errOut syncBuffer
