@@ -50,6 +50,9 @@ func TestUsageErrors(t *testing.T) {
 // TestDev runs `samtal dev` twice on the same folder: the demo user it prints can log in, and
 // the second run keeps the first one's data.
 func TestDev(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: TestDevMail also runs samtal dev twice on one folder and logs in as the demo user (about 4 s)")
+	}
 	dir := t.TempDir()
 	port := freePort(t)
 	var password string
