@@ -3,7 +3,6 @@ package e2ee_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/e2ee"
+	"github.com/samtalhq/samtal/internal/logtest"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
@@ -23,15 +23,8 @@ import (
 var testKey = []byte("0123456789abcdef0123456789abcdef")
 
 func logger(t testing.TB) *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
+	return logtest.Verbose(t, slog.LevelInfo)
 }
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
 
 // party is one encrypted samtal client with its database, as a bot or a person would run it.
 type party struct {

@@ -19,6 +19,9 @@ import (
 // encrypted case room cannot decrypt the bot's next message with the keys it holds, while it
 // still decrypts the one before.
 func TestRemovedJSSDKMemberCannotRead(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: TestRemovedMemberCannotRead covers the kick with samtal members, TestInteropJSSDK js-sdk's decryption (a Node peer, about 4 s)")
+	}
 	jspeer.Require(t)
 	srv := matrixtest.NewServer(t)
 	bot, officer := newParty(t, srv, "bot"), newParty(t, srv, "officer")
@@ -56,6 +59,9 @@ func TestRemovedJSSDKMemberCannotRead(t *testing.T) {
 // while a send-only case system is not running; its next message, from a new process on the
 // same database, reaches the new device.
 func TestNewJSSDKDeviceWhileSenderWasDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: TestNewDeviceWhileSenderWasDown covers the new device with a samtal one, TestInteropJSSDK js-sdk's decryption (a Node peer, about 4 s)")
+	}
 	jspeer.Require(t)
 	srv := matrixtest.NewServer(t)
 	bot, officer, room := caseSystemStopped(t, srv, "registered")

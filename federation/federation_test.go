@@ -13,6 +13,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/federation"
+	"github.com/samtalhq/samtal/internal/logtest"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
@@ -34,9 +35,9 @@ func TestMembersOnly(t *testing.T) {
 	ls := newListServer(t, sign(t, doc(1, a.ServerName, b.ServerName), key))
 
 	var rec *federation.Reconciler
-	var logs logBuffer
+	var logs logtest.Buffer
 	w, err := federation.NewWatcher(ls.URL, key.Public(), federation.Options{
-		Logger: logs.logger(),
+		Logger: logs.Logger(),
 		OnChange: func(ctx context.Context, _, l *federation.List) {
 			if rec != nil {
 				if err := rec.Reconcile(ctx, l); err != nil {
@@ -52,7 +53,7 @@ func TestMembersOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	clerk := a.NewClient(t, "clerk", matrixtest.WithCaseRoomACL(w))
-	if rec, err = federation.NewReconciler(ctx, clerk, federation.ReconcilerOptions{Logger: logs.logger()}); err != nil {
+	if rec, err = federation.NewReconciler(ctx, clerk, federation.ReconcilerOptions{Logger: logs.Logger()}); err != nil {
 		t.Fatal(err)
 	}
 	bob := b.Client(t, "bob")

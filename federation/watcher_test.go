@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/samtalhq/samtal/federation"
+	"github.com/samtalhq/samtal/internal/logtest"
 )
 
 // TestRefused: each bad list is refused with its own error, the last good list stays in use
@@ -60,10 +61,10 @@ func TestRefused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ls := newListServer(t, good)
 			cache := filepath.Join(t.TempDir(), "list.jws")
-			var logs logBuffer
+			var logs logtest.Buffer
 			var reasons []string
 			w, err := federation.NewWatcher(ls.URL, key.Public(), federation.Options{
-				CacheFile: cache, Logger: logs.logger(),
+				CacheFile: cache, Logger: logs.Logger(),
 				OnRefresh: func(err error) { reasons = append(reasons, federation.Reason(err)) },
 			})
 			if err != nil {
@@ -94,7 +95,7 @@ func TestRefused(t *testing.T) {
 				t.Errorf("no log line saying so:\n%s", log)
 			}
 			// The cache still holds the good list: a restart uses it.
-			w2, err := federation.NewWatcher(ls.URL, key.Public(), federation.Options{CacheFile: cache, Logger: logs.logger()})
+			w2, err := federation.NewWatcher(ls.URL, key.Public(), federation.Options{CacheFile: cache, Logger: logs.Logger()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -136,7 +137,7 @@ func TestTooLarge(t *testing.T) {
 				}
 			}))
 			defer srv.Close()
-			w, err := federation.NewWatcher(srv.URL, key.Public(), federation.Options{Logger: (&logBuffer{}).logger()})
+			w, err := federation.NewWatcher(srv.URL, key.Public(), federation.Options{Logger: (&logtest.Buffer{}).Logger()})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -168,7 +169,7 @@ func TestTooManyMembers(t *testing.T) {
 		servers = append(servers, fmt.Sprintf("s%d.example", i))
 	}
 	ls := newListServer(t, sign(t, doc(1, servers...), key))
-	_, err := federation.Load(context.Background(), ls.URL, key.Public(), federation.Options{MaxMembers: 10, Logger: (&logBuffer{}).logger()})
+	_, err := federation.Load(context.Background(), ls.URL, key.Public(), federation.Options{MaxMembers: 10, Logger: (&logtest.Buffer{}).Logger()})
 	if !errors.Is(err, federation.ErrTooLarge) {
 		t.Fatalf("Load = %v, want ErrTooLarge", err)
 	}
@@ -182,7 +183,7 @@ func TestNewerListAndCache(t *testing.T) {
 	cache := filepath.Join(t.TempDir(), "list.jws")
 	var changes []string
 	opts := federation.Options{
-		CacheFile: cache, Logger: (&logBuffer{}).logger(),
+		CacheFile: cache, Logger: (&logtest.Buffer{}).Logger(),
 		OnChange: func(_ context.Context, old, new *federation.List) {
 			v := uint64(0)
 			if old != nil {
@@ -218,7 +219,7 @@ func TestNewerListAndCache(t *testing.T) {
 	}
 
 	ls.Close()
-	l, err = federation.Load(context.Background(), ls.URL, key.Public(), federation.Options{CacheFile: cache, Logger: (&logBuffer{}).logger()})
+	l, err = federation.Load(context.Background(), ls.URL, key.Public(), federation.Options{CacheFile: cache, Logger: (&logtest.Buffer{}).Logger()})
 	if !errors.Is(err, federation.ErrUnavailable) {
 		t.Errorf("Load with the server down = %v, want ErrUnavailable", err)
 	}
@@ -232,7 +233,7 @@ func TestNewerListAndCache(t *testing.T) {
 	if err := os.WriteFile(cache, raw, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	w, err = federation.NewWatcher(ls.URL, key.Public(), federation.Options{CacheFile: cache, Logger: (&logBuffer{}).logger()})
+	w, err = federation.NewWatcher(ls.URL, key.Public(), federation.Options{CacheFile: cache, Logger: (&logtest.Buffer{}).Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +251,7 @@ func TestRun(t *testing.T) {
 	ls := newListServer(t, sign(t, doc(1, "a.example"), key))
 	changed := make(chan uint64, 4)
 	w, err := federation.NewWatcher(ls.URL, key.Public(), federation.Options{
-		Refresh: 20 * time.Millisecond, Logger: (&logBuffer{}).logger(),
+		Refresh: 20 * time.Millisecond, Logger: (&logtest.Buffer{}).Logger(),
 		OnChange: func(_ context.Context, _, new *federation.List) { changed <- new.Version() },
 	})
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -19,6 +18,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/identity"
+	"github.com/samtalhq/samtal/internal/logtest"
 	"github.com/samtalhq/samtal/internal/oidctest"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
@@ -123,31 +123,7 @@ func TestOAuthConcurrentRefresh(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(trs))
-	for i, tr := range trs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.URL+"/_matrix/client/v3/account/whoami", nil)
-			req.Header.Set("Authorization", "Bearer "+c.Session().AccessToken)
-			resp, err := tr.Client().Do(req)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			resp.Body.Close()
-			if resp.StatusCode != 200 {
-				errs[i] = fmt.Errorf("status %d", resp.StatusCode)
-			}
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("process %d: %v", i, err)
-		}
-	}
+	whoamiAtOnce(t, f.URL, c.Session().AccessToken, len(trs), func(i int) (*http.Client, error) { return trs[i].Client(), nil })
 	// Both carry on with the same, valid pair.
 	if err := sendAndWait(t, c, "still logged in"); err != nil {
 		t.Errorf("send: %v", err)
@@ -280,8 +256,7 @@ func TestOAuthDeviceGrant(t *testing.T) {
 // logger captured (the matrix client's, bridging mautrix's, the login's and the transport's):
 // no access or refresh token appears in the log or in an error's text.
 func TestOAuthLogsNoTokens(t *testing.T) {
-	var logs lockedBuffer
-	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger, logs := logtest.Capture()
 	o := oidctest.Start(t)
 	f := oidctest.StartFront(t, o)
 	db := openDB(t)
@@ -339,23 +314,6 @@ func TestOAuthLogsNoTokens(t *testing.T) {
 	if !strings.Contains(logs.String(), "access token refreshed") {
 		t.Error("the refresh is not in the log")
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // TestOAuthTokensStoredOwnerOnly: the tokens are in the shared database, whose file only its
@@ -490,4 +448,43 @@ func TestTransportLeavesOtherTokens(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized || n != 1 {
 		t.Errorf("status %d, the front saw the other token %d times", resp.StatusCode, n)
 	}
+}
+
+// whoamiAtOnce asks /whoami with token through n clients at once (client(i) makes the i-th),
+// as n processes that find the token refused together, and fails the test for each that does
+// not get a 200.
+func whoamiAtOnce(t *testing.T, base, token string, n int, client func(i int) (*http.Client, error)) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range errs {
+		wg.Go(func() { errs[i] = whoami(t.Context(), base, token, func() (*http.Client, error) { return client(i) }) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("client %d: %v", i, err)
+		}
+	}
+}
+
+func whoami(ctx context.Context, base, token string, client func() (*http.Client, error)) error {
+	hc, err := client()
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/_matrix/client/v3/account/whoami", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return nil
 }

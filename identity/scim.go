@@ -204,13 +204,8 @@ func (s *SCIM) list(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *SCIM) get(w http.ResponseWriter, r *http.Request, rid string) {
-	u, err := s.users.get(r.Context(), rid)
-	if err != nil {
-		s.storeFailed(w, err)
-		return
-	}
-	if u == nil {
-		scimError(w, http.StatusNotFound, "", "no such user")
+	u, ok := s.lookup(w, r, rid)
+	if !ok {
 		return
 	}
 	scimJSON(w, http.StatusOK, u)
@@ -290,20 +285,13 @@ func scimBool(v any) (bool, bool) {
 }
 
 func (s *SCIM) setActive(w http.ResponseWriter, r *http.Request, rid string, active bool, reason string) {
-	u, err := s.users.get(r.Context(), rid)
-	if err != nil {
-		s.storeFailed(w, err)
-		return
-	}
-	if u == nil {
-		scimError(w, http.StatusNotFound, "", "no such user")
+	u, ok := s.lookup(w, r, rid)
+	if !ok {
 		return
 	}
 	// Deactivating twice offboards twice: harmless, since a second plan is empty.
 	if !active {
-		if err := s.opts.OnDeprovision(r.Context(), u.MatrixID, reason); err != nil {
-			s.log.Error("identity: SCIM deprovisioning failed", "user", u.MatrixID, "err", err)
-			scimError(w, http.StatusInternalServerError, "", "deprovisioning failed; try again")
+		if !s.deprovision(w, r, u.MatrixID, reason) {
 			return
 		}
 	}
@@ -320,18 +308,11 @@ func (s *SCIM) setActive(w http.ResponseWriter, r *http.Request, rid string, act
 }
 
 func (s *SCIM) delete(w http.ResponseWriter, r *http.Request, rid string) {
-	u, err := s.users.get(r.Context(), rid)
-	if err != nil {
-		s.storeFailed(w, err)
+	u, ok := s.lookup(w, r, rid)
+	if !ok {
 		return
 	}
-	if u == nil {
-		scimError(w, http.StatusNotFound, "", "no such user")
-		return
-	}
-	if err := s.opts.OnDeprovision(r.Context(), u.MatrixID, "deleted through SCIM"); err != nil {
-		s.log.Error("identity: SCIM deprovisioning failed", "user", u.MatrixID, "err", err)
-		scimError(w, http.StatusInternalServerError, "", "deprovisioning failed; try again")
+	if !s.deprovision(w, r, u.MatrixID, "deleted through SCIM") {
 		return
 	}
 	if err := s.users.remove(r.Context(), rid); err != nil {
@@ -339,6 +320,32 @@ func (s *SCIM) delete(w http.ResponseWriter, r *http.Request, rid string) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// lookup finds the user rid for get, PUT, PATCH and DELETE; for none (404) or a store that
+// cannot be read (500) it answers the request itself and reports false.
+func (s *SCIM) lookup(w http.ResponseWriter, r *http.Request, rid string) (*SCIMUser, bool) {
+	u, err := s.users.get(r.Context(), rid)
+	if err != nil {
+		s.storeFailed(w, err)
+		return nil, false
+	}
+	if u == nil {
+		scimError(w, http.StatusNotFound, "", "no such user")
+		return nil, false
+	}
+	return u, true
+}
+
+// deprovision runs OnDeprovision for user; when it fails it answers 500 (the IdP tries again)
+// and reports false.
+func (s *SCIM) deprovision(w http.ResponseWriter, r *http.Request, user id.UserID, reason string) bool {
+	if err := s.opts.OnDeprovision(r.Context(), user, reason); err != nil {
+		s.log.Error("identity: SCIM deprovisioning failed", "user", user, "err", err)
+		scimError(w, http.StatusInternalServerError, "", "deprovisioning failed; try again")
+		return false
+	}
+	return true
 }
 
 func (s *SCIM) mapUser(u SCIMUser) (id.UserID, error) {

@@ -2,6 +2,7 @@ package identity_test
 
 import (
 	"context"
+	"errors"
 	"net/http/httptest"
 
 	"maunium.net/go/mautrix/id"
@@ -63,6 +64,8 @@ func TestSCIMBadInput(t *testing.T) {
 		{"active not a boolean", "right-token", http.MethodPatch, "/Users/" + rid, `{"Operations":[{"op":"replace","path":"active","value":"maybe"}]}`, http.StatusBadRequest},
 		{"unknown user", "right-token", http.MethodPatch, "/Users/nobody", patchOff, http.StatusNotFound},
 		{"unknown user, delete", "right-token", http.MethodDelete, "/Users/nobody", "", http.StatusNotFound},
+		{"unknown user, get", "right-token", http.MethodGet, "/Users/nobody", "", http.StatusNotFound},
+		{"unknown user, put", "right-token", http.MethodPut, "/Users/nobody", `{"userName":"nobody","active":false}`, http.StatusNotFound},
 		{"bad userName", "right-token", http.MethodPost, "/Users", `{"userName":"Anna Berg!","active":true}`, http.StatusBadRequest},
 		{"duplicate userName", "right-token", http.MethodPost, "/Users", `{"userName":"anna","active":true}`, http.StatusConflict},
 		{"other endpoint", "right-token", http.MethodGet, "/Groups", "", http.StatusNotFound},
@@ -82,5 +85,23 @@ func TestSCIMBadInput(t *testing.T) {
 	scimDo(t, srv.URL, "right-token", http.MethodDelete, "/Users/"+rid, "", http.StatusNoContent)
 	if len(deprovisioned) != 2 || deprovisioned[0] != "@anna:agency-a.test" {
 		t.Fatalf("deprovisioned %v, want anna twice (PATCH, DELETE)", deprovisioned)
+	}
+}
+
+// TestSCIMDeprovisionFails: when offboarding fails, a deactivating PATCH or PUT and a DELETE
+// answer 500 (the IdP tries again), and the user stays as it was.
+func TestSCIMDeprovisionFails(t *testing.T) {
+	scim, err := identity.NewSCIM(identity.SCIMOptions{Token: "right-token", ServerName: "agency-a.test",
+		OnDeprovision: func(context.Context, id.UserID, string) error { return errors.New("homeserver unavailable") }})
+	must(t, err)
+	srv := httptest.NewServer(scim)
+	defer srv.Close()
+	rid := scimDo(t, srv.URL, "right-token", http.MethodPost, "/Users", `{"userName":"anna","active":true}`, http.StatusCreated)["id"].(string)
+	patchOff := `{"schemas":["urn:ietf:params:scim:api:messages:2.0:PatchOp"],"Operations":[{"op":"replace","path":"active","value":false}]}`
+	scimDo(t, srv.URL, "right-token", http.MethodPatch, "/Users/"+rid, patchOff, http.StatusInternalServerError)
+	scimDo(t, srv.URL, "right-token", http.MethodPut, "/Users/"+rid, `{"userName":"anna","active":false}`, http.StatusInternalServerError)
+	scimDo(t, srv.URL, "right-token", http.MethodDelete, "/Users/"+rid, "", http.StatusInternalServerError)
+	if u := scimDo(t, srv.URL, "right-token", http.MethodGet, "/Users/"+rid, "", http.StatusOK); u["active"] != true {
+		t.Errorf("after failed offboarding the user is %v, want still active", u)
 	}
 }

@@ -1,13 +1,11 @@
 package identity_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +19,7 @@ import (
 	"github.com/zitadel/oidc/v3/example/server/storage"
 
 	"github.com/samtalhq/samtal/identity"
+	"github.com/samtalhq/samtal/internal/logtest"
 	"github.com/samtalhq/samtal/internal/oidctest"
 )
 
@@ -470,8 +469,7 @@ func hs256(t *testing.T, claims map[string]any) string {
 // TestSignInLogsNoSecrets signs in, then fails three callbacks, with the sign-in's logger
 // captured: no token, code, state or nonce may appear in the log or in an error's text.
 func TestSignInLogsNoSecrets(t *testing.T) {
-	var logs bytes.Buffer
-	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger, logs := logtest.Capture()
 	ln, base := appListener(t)
 	op := oidctest.Start(t, storage.WebClient("web", "web-secret", base+"/callback"))
 	p, err := identity.Connect(context.Background(), identity.ProviderOptions{Issuer: op.Issuer, ClientID: "web", ClientSecret: "web-secret", Logger: logger})

@@ -2,9 +2,7 @@ package identity_test
 
 import (
 	"context"
-	"fmt"
 	"net/http"
-	"sync"
 	"testing"
 
 	"github.com/samtalhq/samtal/identity"
@@ -30,36 +28,13 @@ func TestTokensPostgres(t *testing.T) {
 	c, _ := oauthClient(t, f, db)
 	stale := c.Session().AccessToken
 	f.ExpireAll()
-	var wg sync.WaitGroup
-	errs := make([]error, 4)
-	for i := range errs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tr, err := identity.NewTransport(context.Background(), db, "", identity.TransportOptions{})
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			req, _ := http.NewRequest(http.MethodGet, f.URL+"/_matrix/client/v3/account/whoami", nil)
-			req.Header.Set("Authorization", "Bearer "+stale)
-			resp, err := tr.Client().Do(req)
-			if err != nil {
-				errs[i] = err
-				return
-			}
-			resp.Body.Close()
-			if resp.StatusCode != 200 {
-				errs[i] = fmt.Errorf("status %d", resp.StatusCode)
-			}
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
+	whoamiAtOnce(t, f.URL, stale, 4, func(int) (*http.Client, error) {
+		tr, err := identity.NewTransport(context.Background(), db, "", identity.TransportOptions{})
 		if err != nil {
-			t.Errorf("instance %d: %v", i, err)
+			return nil, err
 		}
-	}
+		return tr.Client(), nil
+	})
 	var gen int
 	if err := db.QueryRow(context.Background(), `SELECT generation FROM samtal_identity_oauth WHERE name = 'default'`).Scan(&gen); err != nil || gen != 1 {
 		t.Errorf("generation %d (%v), want 1: one refresh", gen, err)

@@ -41,10 +41,8 @@ func TestAllowSendersAuthenticated(t *testing.T) {
 	zone.ServFail("_dmarc.flaky.example")
 	zone.TXT("flaky.example", "v=spf1 ip4:127.0.0.2 -all")
 
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
+	stage := newStage(t)
+	bot, officer, room := stage.bot, stage.officer, stage.room
 	router, err := mailbridge.NewRouter(
 		mailbridge.Route{Address: "registry@agency.example", Room: string(room),
 			AllowSenders: []string{"system@agency.example", "@partner.example", "@signed.example", "@flaky.example", "submitter@agency.example"}},

@@ -2,7 +2,6 @@ package mailbridge_test
 
 import (
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/samtalhq/samtal/internal/logtest"
 	"github.com/samtalhq/samtal/mailbridge"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
@@ -76,10 +76,7 @@ func newSendProxy(t *testing.T, target string) *sendProxy {
 func botVia(t *testing.T, srv *matrixtest.Server, p *sendProxy, localpart string) *matrix.Client {
 	t.Helper()
 	_, password := srv.RegisterUser(t, localpart)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(testWriter{t}, nil))
-	}
+	log := logtest.Verbose(t, slog.LevelInfo)
 	c, err := matrix.New(t.Context(), matrix.Options{HomeserverURL: p.URL, Login: matrix.Password(localpart, password), DB: openDB(t, localpart+".db"), Logger: log})
 	if err != nil {
 		t.Fatal(err)

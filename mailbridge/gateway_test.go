@@ -119,10 +119,8 @@ func TestSMTPReplies(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a homeserver")
 	}
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
+	stage := newStage(t)
+	bot, officer, room := stage.bot, stage.officer, stage.room
 	other := roomWith(t, bot, officer, false)
 	router, err := mailbridge.NewRouter(
 		mailbridge.Route{Address: "cases@agency.example", Room: string(room)},

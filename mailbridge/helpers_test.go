@@ -16,6 +16,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/samtalhq/samtal/internal/logtest"
 	"github.com/samtalhq/samtal/mailbridge"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
@@ -32,10 +33,7 @@ func startGateway(t *testing.T, opts mailbridge.Options) (*mailbridge.Gateway, s
 		opts.MaxRetryDelay = 500 * time.Millisecond
 	}
 	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-		if testing.Verbose() {
-			opts.Logger = slog.New(slog.NewTextHandler(testWriter{t}, nil))
-		}
+		opts.Logger = logtest.Verbose(t, slog.LevelInfo)
 	}
 	opts.Domain = "mx.test"
 	if opts.Resolver == nil {
@@ -169,14 +167,6 @@ func openDB(t *testing.T, name string) *dbutil.Database {
 	}
 	t.Cleanup(func() { db.Close() })
 	return db
-}
-
-// testWriter writes the gateway's log into the test's log, with -v.
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
 }
 
 // lastSpooledRaw returns the mail spooled last in db (the gateway's Options.DB), as stored.

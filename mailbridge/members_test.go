@@ -48,10 +48,8 @@ func TestMembersOnlyRoute(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
+	stage := newStage(t)
+	bot, officer, room := stage.bot, stage.officer, stage.room
 	router, err := mailbridge.NewRouter(
 		mailbridge.Route{Address: "cases@agency.example", Room: string(room), MembersOnly: true},
 		mailbridge.Route{Address: "open@agency.example", Room: string(room)},

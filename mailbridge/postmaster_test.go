@@ -3,9 +3,10 @@ package mailbridge_test
 import (
 	"testing"
 
+	"maunium.net/go/mautrix/id"
+
 	"github.com/samtalhq/samtal/mailbridge"
 	"github.com/samtalhq/samtal/matrix"
-	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
 // TestBarePostmaster: RCPT TO:<Postmaster> without a domain, which RFC 5321 4.5.1 requires a
@@ -16,30 +17,23 @@ func TestBarePostmaster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a homeserver")
 	}
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
-	desk := roomWith(t, bot, officer, false)
-	router, err := mailbridge.NewRouter(
-		mailbridge.Route{Address: "registry@agency.example", Room: string(room), AllowSenders: []string{"system@agency.example"}},
-		mailbridge.Route{Address: "desk@second.example", Room: string(desk)},
-	)
-	if err != nil {
-		t.Fatal(err)
+	s := newStage(t)
+	desk := roomWith(t, s.bot, s.officer, false)
+	routes := []mailbridge.Route{
+		{Address: "registry@agency.example", Room: string(s.room), AllowSenders: []string{"system@agency.example"}},
+		{Address: "desk@second.example", Room: string(desk)},
 	}
-	inbox := matrixtest.NewRecorder(t, officer, "")
 	for _, tc := range []struct {
 		name string
 		opts mailbridge.Options
-		want string // room
+		want id.RoomID
 	}{
-		{"first route's domain", mailbridge.Options{Client: bot, Router: router, DB: openDB(t, "spool1.db")}, string(room)},
-		{"PostmasterRoom", mailbridge.Options{Client: bot, Router: router, DB: openDB(t, "spool2.db"), PostmasterRoom: string(desk)}, string(desk)},
+		{"first route's domain", mailbridge.Options{DB: openDB(t, "spool1.db")}, s.room},
+		{"PostmasterRoom", mailbridge.Options{DB: openDB(t, "spool2.db"), PostmasterRoom: string(desk)}, desk},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, addr := startGateway(t, tc.opts)
-			r := dialRaw(t, addr)
+			s.start(t, tc.opts, "", routes...)
+			r := dialRaw(t, s.addr)
 			r.write("EHLO client.test\r\n")
 			r.expect("EHLO", 250)
 			r.write("MAIL FROM:<Postmaster>\r\n")
@@ -49,7 +43,7 @@ func TestBarePostmaster(t *testing.T) {
 				r.write("MAIL FROM:<stranger@outside.example>\r\nRCPT TO:<" + rcpt + ">\r\nDATA\r\n" +
 					mail("Stranger <stranger@outside.example>", subject, "", "hello") + ".\r\n")
 				r.expect("RCPT TO:<"+rcpt+">", 250, 250, 354, 250)
-				inbox.Wait(t, func(e *matrix.Event) bool { return string(e.RoomID) == tc.want && subjectLine(subject)(e) })
+				s.inbox.Wait(t, func(e *matrix.Event) bool { return e.RoomID == tc.want && subjectLine(subject)(e) })
 			}
 		})
 	}

@@ -29,11 +29,19 @@ type scene struct {
 // opts (startGateway's defaults), its Client the bot and its Router the scene's.
 func newScene(t *testing.T, opts mailbridge.Options, serverOpts ...matrixtest.Option) *scene {
 	t.Helper()
+	s := newStage(t, serverOpts...)
+	s.start(t, opts, s.room, mailbridge.Route{Address: "cases@agency.example", Room: string(s.room)})
+	return s
+}
+
+// newStage is newScene without its gateway, for a test that starts its own with other routes
+// (start).
+func newStage(t *testing.T, serverOpts ...matrixtest.Option) *scene {
+	t.Helper()
 	s := &scene{srv: matrixtest.NewServer(t, serverOpts...)}
 	s.bot = s.srv.NewClient(t, "mailbot")
 	s.officer = s.srv.NewClient(t, "officer")
 	s.room = roomWith(t, s.bot, s.officer, false)
-	s.start(t, opts, s.room, mailbridge.Route{Address: "cases@agency.example", Room: string(s.room)})
 	return s
 }
 

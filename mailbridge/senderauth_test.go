@@ -54,10 +54,8 @@ func TestSenderAuthentication(t *testing.T) {
 	zone.TXT("_dmarc.signed.example", "v=DMARC1; p=quarantine; adkim=s")
 	zone.ServFail("_dmarc.flaky.example")
 
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
+	stage := newStage(t)
+	bot, officer, room := stage.bot, stage.officer, stage.room
 	routes := []mailbridge.Route{
 		{Address: "marked@agency.example", Room: string(room)},
 		{Address: "strict@agency.example", Room: string(room), SenderPolicy: mailbridge.SenderReject},

@@ -15,10 +15,8 @@ import (
 // under way finish and answers it 250 (and posts it), closes an idle connection, and returns
 // once the last transaction ended.
 func TestShutdownFinishesTransactions(t *testing.T) {
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
+	stage := newStage(t)
+	bot, officer, room := stage.bot, stage.officer, stage.room
 	inbox := matrixtest.NewRecorder(t, officer, room)
 	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
 	if err != nil {

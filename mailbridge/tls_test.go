@@ -114,10 +114,8 @@ func TestTLSAndAuth(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a homeserver")
 	}
-	srv := matrixtest.NewServer(t)
-	bot := srv.NewClient(t, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
+	stage := newStage(t)
+	bot, officer, room := stage.bot, stage.officer, stage.room
 	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "registry@agency.example", Room: string(room),
 		AllowSenders: []string{"@agency.example"}, SenderPolicy: mailbridge.SenderReject})
 	if err != nil {

@@ -2,13 +2,13 @@ package matrix_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"testing"
 
 	"go.mau.fi/util/dbutil"
 
+	"github.com/samtalhq/samtal/internal/logtest"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
@@ -26,17 +26,7 @@ func testDB(t testing.TB) *dbutil.Database {
 
 // quietLogger discards logs unless the test runs with -v.
 func quietLogger(t testing.TB) *slog.Logger {
-	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.NewTextHandler(io.Discard, nil))
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(p))
-	return len(p), nil
+	return logtest.Verbose(t, slog.LevelDebug)
 }
 
 // newClient registers localpart on srv and returns a samtal client logged in with its

@@ -1,37 +1,17 @@
 package matrix_test
 
 import (
-	"bytes"
 	"fmt"
-	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"maunium.net/go/mautrix/id"
 
+	"github.com/samtalhq/samtal/internal/logtest"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
-
-// lockedBuffer is a log destination the client writes from several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestNoMessageInLogsThroughOutage sends a marked message while the homeserver is down, so that
 // every attempt fails and is logged (by samtal and by mautrix's request logging), then brings
@@ -39,8 +19,7 @@ func (l *lockedBuffer) String() string {
 // the marker.
 func TestNoMessageInLogsThroughOutage(t *testing.T) {
 	srv := matrixtest.NewServer(t)
-	var logs lockedBuffer
-	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger, logs := logtest.Capture()
 	bot := srv.NewClient(t, "casebot", matrixtest.WithLogger(logger),
 		matrixtest.WithOutbox(matrix.OutboxOptions{MinRetryDelay: 20 * time.Millisecond, MaxRetryDelay: 200 * time.Millisecond, ResumeDelay: 50 * time.Millisecond}))
 	officer := srv.Client(t, "officer")

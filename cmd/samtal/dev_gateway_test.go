@@ -19,14 +19,14 @@ import (
 
 // TestDevMail starts `samtal dev`, runs the swaks line it prints, word for word, and the mail
 // arrives in the demo room as the demo user sees it; a second run on the same folder keeps
-// the room.
+// the room and the demo user's password (in a file only its owner reads).
 func TestDevMail(t *testing.T) {
 	if _, err := exec.LookPath("swaks"); err != nil {
 		t.Fatal("swaks is not installed: run the tests through scripts/test.sh, which installs it (apt-get install swaks)")
 	}
 	dir := t.TempDir()
 	port := freePort(t)
-	var room string
+	var room, password string
 	for i := range 2 {
 		e, out, errOut := testEnv()
 		ctx, cancel := context.WithCancel(t.Context())
@@ -42,7 +42,11 @@ func TestDevMail(t *testing.T) {
 			t.Errorf("second run made room %s, first %s", r, room)
 		}
 		room = r
-		password := regexp.MustCompile(`password\s+(\S+)`).FindStringSubmatch(printed)[1]
+		pw := regexp.MustCompile(`password\s+(\S+)`).FindStringSubmatch(printed)[1]
+		if i == 1 && pw != password {
+			t.Errorf("second run printed another demo password")
+		}
+		password = pw
 
 		subject := "Case 4711"
 		if i == 1 { // the same mail again would be a new one (no Message-ID): say which run
@@ -65,6 +69,9 @@ func TestDevMail(t *testing.T) {
 		if code := <-done; code != exitOK {
 			t.Fatalf("run %d exited %d: %s", i, code, errOut)
 		}
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "demo.password")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("password file: %v, mode %v", err, fi.Mode())
 	}
 }
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -12,30 +11,16 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"maunium.net/go/mautrix"
+
+	"github.com/samtalhq/samtal/internal/logtest"
 )
 
-// syncBuffer is a bytes.Buffer that a running command may write while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a buffer that a running command may write while the test reads it.
+type syncBuffer = logtest.Buffer
 
 func testEnv() (*env, *syncBuffer, *syncBuffer) {
 	var out, errOut syncBuffer
@@ -65,6 +50,9 @@ func TestUsageErrors(t *testing.T) {
 // TestDev runs `samtal dev` twice on the same folder: the demo user it prints can log in, and
 // the second run keeps the first one's data.
 func TestDev(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipped in -short: TestDevMail also runs samtal dev twice on one folder and logs in as the demo user (about 4 s)")
+	}
 	dir := t.TempDir()
 	port := freePort(t)
 	var password string

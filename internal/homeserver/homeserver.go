@@ -291,10 +291,21 @@ func (h *Homeserver) waitReady(ctx context.Context, exited <-chan struct{}) erro
 	if h.opts.Federation {
 		urls = append(urls, "https://"+net.JoinHostPort(h.host, strconv.Itoa(h.httpsPort))+"/_matrix/key/v2/server")
 	}
+	// A probe ends when the process does: on a port that another process holds (and does not
+	// answer on), it would otherwise wait for the client's timeout after Dendrite gave up.
+	probeCtx, stopProbes := context.WithCancel(ctx)
+	defer stopProbes()
+	go func() {
+		select {
+		case <-exited:
+			stopProbes()
+		case <-probeCtx.Done():
+		}
+	}()
 	tick := time.NewTicker(25 * time.Millisecond)
 	defer tick.Stop()
 	for len(urls) > 0 {
-		if ok(ctx, client, urls[0]) {
+		if ok(probeCtx, client, urls[0]) {
 			urls = urls[1:]
 			continue
 		}

@@ -21,6 +21,18 @@ func dendrite(t *testing.T) string {
 	return bin
 }
 
+// dataDir is a data directory for a test's server: in /dev/shm where the machine has it, as
+// matrixtest keeps its servers' (Dendrite's fsyncs on a disk made each start here seconds
+// slower), else t.TempDir().
+func dataDir(t *testing.T) string {
+	t.Helper()
+	if dir, err := os.MkdirTemp("/dev/shm", "samtal-homeserver-test-"); err == nil {
+		t.Cleanup(func() { _ = os.RemoveAll(dir) })
+		return dir
+	}
+	return t.TempDir()
+}
+
 func TestFindDendriteEnvNotExecutable(t *testing.T) {
 	notBinary := filepath.Join(t.TempDir(), "dendrite")
 	if err := os.WriteFile(notBinary, []byte("not a program"), 0o644); err != nil {
@@ -65,7 +77,7 @@ func TestFixedPortInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	_, err = Start(t.Context(), Options{Dir: t.TempDir(), Binary: dendrite(t), Port: l.Addr().(*net.TCPAddr).Port})
+	_, err = Start(t.Context(), Options{Dir: dataDir(t), Binary: dendrite(t), Port: l.Addr().(*net.TCPAddr).Port})
 	if !errors.Is(err, ErrPortInUse) {
 		t.Fatalf("start on a taken port: %v, want ErrPortInUse", err)
 	}
@@ -88,7 +100,7 @@ func TestPortClashRetries(t *testing.T) {
 	}
 	t.Cleanup(func() { pickPort = freePort })
 
-	h, err := Start(t.Context(), Options{Dir: t.TempDir(), Binary: dendrite(t)})
+	h, err := Start(t.Context(), Options{Dir: dataDir(t), Binary: dendrite(t)})
 	if err != nil {
 		t.Fatalf("start: %v", err)
 	}
@@ -102,7 +114,7 @@ func TestPortClashRetries(t *testing.T) {
 }
 
 func TestRegisterRejectsBadInput(t *testing.T) {
-	h, err := Start(t.Context(), Options{Dir: t.TempDir(), Binary: dendrite(t)})
+	h, err := Start(t.Context(), Options{Dir: dataDir(t), Binary: dendrite(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,11 +1,7 @@
 package main
 
 import (
-	"fmt"
-	"net"
-	"strings"
-
-	"github.com/miekg/dns"
+	"github.com/samtalhq/samtal/internal/dnszone"
 )
 
 // serveDNS answers, on addr (UDP and TCP), for the sender domain of the load: its SPF record
@@ -15,39 +11,11 @@ import (
 // resolver is not part of what is measured (the sandbox's drops queries under concurrency,
 // which Go's resolver waits 5 s for).
 func serveDNS(addr, domain string) (stop func(), err error) {
-	domain = dns.Fqdn(strings.ToLower(domain))
-	records := map[string]string{
-		domain:             "v=spf1 ip4:127.0.0.1 -all",
-		"_dmarc." + domain: "v=DMARC1; p=reject",
-	}
-	handler := dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(req)
-		m.Authoritative = true
-		if len(req.Question) == 1 {
-			q := req.Question[0]
-			txt, ok := records[strings.ToLower(q.Name)]
-			switch {
-			case !ok:
-				m.Rcode = dns.RcodeNameError
-			case q.Qtype == dns.TypeTXT:
-				m.Answer = append(m.Answer, &dns.TXT{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 300}, Txt: []string{txt}})
-			}
-		}
-		_ = w.WriteMsg(m)
-	})
-	pc, err := net.ListenPacket("udp", addr)
+	z, err := dnszone.Listen(addr)
 	if err != nil {
-		return nil, fmt.Errorf("dns: %w", err)
+		return nil, err
 	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		pc.Close()
-		return nil, fmt.Errorf("dns: %w", err)
-	}
-	udp := &dns.Server{PacketConn: pc, Handler: handler}
-	tcp := &dns.Server{Listener: l, Handler: handler}
-	go func() { _ = udp.ActivateAndServe() }()
-	go func() { _ = tcp.ActivateAndServe() }()
-	return func() { _ = udp.Shutdown(); _ = tcp.Shutdown() }, nil
+	z.TXT(domain, "v=spf1 ip4:127.0.0.1 -all")
+	z.TXT("_dmarc."+domain, "v=DMARC1; p=reject")
+	return func() { _ = z.Close() }, nil
 }
