@@ -29,7 +29,7 @@ func OpenDatabase(ctx context.Context, dsn string) (*dbutil.Database, error) {
 // uses it.
 func upgradeDB(ctx context.Context, db *dbutil.Database) (*dbutil.Database, error) {
 	child := db.Child(versionTable, upgrades, dbutil.NoopLogger)
-	if err := child.Upgrade(ctx); err != nil {
+	if err := storage.Upgrade(ctx, child); err != nil {
 		return nil, fmt.Errorf("matrix: upgrade database schema: %w", err)
 	}
 	return child, nil
