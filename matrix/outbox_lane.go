@@ -274,6 +274,9 @@ func (o *outbox) deliver(r row) (ok, failed bool) {
 	txn := o.txnID(r.id)
 	unknown := o.takeRecheck(r.id) // whether an earlier try may have reached the server
 	looks := 0                     // looks in the room since that try, not finding the item
+	// When the first try of this call that may have reached the server began: its event can be
+	// no older, so a look pages back no further. Zero: any time since the item was stored.
+	var since time.Time
 	if o.takeSettling(r.id) {
 		unknown, looks = true, 1 // reconcile looked once after a restart
 	}
@@ -290,7 +293,11 @@ func (o *outbox) deliver(r row) (ok, failed bool) {
 					return false, false
 				}
 			}
-			found, err := o.findSent(r.room, []row{r})
+			look := r
+			if !since.IsZero() {
+				look.createdAt = since
+			}
+			found, err := o.findSent(r.room, []row{look})
 			switch {
 			case err == nil && found[r.id] != "":
 				o.succeed(r, found[r.id], attempt)
@@ -326,6 +333,7 @@ func (o *outbox) deliver(r row) (ok, failed bool) {
 		case <-o.ctx.Done():
 			return false, false
 		}
+		tried := time.Now()
 		evt, encrypted, err := o.attempt(&r, txn)
 		<-o.sem
 		if err == nil {
@@ -357,6 +365,9 @@ func (o *outbox) deliver(r row) (ok, failed bool) {
 		// before trying again.
 		delay := o.backoff(attempt, err)
 		if kind == failUnreachable || kind == failLocal || kind == failCancelled {
+			if !unknown {
+				since = tried // nothing earlier is in doubt
+			}
 			unknown, looks = true, 0
 			delay = max(delay, o.opts.ResumeDelay)
 		}
