@@ -15,6 +15,7 @@ import (
 	"maunium.net/go/mautrix/crypto/olm"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+	"maunium.net/go/mautrix/sqlstatestore"
 
 	"github.com/samtalhq/samtal/matrix"
 )
@@ -166,6 +167,11 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 	// keys); our Syncer hands out events itself, so mautrix's copies go nowhere, except
 	// verification events, which its verification helper listens for.
 	helper.CustomPostDecrypt = m.postDecrypt
+	// Schema upgrades (storage part): mautrix's stores first, under the upgrade lock.
+	state, _ := mx.StateStore.(*sqlstatestore.SQLStateStore) // set by NewCryptoHelper
+	if err := upgradeMautrixStores(ctx, c.Database(), state); err != nil {
+		return nil, err
+	}
 	if err := helper.Init(ctx); err != nil {
 		if !repairUnmarkedUpload(ctx, helper, mx, err) {
 			return nil, classifyInitError(err)

@@ -13,6 +13,7 @@ import (
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/samtalhq/samtal/internal/storage"
 	"github.com/samtalhq/samtal/matrix"
 )
 
@@ -49,7 +50,7 @@ type Reconciler struct {
 // the rooms it created).
 func NewReconciler(ctx context.Context, client *matrix.Client, opts ReconcilerOptions) (*Reconciler, error) {
 	db := client.Database().Child(versionTable, upgrades, dbutil.NoopLogger)
-	if err := db.Upgrade(ctx); err != nil {
+	if err := storage.Upgrade(ctx, db); err != nil {
 		return nil, fmt.Errorf("federation: upgrade database schema: %w", err)
 	}
 	r := &Reconciler{client: client, db: db, rooms: opts.Rooms, log: opts.Logger}

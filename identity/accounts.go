@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.mau.fi/util/dbutil"
+
+	"github.com/samtalhq/samtal/internal/storage"
 )
 
 //go:embed schema_accounts/*.sql
@@ -36,7 +38,7 @@ func OpenAccounts(ctx context.Context, db *dbutil.Database) (*DBAccounts, error)
 		return nil, errors.New("identity: OpenAccounts needs a database (matrix.OpenDatabase)")
 	}
 	child := db.Child(accountsVersionTable, accountsUpgrades, dbutil.NoopLogger)
-	if err := child.Upgrade(ctx); err != nil {
+	if err := storage.Upgrade(ctx, child); err != nil {
 		return nil, fmt.Errorf("identity: upgrade database schema: %w", err)
 	}
 	return &DBAccounts{db: child, now: time.Now}, nil

@@ -9,6 +9,8 @@ import (
 
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/internal/storage"
 )
 
 //go:embed schema/*.sql
@@ -49,7 +51,7 @@ func OpenAuditLog(ctx context.Context, db *dbutil.Database) (*AuditLog, error) {
 		return nil, errors.New("identity: OpenAuditLog needs a database (matrix.OpenDatabase)")
 	}
 	child := db.Child(versionTable, upgrades, dbutil.NoopLogger)
-	if err := child.Upgrade(ctx); err != nil {
+	if err := storage.Upgrade(ctx, child); err != nil {
 		return nil, fmt.Errorf("identity: upgrade database schema: %w", err)
 	}
 	return &AuditLog{db: child}, nil

@@ -12,6 +12,8 @@ import (
 
 	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/internal/storage"
 )
 
 //go:embed schema_offboard/*.sql
@@ -39,7 +41,7 @@ func (o *offboardDB) get(ctx context.Context) (*dbutil.Database, error) {
 		return o.child, nil
 	}
 	child := o.raw.Child(offboardVersionTable, offboardUpgrades, dbutil.NoopLogger)
-	if err := child.Upgrade(ctx); err != nil {
+	if err := storage.Upgrade(ctx, child); err != nil {
 		return nil, fmt.Errorf("identity: upgrade the offboarding tables: %w", err)
 	}
 	o.child = child

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.mau.fi/util/dbutil"
+
+	"github.com/samtalhq/samtal/internal/storage"
 )
 
 //go:embed schema_oauth/*.sql
@@ -40,7 +42,7 @@ func openTokenStore(ctx context.Context, db *dbutil.Database) (*tokenStore, erro
 		return nil, errors.New("identity: a database is required (matrix.OpenDatabase)")
 	}
 	child := db.Child(oauthVersionTable, oauthUpgrades, dbutil.NoopLogger)
-	if err := child.Upgrade(ctx); err != nil {
+	if err := storage.Upgrade(ctx, child); err != nil {
 		return nil, fmt.Errorf("identity: upgrade database schema: %w", err)
 	}
 	return &tokenStore{child}, nil

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.mau.fi/util/dbutil"
+
+	"github.com/samtalhq/samtal/internal/storage"
 )
 
 // Claims: several gateway instances on one PostgreSQL database share one spool. A delivery
@@ -43,7 +45,7 @@ type claimer struct {
 
 func (s *spool) openClaims(ctx context.Context, db *dbutil.Database) error {
 	child := db.Child(claimVersionTable, claimUpgrades, dbutil.NoopLogger)
-	if err := child.Upgrade(ctx); err != nil {
+	if err := storage.Upgrade(ctx, child); err != nil {
 		return fmt.Errorf("mailbridge: upgrade spool claim schema: %w", err)
 	}
 	b := make([]byte, 8)

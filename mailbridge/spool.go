@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.mau.fi/util/dbutil"
+
+	"github.com/samtalhq/samtal/internal/storage"
 )
 
 //go:embed schema/*.sql
@@ -51,7 +53,7 @@ const stateDead = 2
 
 func openSpool(ctx context.Context, db *dbutil.Database) (*spool, error) {
 	child := db.Child(versionTable, upgrades, dbutil.NoopLogger)
-	if err := child.Upgrade(ctx); err != nil {
+	if err := storage.Upgrade(ctx, child); err != nil {
 		return nil, fmt.Errorf("mailbridge: upgrade spool schema: %w", err)
 	}
 	s := &spool{db: child, commit: &committer{db: child}, metrics: noMetrics{}}

@@ -30,9 +30,11 @@ type OutboxOptions struct {
 	// the same ID and event ID. Deduplicate by Outcome.ID where that matters.
 	OnOutcome func(Outcome)
 	// ResumeDelay is how long a lane waits, after a restart or a send with no answer, before
-	// it looks in the room for items whose fate is unknown. A homeserver may still be working
-	// on a request whose client died, and only shows the event once it is done; checking
-	// earlier would miss it and send it twice. 0 means 3 s.
+	// it looks in the room for items whose fate is unknown; an item not found there is looked
+	// for once more, ResumeDelay later, before it is sent again. A homeserver may still be
+	// working on a request whose client died, and only shows the event once it is done
+	// (Dendrite even stores it after it has logged the request as failed, and then does not
+	// know its transaction ID); sending it again before would post it twice. 0 means 3 s.
 	ResumeDelay time.Duration
 	// Retention is how long a delivered item keeps its content in the database, for rooms that
 	// are not encrypted; items delivered into encrypted rooms drop it at once. The event ID,
@@ -154,6 +156,8 @@ type outbox struct {
 	nextWatch int
 	recheck   map[int64]bool     // requeued items that may have reached the room: look there first (under mu)
 	rewind    map[id.RoomID]bool // rooms with requeued items: the lane starts from its first item again (under mu)
+	// Resumed items (reconcile.go):
+	settling map[int64]bool // looked for once after a restart, not found: look again before sending (under mu)
 }
 
 type result struct {
@@ -211,6 +215,7 @@ func newOutbox(ctx context.Context, c *Client, opts OutboxOptions) (*outbox, err
 		watchers:  map[int]func(Outcome){},
 		recheck:   map[int64]bool{},
 		rewind:    map[id.RoomID]bool{},
+		settling:  map[int64]bool{},
 	}
 	var err error
 	if o.instance, err = o.loadInstance(ctx); err != nil {

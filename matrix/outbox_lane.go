@@ -25,6 +25,13 @@ const (
 	maxEncryptionWaits = 40
 )
 
+// pendingBatch is how many pending items a lane reads at a time.
+const pendingBatch = 256
+
+// settleLooks is how many looks in the room, ResumeDelay apart, must miss an item whose
+// earlier try may have reached the homeserver before it is sent again (deliver).
+const settleLooks = 2
+
 // errNotNeeded is what an attempt returns for the full text of an oversized message when the
 // room turned out to be one where the message fitted whole.
 var errNotNeeded = errors.New("matrix: outbox: attachment not needed")
@@ -56,6 +63,7 @@ func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 	var after int64
 	prevFailed := false  // whether the item before this one failed for good
 	var leased time.Time // when the lease was last claimed or renewed; zero: not held
+	rescan := false      // reconcile the next batch too, without waiting again
 	renewEvery := o.opts.LeaseDuration / 3
 	for {
 		if o.isHeld() {
@@ -115,14 +123,22 @@ func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 			leased = time.Now()
 		}
 		if recover {
-			if !o.sleep(o.opts.ResumeDelay) {
+			if !rescan && !o.sleep(o.opts.ResumeDelay) {
 				return
 			}
+			rescan = false
+			batch := rows
 			var ok bool
 			if rows, ok = o.reconcile(room, rows); !ok {
 				return // closing
 			}
 			recover = false
+			if len(rows) == 0 && len(batch) == pendingBatch {
+				// A full batch, every item of it already in the room: what may have been
+				// under way when the last run ended comes after it.
+				after, recover, rescan = batch[len(batch)-1].id, true, true
+				continue
+			}
 		}
 		for _, r := range rows {
 			if time.Since(leased) > renewEvery {
@@ -224,8 +240,8 @@ func (o *outbox) pending(room id.RoomID, after int64) ([]row, error) {
 	rows, err := o.db.Query(o.ctx, `SELECT id, kind, event_type, content, content_enc, upload, upload_mode,
 			COALESCE(idempotency_key, ''), created_at, attempts, encrypting FROM samtal_outbox
 		WHERE session = $1 AND room_id = $2 AND state = $3 AND id > $4 AND (user_id = $5 OR user_id = '')
-		ORDER BY id LIMIT 256`,
-		o.c.name, room, statePending, after, o.c.UserID())
+		ORDER BY id LIMIT $6`,
+		o.c.name, room, statePending, after, o.c.UserID(), pendingBatch)
 	if err != nil {
 		return nil, err
 	}
@@ -257,15 +273,40 @@ func (o *outbox) pending(room id.RoomID, after int64) ([]row, error) {
 func (o *outbox) deliver(r row) (ok, failed bool) {
 	txn := o.txnID(r.id)
 	unknown := o.takeRecheck(r.id) // whether an earlier try may have reached the server
+	looks := 0                     // looks in the room since that try, not finding the item
+	// When the first try of this call that may have reached the server began: its event can be
+	// no older, so a look pages back no further. Zero: any time since the item was stored.
+	var since time.Time
+	if o.takeSettling(r.id) {
+		unknown, looks = true, 1 // reconcile looked once after a restart
+	}
 	attempt := r.attempts
 	for {
-		if unknown {
-			found, err := o.findSent(r.room, []row{r})
-			if err == nil && found[r.id] != "" {
+		if unknown && looks < settleLooks {
+			if looks > 0 {
+				// Not in the room at the last look. A homeserver can store the event of a
+				// request whose client gave up or died after it has logged that request as
+				// failed, and such a request is not in its transaction cache: a resend with
+				// the same transaction ID would be a second event. So the item goes out
+				// again only once a second look, a while later, has not found it either.
+				if !o.sleep(o.opts.ResumeDelay) {
+					return false, false
+				}
+			}
+			look := r
+			if !since.IsZero() {
+				look.createdAt = since
+			}
+			found, err := o.findSent(r.room, []row{look})
+			switch {
+			case err == nil && found[r.id] != "":
 				o.succeed(r, found[r.id], attempt)
 				return true, false
-			}
-			if err != nil {
+			case err == nil:
+				if looks++; looks < settleLooks {
+					continue
+				}
+			default:
 				// Whether the earlier try arrived cannot be told yet. Sending again now
 				// would double it when it did: the server forgets transaction IDs when it
 				// restarts. Look again later; only a refusal to read the room goes on.
@@ -292,6 +333,7 @@ func (o *outbox) deliver(r row) (ok, failed bool) {
 		case <-o.ctx.Done():
 			return false, false
 		}
+		tried := time.Now()
 		evt, encrypted, err := o.attempt(&r, txn)
 		<-o.sem
 		if err == nil {
@@ -321,9 +363,12 @@ func (o *outbox) deliver(r row) (ok, failed bool) {
 		// A refusal, a rate limit or a send that waits for encryption never reached the
 		// room; anything else (no answer, a broken connection) may have, so check the room
 		// before trying again.
-		unknown = unknown || kind == failUnreachable || kind == failLocal || kind == failCancelled
 		delay := o.backoff(attempt, err)
-		if unknown {
+		if kind == failUnreachable || kind == failLocal || kind == failCancelled {
+			if !unknown {
+				since = tried // nothing earlier is in doubt
+			}
+			unknown, looks = true, 0
 			delay = max(delay, o.opts.ResumeDelay)
 		}
 		o.c.log.Warn("outbox: send failed, retrying", "room", r.room, "id", r.id, "attempt", attempt, "retry_in", delay, "err", err)

@@ -111,3 +111,22 @@ func (o *outbox) takeRewind(room id.RoomID) bool {
 	delete(o.rewind, room)
 	return true
 }
+
+// markSettling records that item rowID, which may have been under way when the previous run
+// ended, was looked for once and not found: deliver looks once more before it sends it.
+func (o *outbox) markSettling(rowID int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.settling[rowID] = true
+}
+
+// takeSettling reports, once, whether item rowID was marked by markSettling.
+func (o *outbox) takeSettling(rowID int64) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.settling[rowID] {
+		return false
+	}
+	delete(o.settling, rowID)
+	return true
+}

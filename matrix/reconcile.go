@@ -20,17 +20,30 @@ const (
 // reconcile runs when a lane starts after a restart: items the previous run may have sent
 // without recording it are looked up in the room, recorded as sent, and dropped from rows. It
 // retries until the room can be read, and returns ok=false only when the outbox is closing.
+//
+// A lane sends one item at a time, in order, so at most one of the rest can have been under
+// way when the previous run ended: the first after the last one found. The homeserver may
+// still store that one's event (it had no answer to give a dead client), so deliver looks for
+// it a second time before it sends it (settling).
 func (o *outbox) reconcile(room id.RoomID, rows []row) ([]row, bool) {
 	for attempt := 1; ; attempt++ {
 		found, err := o.findSent(room, rows)
 		if err == nil {
 			var rest []row
+			var last int64 // the last item found
 			for _, r := range rows {
 				if evt, ok := found[r.id]; ok {
 					o.c.log.Info("outbox: item was already in the room", "room", room, "id", r.id, "event", evt)
 					o.succeed(r, evt, r.attempts)
+					last = r.id
 				} else {
 					rest = append(rest, r)
+				}
+			}
+			for _, r := range rest {
+				if r.id > last {
+					o.markSettling(r.id)
+					break
 				}
 			}
 			return rest, true

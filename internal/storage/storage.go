@@ -3,7 +3,8 @@
 // A deployment names its database once, as a SQLite file path or a postgres:// URL, and every
 // component (the matrix outbox and session, the e2ee crypto store, the mail spool) receives the
 // same *dbutil.Database. Each package keeps its own version table through Database.Child, so
-// their migrations never interfere.
+// their migrations never interfere, and runs them with Upgrade, so that instances starting at
+// once on one database take turns.
 //
 // SQLite is the pure-Go modernc.org/sqlite driver: samtal builds without cgo.
 package storage
@@ -13,8 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 
 	_ "github.com/lib/pq" // registers the "postgres" driver
@@ -34,32 +33,32 @@ const sqliteBusyTimeoutMS = 10000
 // A dsn starting with postgres:// or postgresql:// opens PostgreSQL. Anything else is a SQLite
 // file path (or a file: URI), created if missing, opened in WAL mode with foreign keys on, a busy
 // timeout, and immediate write transactions so that concurrent writers queue instead of failing.
+//
+// A PostgreSQL database holds at most DefaultMaxConns connections; more work waits for one in
+// the pool. The URL parameters pool_max_conns (a number), pool_max_conn_idle_time and
+// pool_max_conn_lifetime (durations such as 5m; 0 means no limit) change that; Open takes them
+// out of the URL before it connects. A bad value gives an error matching ErrInvalidDSN.
 func Open(ctx context.Context, dsn string) (*dbutil.Database, error) {
 	if strings.TrimSpace(dsn) == "" {
 		return nil, ErrEmptyDSN
 	}
-	var (
-		db  *dbutil.Database
-		err error
-	)
 	if IsPostgres(dsn) {
-		db, err = dbutil.NewWithDialect(dsn, "postgres")
-	} else {
-		var uri string
-		uri, err = sqliteURI(dsn)
-		if err == nil {
-			db, err = dbutil.NewWithDialect(uri, "sqlite")
-		}
-		if err == nil {
-			// One writer at a time is what SQLite allows; a small pool keeps readers going
-			// while the busy timeout queues writers.
-			db.RawDB.SetMaxOpenConns(4)
-			db.RawDB.SetMaxIdleConns(4)
-		}
+		return openPostgres(ctx, dsn)
 	}
+	return openSQLite(ctx, dsn)
+}
+
+// openPostgres opens the pool and checks that the server answers.
+func openPostgres(ctx context.Context, dsn string) (*dbutil.Database, error) {
+	conn, limits, err := poolParams(dsn)
+	if err != nil {
+		return nil, err
+	}
+	db, err := dbutil.NewWithDialect(conn, "postgres")
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s: %w", Redact(dsn), err)
 	}
+	limits.apply(db.RawDB)
 	if err := db.RawDB.PingContext(ctx); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: connect to %s: %w", Redact(dsn), err)
@@ -70,40 +69,6 @@ func Open(ctx context.Context, dsn string) (*dbutil.Database, error) {
 // IsPostgres reports whether dsn names a PostgreSQL database.
 func IsPostgres(dsn string) bool {
 	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
-}
-
-// sqliteURI turns a path or file: URI into a modernc.org/sqlite DSN with our pragmas.
-func sqliteURI(dsn string) (string, error) {
-	path, query, _ := strings.Cut(strings.TrimPrefix(dsn, "file:"), "?")
-	if path == "" {
-		return "", fmt.Errorf("empty SQLite path")
-	}
-	if path != ":memory:" {
-		if dir := filepath.Dir(path); dir != "." {
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				return "", fmt.Errorf("create directory for SQLite file: %w", err)
-			}
-		}
-		// The database holds access tokens and (pickled) keys: readable by its owner only.
-		// SQLite gives its -wal and -shm files the same mode.
-		f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600)
-		if err != nil {
-			return "", fmt.Errorf("create SQLite file: %w", err)
-		}
-		f.Close()
-	}
-	q, err := url.ParseQuery(query)
-	if err != nil {
-		return "", fmt.Errorf("parse SQLite options %q: %w", query, err)
-	}
-	q.Add("_pragma", "journal_mode(WAL)")
-	q.Add("_pragma", "foreign_keys(1)")
-	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", sqliteBusyTimeoutMS))
-	q.Add("_pragma", "synchronous(FULL)")
-	if q.Get("_txlock") == "" {
-		q.Set("_txlock", "immediate")
-	}
-	return "file:" + path + "?" + q.Encode(), nil
 }
 
 // Redact hides the password of a PostgreSQL URL, in its user part or its query, so that the

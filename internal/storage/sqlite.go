@@ -1,0 +1,91 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"go.mau.fi/util/dbutil"
+)
+
+// openSQLite creates the file if it is missing and opens it with our pragmas.
+func openSQLite(ctx context.Context, dsn string) (*dbutil.Database, error) {
+	path, query, _ := strings.Cut(strings.TrimPrefix(dsn, "file:"), "?")
+	if path == "" {
+		return nil, fmt.Errorf("storage: open %s: empty SQLite path", dsn)
+	}
+	uri, err := sqliteURI(path, query)
+	if err != nil {
+		return nil, fmt.Errorf("storage: open %s: %w", dsn, err)
+	}
+	if path != ":memory:" {
+		if dir := filepath.Dir(path); dir != "." {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return nil, fmt.Errorf("storage: open %s: create directory for SQLite file: %w", dsn, err)
+			}
+		}
+		if err := createPrivate(path); err != nil {
+			return nil, fmt.Errorf("storage: open %s: %w", dsn, err)
+		}
+	}
+	db, err := dbutil.NewWithDialect(uri, "sqlite")
+	if err != nil {
+		return nil, fmt.Errorf("storage: open %s: %w", dsn, err)
+	}
+	// One writer at a time is what SQLite allows; a small pool keeps readers going while the
+	// busy timeout queues writers.
+	db.RawDB.SetMaxOpenConns(4)
+	db.RawDB.SetMaxIdleConns(4)
+	if err := db.RawDB.PingContext(ctx); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("storage: connect to %s: %w", dsn, err)
+	}
+	return db, nil
+}
+
+// createMu keeps SQLite from opening a file in this process while createPrivate holds a
+// descriptor of it (process-wide, as the locks it protects are).
+var createMu sync.Mutex
+
+// createPrivate creates the database file, readable by its owner only: it holds access tokens
+// and (pickled) keys, and SQLite gives its -wal and -shm files the same mode.
+//
+// A file that is there already is not opened here: closing a descriptor of it drops every
+// lock SQLite holds on the file in this process (POSIX locks belong to the process, not to the
+// descriptor), and another pool's writer then runs unprotected. Several instances opening a
+// new database at once failed that way ("disk I/O error"). createMu covers the moment between
+// creating the file and closing its descriptor, in which another Open could reach SQLite.
+func createPrivate(path string) error {
+	createMu.Lock()
+	defer createMu.Unlock()
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create SQLite file: %w", err)
+	}
+	return f.Close()
+}
+
+// sqliteURI turns a path and its options into a modernc.org/sqlite DSN with our pragmas.
+func sqliteURI(path, query string) (string, error) {
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return "", fmt.Errorf("parse SQLite options %q: %w", query, err)
+	}
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", sqliteBusyTimeoutMS))
+	q.Add("_pragma", "synchronous(FULL)")
+	if q.Get("_txlock") == "" {
+		q.Set("_txlock", "immediate")
+	}
+	return "file:" + path + "?" + q.Encode(), nil
+}
