@@ -88,11 +88,13 @@ type SyncStats struct {
 // in a later batch (a homeserver answers /sync from a stream that can lag behind a join that
 // has returned); that memory is not kept across a restart of the Syncer. When the server leaves out part of a room's
 // timeline because too much happened since the last sync, the Syncer fetches the missing
-// events (up to 1000 per room and batch) so that none is skipped. After a failed sync, the
-// Syncer asks again from the token before its last batch, which it does not hand out twice: a
+// events (up to 1000 per room and batch) so that none is skipped. After a failed sync, and
+// once whenever Run starts, the Syncer asks again from the token before its last batch: a
 // homeserver going down can answer the sync in progress with events left out (Dendrite does), and
-// a sync that fails next is how that shows. (The memory of that batch is not kept across a
-// restart of the Syncer.)
+// a sync that fails next, or a restart of both (a machine reboot), is how that shows. The events
+// that batch handed out are stored with the token and not handed out again, also after a
+// restart; only a batch of more than 5000 events is not gone over again after a restart (its
+// list is not stored), so a restart adds no repeats to the at-least-once above.
 //
 // Run one Syncer per session at a time: they share the stored token.
 type Syncer struct {
@@ -164,7 +166,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 	defer s.running.Store(false)
 	s.c.syncing.start(s.opts.Timeout + syncCurrentMargin)
 	defer s.c.syncing.stop()
-	since, err := s.loadToken(ctx)
+	since, back, err := loadPosition(ctx, s.c.db, s.c.name)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -176,11 +178,13 @@ func (s *Syncer) Run(ctx context.Context) error {
 		log.Info("sync: first sync of this session", "replay_history", s.opts.ReplayHistory)
 	}
 	failures := 0
-	var back rewind // see rewind: after a failed sync, the last batch is asked for again
+	// See rewind: after a failed sync, and once when Run starts, the last batch is asked for
+	// again.
+	restart := back.since != ""
 	for {
 		timeout := s.opts.Timeout
-		if since == "" || failures > 0 {
-			timeout = 0 // answer at once: nothing to wait for, or checking the server is back
+		if since == "" || failures > 0 || restart {
+			timeout = 0 // answer at once: nothing to wait for, checking the server is back, or going over the last batch
 		}
 		filter := syncFilter(timelineLimit)
 		if since == "" && !s.opts.ReplayHistory {
@@ -188,14 +192,14 @@ func (s *Syncer) Run(ctx context.Context) error {
 			// point a later gap is filled back to.
 			filter = syncFilter(1)
 		}
-		from, skip := back.from(since, failures > 0)
+		from, skip := back.from(since, failures > 0 || restart)
 		var resp *mautrix.RespSync
-		var keys []string
+		var next rewind
 		err := s.startReplay(ctx, since)
 		if err == nil {
 			resp, err = s.c.mx.SyncRequest(ctx, int(timeout.Milliseconds()), from, filter, false, "")
 			if err == nil {
-				keys, err = s.process(ctx, resp, from, skip)
+				next, err = s.process(ctx, resp, from, skip, back)
 			} else {
 				err = fmt.Errorf("matrix: sync: %w", wrapErr(err))
 			}
@@ -221,7 +225,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 			log.Info("sync: recovered", "after_failures", failures, "rewound", skip != nil)
 			failures = 0
 		}
-		back.committed(from, skip != nil, keys)
+		back, restart = next, false
 		for room := range s.replay {
 			_, joined := resp.Rooms.Join[room]
 			_, left := resp.Rooms.Leave[room]
@@ -334,23 +338,24 @@ type batch struct {
 // decrypted; those that cannot be yet are stored and retried with every later batch, and handed
 // out when their keys come, after the batch's own events.
 //
-// Events whose deliveryKey is in skip were handed out before (see rewind) and are left out. On
-// success, process returns the keys of the events it handed out.
-func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since string, skip map[string]bool) ([]string, error) {
+// Events whose deliveryKey is in skip were handed out before (see rewind) and are left out; skip
+// is not nil when since is back's rewind point. The rewind point after the batch is committed
+// with it and returned.
+func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since string, skip map[string]bool, back rewind) (rewind, error) {
 	if enc := s.c.encryption(); enc != nil {
 		if err := enc.ProcessSync(ctx, resp, since); err != nil {
-			return nil, fmt.Errorf("matrix: sync: crypto: %w", err)
+			return rewind{}, fmt.Errorf("matrix: sync: crypto: %w", err)
 		}
 	}
 	s.c.syncing.synced()
 	s.noticeEncryption(resp)
 	b, err := s.collect(ctx, resp, since, skip)
 	if err != nil {
-		return nil, err
+		return rewind{}, err
 	}
 	late, drop, again, err := s.retryUndecryptable(ctx)
 	if err != nil {
-		return nil, err
+		return rewind{}, err
 	}
 	b.retried = again
 	for _, evt := range late {
@@ -359,7 +364,7 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 	b.resolved = append(b.resolved, drop...)
 	for i, evt := range append(b.events, late...) {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return rewind{}, err
 		}
 		if i >= len(b.events) {
 			s.dispatch(ctx, evt) // decrypted by retryUndecryptable
@@ -380,16 +385,17 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 		s.dispatch(ctx, evt)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return rewind{}, err
 	}
-	if err := s.commit(ctx, resp.NextBatch, b); err != nil {
+	next := back.after(since, skip != nil, b.keys)
+	if err := s.commit(ctx, resp.NextBatch, next, b); err != nil {
 		// The batch is handed out again from the old token after a backoff: what could not
 		// be decrypted must be stored before the token moves on, or it would be lost.
-		return nil, fmt.Errorf("matrix: sync: commit batch: %w", err)
+		return rewind{}, fmt.Errorf("matrix: sync: commit batch: %w", err)
 	}
 	s.batches.Add(1)
 	s.lastBatch.Store(time.Now().UnixMilli())
-	return b.keys, nil
+	return next, nil
 }
 
 // noticeEncryption marks the rooms whose state says they are encrypted, from every state and
@@ -573,9 +579,13 @@ func (s *Syncer) prepare(room id.RoomID, raw *event.Event, invite bool) *Event {
 	return &Event{Event: raw, Client: s.c, invite: invite}
 }
 
-// commit stores the token of a batch whose handlers have returned, with each room's newest
-// event, in one transaction.
-func (s *Syncer) commit(ctx context.Context, next string, b *batch) error {
+// commit stores the token of a batch whose handlers have returned, with the rewind point after
+// it and each room's newest event, in one transaction.
+func (s *Syncer) commit(ctx context.Context, next string, back rewind, b *batch) error {
+	prev, seen, err := back.stored()
+	if err != nil {
+		return fmt.Errorf("matrix: sync: store rewind point: %w", err)
+	}
 	return s.c.db.DoTxn(ctx, nil, func(ctx context.Context) error {
 		if err := s.storeUndecryptable(ctx, b); err != nil {
 			return err
@@ -594,24 +604,13 @@ func (s *Syncer) commit(ctx context.Context, next string, b *batch) error {
 				return fmt.Errorf("matrix: sync: forget left room %s: %w", room, err)
 			}
 		}
-		if _, err := s.c.db.Exec(ctx, `INSERT INTO samtal_sync (session, next_batch) VALUES ($1, $2)
-			ON CONFLICT (session) DO UPDATE SET next_batch = excluded.next_batch`, s.c.name, next); err != nil {
+		if _, err := s.c.db.Exec(ctx, `INSERT INTO samtal_sync (session, next_batch, prev_batch, prev_seen) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (session) DO UPDATE SET next_batch = excluded.next_batch, prev_batch = excluded.prev_batch,
+			prev_seen = excluded.prev_seen`, s.c.name, next, prev, seen); err != nil {
 			return fmt.Errorf("matrix: sync: store sync token: %w", err)
 		}
 		return nil
 	})
-}
-
-func (s *Syncer) loadToken(ctx context.Context) (string, error) {
-	var token string
-	err := s.c.db.QueryRow(ctx, `SELECT next_batch FROM samtal_sync WHERE session = $1`, s.c.name).Scan(&token)
-	if errors.Is(err, sql.ErrNoRows) {
-		return "", nil
-	}
-	if err != nil {
-		return "", fmt.Errorf("matrix: sync: load sync token: %w", err)
-	}
-	return token, nil
 }
 
 func (s *Syncer) lastEvent(ctx context.Context, room id.RoomID) (id.EventID, error) {
