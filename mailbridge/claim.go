@@ -56,20 +56,37 @@ func (s *spool) openClaims(ctx context.Context, db *dbutil.Database) error {
 
 // claim takes up to limit pending deliveries due at now that no other instance holds, oldest
 // mail first, for this instance until now plus the lease.
+// maxPostedPerTarget bounds a room's deliveries that are posted into the outbox and not yet
+// sent. After a burst the backlog waits in the spool, not in the outbox: the delivery worker
+// posts a room's next mails as the outbox sends the earlier ones. Posting thousands ahead
+// did not deliver any sooner (a room's sends go out one after another), but the conversion
+// and the outbox writes of the whole backlog took the CPU the homeserver needed to take the
+// sends, and delivery ran at half the homeserver's rate. Other rooms are not held up by a
+// room that is full.
+const maxPostedPerTarget = 64
+
+// fullTargets selects the targets with maxPostedPerTarget ($3) posted deliveries; fullTargets1
+// is the same with the limit as $1.
+const (
+	fullTargets  = `SELECT target FROM samtal_mail_delivery WHERE state = 3 GROUP BY target HAVING COUNT(*) >= $3`
+	fullTargets1 = `SELECT target FROM samtal_mail_delivery WHERE state = 3 GROUP BY target HAVING COUNT(*) >= $1`
+)
+
 func (s *spool) claim(ctx context.Context, now time.Time, limit int) ([]delivery, error) {
 	const selectDue = `SELECT d.spool_id, d.target, d.recipient, d.create_spec, d.attempts, m.mail_from, m.received_at, m.message
 		FROM samtal_mail_delivery d JOIN samtal_mail_spool m ON m.id = d.spool_id`
 	if !s.claims.postgres {
-		return s.scanDeliveries(s.db.Query(ctx, selectDue+` WHERE d.state = 0 AND d.next_attempt <= $1 ORDER BY d.spool_id, d.target LIMIT $2`,
-			now.UnixMilli(), limit))
+		return s.scanDeliveries(s.db.Query(ctx, selectDue+` WHERE d.state = 0 AND d.next_attempt <= $1 AND d.target NOT IN (`+fullTargets+`)
+			ORDER BY d.spool_id, d.target LIMIT $2`,
+			now.UnixMilli(), limit, maxPostedPerTarget))
 	}
 	until := now.Add(s.claims.lease).UnixMilli()
 	var out []delivery
 	err := s.db.DoTxn(ctx, nil, func(ctx context.Context) error {
 		out = nil
 		rows, err := s.db.Query(ctx, `SELECT spool_id, target FROM samtal_mail_delivery
-			WHERE state = 0 AND next_attempt <= $1 AND claimed_until <= $1
-			ORDER BY spool_id, target LIMIT $2 FOR UPDATE SKIP LOCKED`, now.UnixMilli(), limit)
+			WHERE state = 0 AND next_attempt <= $1 AND claimed_until <= $1 AND target NOT IN (`+fullTargets+`)
+			ORDER BY spool_id, target LIMIT $2 FOR UPDATE SKIP LOCKED`, now.UnixMilli(), limit, maxPostedPerTarget)
 		if err != nil {
 			return err
 		}

@@ -178,6 +178,7 @@ func (g *Gateway) settle(ps []postedDelivery) {
 	}
 	if len(confirmed) > 0 {
 		g.announceDelivered()
+		g.kick() // a full room may take more now (claim.go)
 	}
 }
 

@@ -60,6 +60,7 @@ func (g *Gateway) deliverDue() {
 		if len(due) == 0 {
 			return
 		}
+
 		for _, d := range due {
 			if g.ctx.Err() != nil {
 				return

@@ -52,6 +52,7 @@ fi
 if [ -z "${SAMTAL_TEST_TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ] &&
     [ "$(df --output=avail -k /dev/shm | tail -1)" -gt 4000000 ]; then
   SAMTAL_TEST_TMPDIR=$(mktemp -d /dev/shm/samtal-test.XXXXXX)
+  chmod 1777 "$SAMTAL_TEST_TMPDIR" # as /tmp: PostgreSQL's initdb runs as the postgres user
   trap 'rm -rf "$SAMTAL_TEST_TMPDIR"' EXIT
 fi
 if [ -n "${SAMTAL_TEST_TMPDIR:-}" ]; then export TMPDIR=$SAMTAL_TEST_TMPDIR; fi

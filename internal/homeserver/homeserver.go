@@ -267,17 +267,27 @@ func (h *Homeserver) startOnce(ctx context.Context, args []string) error {
 	}()
 
 	err = h.waitReady(ctx, exited)
-	if err == nil {
+	stolen := err == nil && !h.ownsPorts(cmd.Process.Pid)
+	if err == nil && !stolen {
 		return nil
 	}
 	_ = cmd.Process.Kill()
 	<-exited
 	h.cmd = nil
 	log := h.logSince(logStart)
-	if strings.Contains(log, "address already in use") {
+	if stolen || strings.Contains(log, "address already in use") {
 		return fmt.Errorf("homeserver: %w: %s", ErrPortInUse, h.URL())
 	}
 	return fmt.Errorf("homeserver: dendrite did not become ready: %w\n--- dendrite log ---\n%s", err, tail(log, 60))
+}
+
+// ownsPorts reports whether Dendrite (pid) holds its listening ports, rather than another
+// process that answered the readiness probe on them.
+func (h *Homeserver) ownsPorts(pid int) bool {
+	if !listensOn(pid, h.httpPort) {
+		return false
+	}
+	return !h.opts.Federation || listensOn(pid, h.httpsPort)
 }
 
 func (h *Homeserver) waitReady(ctx context.Context, exited <-chan struct{}) error {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -133,3 +135,44 @@ func TestRegisterRejectsBadInput(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestPortTakenByAnotherServer: the port chosen for the server is taken before Dendrite binds
+// it by another process that answers the readiness probe, as another test's homeserver does
+// (a stand-in answering /versions here). The probe's answer is not taken for ours: the server
+// starts on another port and is the one that answers. Before, Start returned a server whose
+// URL reached the other process, and the first registration failed with "bad mac".
+func TestPortTakenByAnotherServer(t *testing.T) {
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"versions":["v1.1"]}`))
+	}))
+	defer other.Close()
+	taken := other.Listener.Addr().(*net.TCPAddr).Port
+	calls := 0
+	pickPort = func(host string) (int, error) {
+		calls++
+		if calls == 1 {
+			return taken, nil
+		}
+		return freePort(host)
+	}
+	t.Cleanup(func() { pickPort = freePort })
+
+	h, err := Start(t.Context(), Options{Dir: dataDir(t), Binary: dendrite(t)})
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	defer h.Stop()
+	if strings.HasSuffix(h.URL(), ":"+itoa(taken)) {
+		t.Fatalf("server claims the port another server answers on: %s", h.URL())
+	}
+	if _, err := h.Register(t.Context(), "ours", "long-enough-pw", false); err != nil {
+		t.Fatalf("register on the started server: %v", err)
+	}
+
+	// A fixed port that another server answers on is in use.
+	_, err = Start(t.Context(), Options{Dir: dataDir(t), Binary: dendrite(t), Port: taken})
+	if !errors.Is(err, ErrPortInUse) {
+		t.Fatalf("start on a port another server answers on: %v, want ErrPortInUse", err)
+	}
+}
