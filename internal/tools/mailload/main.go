@@ -2,7 +2,8 @@
 // route and measures the accept rate (250 replies per second), the delivered rate (events seen
 // in the room per second by a syncing client) and the latency from the end of DATA to the event
 // seen by that client; with -pid it samples the gateway's resident memory, and with -raw it
-// first measures a raw send loop (one client sending messages into the same room) against the
+// first measures a raw send loop (one client sending the messages the gateway makes of the
+// load's mails into the same room, while the reader syncs) against the
 // same homeserver, for comparison. docs/benchmarks.md has the commands.
 //
 //	samtal dev -dir /tmp/bench &   # prints the demo user's password, the room and the SMTP address
@@ -33,6 +34,8 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/samtalhq/samtal/mailbridge"
 )
 
 func main() {
@@ -74,23 +77,29 @@ func main() {
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		fmt.Printf("load average at start: %s", la)
 	}
-	if *raw > 0 {
-		n, elapsed := rawLoop(ctx, reader, id.RoomID(*room), *raw)
-		fmt.Printf("raw send loop: %d messages in %.1fs = %.1f/s\n", n, elapsed.Seconds(), float64(n)/elapsed.Seconds())
-	}
-
+	// The reader syncs from here on, during the raw loop too: the homeserver does the same
+	// work for it in both.
 	run := strconv.FormatInt(time.Now().UnixNano(), 36)
 	seen := newSeen()
 	syncCtx, stopSync := context.WithCancel(ctx)
 	syncDone := make(chan struct{})
 	go func() { defer close(syncDone); syncLoop(syncCtx, reader, id.RoomID(*room), run, seen) }()
 
+	body := strings.Repeat("The decision in the case was made today; see the case file for details.\r\n", max(1, *size/74))
+	loadMail := func(subject string) string {
+		return fmt.Sprintf("From: Load <%s>\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <%s@mailload.test>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n%s",
+			*from, *to, subject, strings.ReplaceAll(subject, " ", "-"), body)
+	}
+	if *raw > 0 {
+		n, elapsed := rawLoop(ctx, reader, id.RoomID(*room), *raw, loadMail)
+		fmt.Printf("raw send loop: %d messages in %.1fs = %.1f/s\n", n, elapsed.Seconds(), float64(n)/elapsed.Seconds())
+	}
+
 	var peak atomic.Int64
 	if *pid > 0 {
 		go sampleRSS(syncCtx, *pid, &peak)
 	}
 
-	body := strings.Repeat("The decision in the case was made today; see the case file for details.\r\n", max(1, *size/74))
 	var accepted, refused atomic.Int64
 	ends := make([]time.Time, 0, 1<<16) // end of DATA of mail n, by n
 	var endsMu sync.Mutex
@@ -125,8 +134,7 @@ func main() {
 					}
 				}
 				n := next.Add(1)
-				msg := fmt.Sprintf("From: Load <%s>\r\nTo: %s\r\nSubject: Load %s-%d\r\nMessage-ID: <%s-%d@mailload.test>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n%s",
-					*from, *to, run, n, run, n, body)
+				msg := loadMail(fmt.Sprintf("Load %s-%d", run, n))
 				end, err := sendOne(c, *from, *to, msg)
 				if err != nil {
 					refused.Add(1)
@@ -233,11 +241,17 @@ func login(ctx context.Context, hs, user, password string) (*mautrix.Client, err
 }
 
 // rawLoop sends plain messages into room one after another for d and returns how many.
-func rawLoop(ctx context.Context, c *mautrix.Client, room id.RoomID, d time.Duration) (int, time.Duration) {
+func rawLoop(ctx context.Context, c *mautrix.Client, room id.RoomID, d time.Duration, loadMail func(subject string) string) (int, time.Duration) {
 	start := time.Now()
 	n := 0
 	for time.Since(start) < d && ctx.Err() == nil {
-		if _, err := c.SendText(ctx, room, fmt.Sprintf("raw %d", n)); err != nil {
+		// The message the gateway makes of a load mail (without its sender check), so that
+		// the homeserver stores events of the same size in both.
+		msg, err := mailbridge.Convert(strings.NewReader(loadMail(fmt.Sprintf("Raw %d", n))))
+		if err != nil {
+			log.Fatalf("mailload: convert the raw loop's mail: %v", err)
+		}
+		if _, err := c.SendMessageEvent(ctx, room, msg.Type, msg.Content); err != nil {
 			log.Printf("mailload: raw send: %v", err)
 			time.Sleep(100 * time.Millisecond)
 			continue
