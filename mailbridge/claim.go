@@ -57,12 +57,12 @@ func (s *spool) openClaims(ctx context.Context, db *dbutil.Database) error {
 // claim takes up to limit pending deliveries due at now that no other instance holds, oldest
 // mail first, for this instance until now plus the lease.
 // maxPostedPerTarget bounds a room's deliveries that are posted into the outbox and not yet
-// sent. After a burst the backlog waits in the spool, not in the outbox: the delivery worker
-// posts a room's next mails as the outbox sends the earlier ones. Posting thousands ahead
-// did not deliver any sooner (a room's sends go out one after another), but the conversion
-// and the outbox writes of the whole backlog took the CPU the homeserver needed to take the
-// sends, and delivery ran at half the homeserver's rate. Other rooms are not held up by a
-// room that is full.
+// sent: a room with this many takes no more, so it has at most this many plus one claimed
+// batch (deliveryBatch - 1 more). After a burst the backlog waits in the spool, not in the
+// outbox: the delivery worker posts a room's next mails as the outbox sends the earlier ones
+// (a room's sends go out one after another, so posting thousands ahead delivers none sooner),
+// and the outbox and the confirmer work on dozens of items, not on the whole backlog. Other
+// rooms are not held up by a room that is full.
 const maxPostedPerTarget = 64
 
 // fullTargets selects the targets with maxPostedPerTarget ($3) posted deliveries; fullTargets1
