@@ -19,12 +19,14 @@ import (
 
 // TestDevMail starts `samtal dev`, runs the swaks line it prints, word for word, and the mail
 // arrives in the demo room as the demo user sees it; a second run on the same folder keeps
-// the room and the demo user's password (in a file only its owner reads).
+// the room and the demo user's password (in a file only its owner reads), with the
+// homeserver's data in a -homeserver-dir of its own.
 func TestDevMail(t *testing.T) {
 	if _, err := exec.LookPath("swaks"); err != nil {
 		t.Fatal("swaks is not installed: run the tests through scripts/test.sh, which installs it (apt-get install swaks)")
 	}
 	dir := t.TempDir()
+	hsDir := t.TempDir() // -homeserver-dir: the homeserver's data apart from the gateway's
 	port := freePort(t)
 	var room, password string
 	for i := range 2 {
@@ -32,7 +34,7 @@ func TestDevMail(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan int, 1)
 		go func() {
-			done <- run(ctx, e, []string{"dev", "-dir", dir, "-port", strconv.Itoa(port), "-smtp-port", strconv.Itoa(freePort(t))})
+			done <- run(ctx, e, []string{"dev", "-dir", dir, "-homeserver-dir", hsDir, "-port", strconv.Itoa(port), "-smtp-port", strconv.Itoa(freePort(t))})
 		}()
 		waitFor(t, func() bool { return strings.Contains(out.String(), "swaks ") }, done, errOut)
 		printed := out.String()
@@ -72,6 +74,17 @@ func TestDevMail(t *testing.T) {
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "demo.password")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("password file: %v, mode %v", err, fi.Mode())
+	}
+	// The homeserver kept its data in -homeserver-dir (the second run found the room there),
+	// the gateway its database in -dir.
+	if _, err := os.Stat(filepath.Join(hsDir, "dendrite.yaml")); err != nil {
+		t.Errorf("homeserver data not in -homeserver-dir: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "homeserver")); !os.IsNotExist(err) {
+		t.Errorf("%s/homeserver exists with -homeserver-dir given (%v)", dir, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "gateway", "gateway.db")); err != nil {
+		t.Errorf("gateway database not in -dir: %v", err)
 	}
 }
 
