@@ -80,9 +80,12 @@ func sqliteURI(path, query string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("parse SQLite options %q: %w", query, err)
 	}
+	// The busy timeout first: the pragmas run in this order on every new connection, and
+	// journal_mode needs a lock that another process's open or upgrade may hold (a second
+	// instance opening a fresh file failed at once with SQLITE_BUSY).
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", sqliteBusyTimeoutMS))
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "foreign_keys(1)")
-	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", sqliteBusyTimeoutMS))
 	q.Add("_pragma", "synchronous(FULL)")
 	if q.Get("_txlock") == "" {
 		q.Set("_txlock", "immediate")
