@@ -92,15 +92,7 @@ func TestPortClashRetries(t *testing.T) {
 	}
 	defer l.Close()
 	taken := l.Addr().(*net.TCPAddr).Port
-	calls := 0
-	pickPort = func(host string) (int, error) {
-		calls++
-		if calls == 1 {
-			return taken, nil // as if another process took it after we probed it
-		}
-		return freePort(host)
-	}
-	t.Cleanup(func() { pickPort = freePort })
+	firstPortTaken(t, taken)
 
 	h, err := Start(t.Context(), Options{Dir: dataDir(t), Binary: dendrite(t)})
 	if err != nil {
@@ -148,15 +140,7 @@ func TestPortTakenByAnotherServer(t *testing.T) {
 	}))
 	defer other.Close()
 	taken := other.Listener.Addr().(*net.TCPAddr).Port
-	calls := 0
-	pickPort = func(host string) (int, error) {
-		calls++
-		if calls == 1 {
-			return taken, nil
-		}
-		return freePort(host)
-	}
-	t.Cleanup(func() { pickPort = freePort })
+	firstPortTaken(t, taken)
 
 	h, err := Start(t.Context(), Options{Dir: dataDir(t), Binary: dendrite(t)})
 	if err != nil {
@@ -175,4 +159,18 @@ func TestPortTakenByAnotherServer(t *testing.T) {
 	if !errors.Is(err, ErrPortInUse) {
 		t.Fatalf("start on a port another server answers on: %v, want ErrPortInUse", err)
 	}
+}
+
+// firstPortTaken makes the next start's first port choice taken, as if another process took it
+// after we probed it; later choices are free ports.
+func firstPortTaken(t *testing.T, taken int) {
+	calls := 0
+	pickPort = func(host string) (int, error) {
+		calls++
+		if calls == 1 {
+			return taken, nil
+		}
+		return freePort(host)
+	}
+	t.Cleanup(func() { pickPort = freePort })
 }
