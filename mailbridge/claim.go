@@ -65,18 +65,17 @@ func (s *spool) openClaims(ctx context.Context, db *dbutil.Database) error {
 // rooms are not held up by a room that is full.
 const maxPostedPerTarget = 64
 
-// fullTargets selects the targets with maxPostedPerTarget ($3) posted deliveries; fullTargets1
-// is the same with the limit as $1.
-const (
-	fullTargets  = `SELECT target FROM samtal_mail_delivery WHERE state = 3 GROUP BY target HAVING COUNT(*) >= $3`
-	fullTargets1 = `SELECT target FROM samtal_mail_delivery WHERE state = 3 GROUP BY target HAVING COUNT(*) >= $1`
-)
+// fullTargets selects the targets with maxPostedPerTarget posted deliveries, the limit given as
+// the query parameter param ("$3").
+func fullTargets(param string) string {
+	return `SELECT target FROM samtal_mail_delivery WHERE state = 3 GROUP BY target HAVING COUNT(*) >= ` + param
+}
 
 func (s *spool) claim(ctx context.Context, now time.Time, limit int) ([]delivery, error) {
 	const selectDue = `SELECT d.spool_id, d.target, d.recipient, d.create_spec, d.attempts, m.mail_from, m.received_at, m.message
 		FROM samtal_mail_delivery d JOIN samtal_mail_spool m ON m.id = d.spool_id`
 	if !s.claims.postgres {
-		return s.scanDeliveries(s.db.Query(ctx, selectDue+` WHERE d.state = 0 AND d.next_attempt <= $1 AND d.target NOT IN (`+fullTargets+`)
+		return s.scanDeliveries(s.db.Query(ctx, selectDue+` WHERE d.state = 0 AND d.next_attempt <= $1 AND d.target NOT IN (`+fullTargets("$3")+`)
 			ORDER BY d.spool_id, d.target LIMIT $2`,
 			now.UnixMilli(), limit, maxPostedPerTarget))
 	}
@@ -85,7 +84,7 @@ func (s *spool) claim(ctx context.Context, now time.Time, limit int) ([]delivery
 	err := s.db.DoTxn(ctx, nil, func(ctx context.Context) error {
 		out = nil
 		rows, err := s.db.Query(ctx, `SELECT spool_id, target FROM samtal_mail_delivery
-			WHERE state = 0 AND next_attempt <= $1 AND claimed_until <= $1 AND target NOT IN (`+fullTargets+`)
+			WHERE state = 0 AND next_attempt <= $1 AND claimed_until <= $1 AND target NOT IN (`+fullTargets("$3")+`)
 			ORDER BY spool_id, target LIMIT $2 FOR UPDATE SKIP LOCKED`, now.UnixMilli(), limit, maxPostedPerTarget)
 		if err != nil {
 			return err

@@ -83,10 +83,10 @@ func (s *spool) nextAttempt(ctx context.Context) (time.Time, bool, error) {
 	// A claimed delivery is due again, for any instance, when its claim runs out.
 	// Deliveries held back for a full room (claim.go) are not due: the confirmer wakes the
 	// worker when the room's posts are sent.
-	q := `SELECT MIN(next_attempt) FROM samtal_mail_delivery WHERE state = 0 AND target NOT IN (` + fullTargets1 + `)`
+	q := `SELECT MIN(next_attempt) FROM samtal_mail_delivery WHERE state = 0 AND target NOT IN (` + fullTargets("$1") + `)`
 	if s.claims.postgres {
 		q = `SELECT MIN(CASE WHEN claimed_until > next_attempt THEN claimed_until ELSE next_attempt END)
-			FROM samtal_mail_delivery WHERE state = 0 AND target NOT IN (` + fullTargets1 + `)`
+			FROM samtal_mail_delivery WHERE state = 0 AND target NOT IN (` + fullTargets("$1") + `)`
 	}
 	if err := s.db.QueryRow(ctx, q, maxPostedPerTarget).Scan(&next); err != nil {
 		return time.Time{}, false, fmt.Errorf("mailbridge: read spool: %w", err)
