@@ -133,10 +133,11 @@ func foldResults(value string) string {
 
 // stamp returns the mail as it is spooled: Return-Path (the envelope sender, RFC 5321 4.4)
 // and the gateway's Authentication-Results on top, and, from a client that is not a trusted
-// relay, every Authentication-Results field it sent renamed to
-// X-Untrusted-Authentication-Results (RFC 8601 5).
+// relay (or, for mail taken from IMAP, without IMAPOptions.TrustAuthServID), every
+// Authentication-Results field it sent renamed to X-Untrusted-Authentication-Results (RFC 8601
+// 5).
 func (g *Gateway) stamp(raw []byte, env envelope, v verdict) []byte {
-	if !env.trusted {
+	if !env.trusted && env.authServID == "" { // a trusted relay's, or a trusted mailbox server's (IMAP), are kept
 		raw = renameFields(raw, "Authentication-Results", untrustedAuthResults)
 	}
 	var b bytes.Buffer

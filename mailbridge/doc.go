@@ -173,10 +173,10 @@
 //
 // IMAPOptions is plain data for a config file, but for a TLS config and the
 // oauth2.TokenSource. A mailbox with an Address routes all its mail as mail to that address
-// (its route's room, template and allow-list); without one, by the recipients in the header
-// (Delivered-To, X-Original-To, To, Cc), once per room. A route's allow-list is checked
-// against the Return-Path (else From), which is not authenticated. Mail no route takes, or
-// over Options.MaxMessageBytes, is left in the mailbox untouched and logged by UID.
+// (its route's room, template and policy); without one, by the recipients in the header
+// (Delivered-To, X-Original-To, To, Cc), once per room. Each route's policy holds as over SMTP
+// (see below). Mail no route takes, or over Options.MaxMessageBytes, is left in the mailbox
+// untouched and logged by UID.
 //
 // Each mailbox has a connection of its own and a checkpoint (UIDVALIDITY and the last UID
 // done) in the table samtal_mail_imap_checkpoint, written in the transaction that spools the
@@ -209,12 +209,17 @@
 // for SenderPolicy, one route that refuses refuses the mail for all its recipients. With
 // Options.TrustSubmitters an authenticated submitter passes every list.
 //
-// Mail taken from IMAP has no SMTP session of ours (no client IP for SPF): a route's
-// AllowSenders counts its From address as proven only by a DKIM signature the gateway
-// verifies, aligned with From, or by the mailbox server's own top-most Authentication-Results
-// (IMAPOptions.TrustAuthServID) saying dmarc=pass or an aligned SPF or DKIM pass. The
-// Return-Path proves nothing. A mail a route refuses is spooled for that room as a dead
-// letter with the reason (Gateway.Undelivered, `samtal gateway spool list`); Retry posts it.
+// Mail taken from IMAP meets the same route policy as mail over SMTP: SenderPolicy,
+// AllowSenders and MembersOnly. It has no SMTP session of ours, so no client IP for SPF: the
+// gateway verifies DKIM itself, and takes SPF, and a dmarc=pass or aligned DKIM pass, only
+// from the mailbox server's own top-most Authentication-Results (IMAPOptions.TrustAuthServID).
+// Without that, mail whose domain passes DMARC only by SPF reads dmarc=fail. The Return-Path
+// proves nothing. The verdict is written on top of the mail as for SMTP, and the room shows
+// it (a mark route's mail is marked the same way). Where SMTP would refuse a mail (550, or 451
+// when DNS could not tell), the poller spools it for that route's room as a dead letter with
+// the reason (Gateway.Undelivered, `samtal gateway spool list`), counted as a dead delivery
+// (Metrics.Delivery); Retry posts it. Other rooms of the same mail, whose routes take it, get
+// it as usual.
 //
 // Known limits: the reply
 // counts of Options.Metrics cover the gateway's answers to MAIL, RCPT and DATA and connections

@@ -36,8 +36,10 @@ type IMAPOptions struct {
 	MaxReconnectDelay time.Duration      // longest wait between connection attempts; 0 means 5 minutes
 	BatchSize         int                // messages spooled per round (one UID SEARCH); 0 means 50
 	// TrustAuthServID is the authserv-id (RFC 8601) the mailbox's own server writes in its
-	// Authentication-Results, such as "mx.agency.example": the top-most such field counts for
-	// a route's AllowSenders (imap_sender.go). Empty: none is trusted, only DKIM we verify.
+	// Authentication-Results, such as "mx.agency.example": the top-most such field's SPF
+	// result, dmarc=pass and aligned DKIM pass count for the mail's DMARC verdict, and so for
+	// a route's SenderPolicy, AllowSenders and MembersOnly (imap_policy.go, imap_sender.go).
+	// Empty: none is trusted, only DKIM we verify, and SPF is none.
 	TrustAuthServID string
 	Logger          *slog.Logger // nil means the Gateway's; message content, passwords and tokens are never logged
 }
@@ -357,34 +359,48 @@ func (p *Poller) takeOne(ctx context.Context, log *slog.Logger, c *imapclient.Cl
 	if err != nil {
 		return err
 	}
-	var from string
-	var targets []target
+	var r imapRouted
 	switch {
 	case raw == nil && size > p.g.opts.MaxMessageBytes:
 		log.Warn("IMAP mail over the size limit left in the mailbox", "uid", uid, "bytes", size, "limit", p.g.opts.MaxMessageBytes)
 	case raw == nil:
 		log.Info("IMAP mail gone before it was read", "uid", uid)
 	default:
-		from, targets = p.route(ctx, mb, raw)
-		if len(targets) == 0 {
+		r = p.route(ctx, mb, raw)
+		if len(r.targets) == 0 {
 			log.Warn("IMAP mail routed nowhere left in the mailbox", "uid", uid)
 		}
-		for _, t := range targets {
+		for _, t := range r.targets {
 			if t.refused != "" {
-				log.Info("IMAP mail refused for a room: dead-lettered", "uid", uid, "room", t.room, "reason", t.refused)
+				log.Info("IMAP mail refused for a room: dead-lettered", "uid", uid, "room", t.room, "reason", t.refused, "dmarc", r.dmarc)
 			}
 		}
 	}
-	id, err := p.g.spool.storeIMAP(ctx, from, raw, targets, cp, mb.afterPost())
+	id, err := p.g.spool.storeIMAP(ctx, r.from, r.raw, r.targets, cp, mb.afterPost())
 	if err != nil {
 		return err
 	}
+	p.counted(r) // once it is spooled: a mail not spooled is fetched again
 	if id == 0 {
 		return nil
 	}
-	log.Info("mail accepted from IMAP", "uid", uid, "spool_id", id, "rooms", len(targets), "bytes", len(raw))
+	log.Info("mail accepted from IMAP", "uid", uid, "spool_id", id, "rooms", len(r.targets), "bytes", len(r.raw))
 	p.g.kick()
 	return nil
+}
+
+// counted tells Options.Metrics what became of a mail taken from IMAP: its DMARC result, and
+// each room's delivery that a route refused, which is dead from the start (OutcomeDead), as
+// one given up on later is.
+func (p *Poller) counted(r imapRouted) {
+	if r.dmarc != "" {
+		p.g.opts.Metrics.DMARC(r.dmarc)
+	}
+	for _, t := range r.targets {
+		if t.refused != "" {
+			p.g.opts.Metrics.Delivery(OutcomeDead)
+		}
+	}
 }
 
 // fetch returns the raw mail with uid and its size; nil when it is gone or too large.

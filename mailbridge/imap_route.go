@@ -17,18 +17,28 @@ import (
 // addresses the sender wrote.
 var recipientFields = []string{"Delivered-To", "X-Original-To", "To", "Cc"}
 
-// route returns the sender of a mail taken from mb, and the rooms it goes to: the route of
-// mb.Address, or of each recipient in its header the Router accepts; once per room. The
-// sender is the Return-Path the delivering server wrote, else the From address: the spool's
-// envelope sender, which proves nothing. A route with AllowSenders takes the mail only from
-// a sender it proves (imap_sender.go); for a route that refuses it, the room's delivery is
-// spooled dead with the reason.
-func (p *Poller) route(ctx context.Context, mb *IMAPMailbox, raw []byte) (from string, targets []target) {
+// imapRouted is what the poller spools of one mail: its envelope sender, the mail with the
+// gateway's Authentication-Results on top, and the rooms it goes to.
+type imapRouted struct {
+	from    string
+	raw     []byte
+	targets []target
+	dmarc   string // the DMARC result, for Options.Metrics; "" when the mail went to no route
+}
+
+// route works out where a mail taken from mb goes: the route of mb.Address, or of each
+// recipient in its header the Router accepts; once per room. The sender is the Return-Path the
+// delivering server wrote, else the From address: the spool's envelope sender, which proves
+// nothing. Each route's policy is applied as over SMTP (imap_policy.go); a room whose route
+// refuses the mail gets its delivery spooled dead with the reason. Of a room's routes the
+// strictest holds.
+func (p *Poller) route(ctx context.Context, mb *IMAPMailbox, raw []byte) imapRouted {
+	out := imapRouted{raw: raw}
 	h, err := textproto.ReadHeader(bufio.NewReader(bytes.NewReader(raw)))
 	if err == nil {
-		from = headerAddress(h.Get("Return-Path"))
-		if from == "" {
-			from = headerAddress(h.Get("From"))
+		out.from = headerAddress(h.Get("Return-Path"))
+		if out.from == "" {
+			out.from = headerAddress(h.Get("From"))
 		}
 	}
 	var recipients []string
@@ -47,33 +57,43 @@ func (p *Poller) route(ctx context.Context, mb *IMAPMailbox, raw []byte) (from s
 			}
 		}
 	}
-	var senders *provenSenders // worked out once, for the first route with an allow-list
+	var matches []Match
 	for _, rcpt := range recipients {
-		m, err := p.g.router.Match(rcpt)
-		if err != nil {
-			continue
+		if m, err := p.g.router.Match(rcpt); err == nil {
+			matches = append(matches, m)
 		}
-		t, ok := targetFor(m, rcpt)
+	}
+	if len(matches) == 0 {
+		return out
+	}
+	header := message.Header{Header: h}
+	env, v := p.imapVerdict(ctx, out.from, raw, header)
+	ps := proven(envelope{}, v, header)
+	for _, m := range matches {
+		t, ok := targetFor(m, m.Recipient)
 		if !ok {
 			continue
 		}
-		if !m.Allows("") {
-			if senders == nil {
-				ps := p.imapProven(ctx, raw, message.Header{Header: h})
-				senders = &ps
-			}
-			t.refused = imapRefusal(m, *senders)
-		}
+		t.refused = p.imapPolicy(m, v, ps)
 		// As over SMTP, the strictest route of a room holds: one that refuses refuses the room.
-		if i := roomIndex(targets, t.room); i >= 0 {
-			if targets[i].refused == "" {
-				targets[i].refused = t.refused
+		if i := roomIndex(out.targets, t.room); i >= 0 {
+			if out.targets[i].refused == "" {
+				out.targets[i].refused = t.refused
 			}
 			continue
 		}
-		targets = append(targets, t)
+		out.targets = append(out.targets, t)
 	}
-	return from, targets
+	var taking []Match // the routes of the rooms that take the mail, for SenderAccept
+	for _, m := range matches {
+		if i := roomIndex(out.targets, m.Room); i >= 0 && out.targets[i].refused == "" {
+			taking = append(taking, m)
+		}
+	}
+	v.overridden = overriddenFor(taking, v.dmarc)
+	out.raw = p.g.stamp(raw, env, v)
+	out.dmarc = v.results().DMARC
+	return out
 }
 
 // targetFor is the spool target of a matched recipient.

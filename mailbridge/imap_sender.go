@@ -1,7 +1,6 @@
 package mailbridge
 
 import (
-	"context"
 	"strings"
 
 	"github.com/emersion/go-message"
@@ -19,8 +18,10 @@ import (
 //   - a DKIM signature we verify ourselves is aligned with the From domain (DMARC pass, or no
 //     DMARC record and an aligned DKIM pass, as for SMTP).
 //
-// A mail whose sender is not proven, or not on the list, is spooled as a dead letter for that
-// room with the reason, where `samtal gateway spool list` shows it; an admin who knows the
+// The first is also what the poller's DMARC verdict takes from the mailbox server
+// (imapVerdict), so AllowSenders, SenderPolicy and MembersOnly read one verdict. A mail whose
+// sender is not proven, or not on the list, is spooled as a dead letter for that room with the
+// reason, where `samtal gateway spool list` shows it; an admin who knows the
 // sender can retry it, which posts it. It is neither flagged nor moved in the mailbox.
 
 // Reasons a delivery of a mail from IMAP is spooled dead, as SpooledMail.LastError shows them.
@@ -30,29 +31,13 @@ const (
 	reasonIMAPUnverifiable = "sender could not be verified this time (DNS): retry it once DNS answers"
 )
 
-// imapProven works out the senders a mail taken from IMAP proves.
-func (p *Poller) imapProven(ctx context.Context, raw []byte, h message.Header) provenSenders {
-	v := p.g.authenticate(ctx, envelope{}, raw, h) // no client IP: SPF is none
-	ps := proven(envelope{}, v, h)
-	if id := p.opts.TrustAuthServID; id != "" && v.fromDomain != "" && serverAuthenticated(h, id, v.fromDomain) {
-		if from := fromAddress(h, v.fromDomain); from != "" {
-			ps.addrs = append(ps.addrs, from)
-		}
-	}
-	return ps
-}
-
 // serverAuthenticated reports whether the top-most Authentication-Results field carries
 // authServID and says the From domain passed there: dmarc=pass for it, or an SPF or DKIM pass
 // of a domain aligned with it. Only the top-most field counts: a field of that name further
 // down can be the sender's own, written before the mailbox server added its.
 func serverAuthenticated(h message.Header, authServID, fromDomain string) bool {
-	top := h.Get("Authentication-Results")
-	if top == "" {
-		return false
-	}
-	id, results, err := authres.Parse(top)
-	if err != nil || !strings.EqualFold(id, authServID) {
+	results, ok := serverResults(h, authServID)
+	if !ok {
 		return false
 	}
 	for _, r := range results {
@@ -76,6 +61,49 @@ func serverAuthenticated(h message.Header, authServID, fromDomain string) bool {
 		}
 	}
 	return false
+}
+
+// serverResults are the results of the top-most Authentication-Results field when it carries
+// authServID, and false when it does not (or there is none). Comments are taken out first:
+// servers write them ("dmarc=pass (p=reject dis=none)"), and authres.Parse reads none.
+func serverResults(h message.Header, authServID string) ([]authres.Result, bool) {
+	top := h.Get("Authentication-Results")
+	if top == "" || authServID == "" {
+		return nil, false
+	}
+	id, results, err := authres.Parse(stripComments(top))
+	if err != nil || !strings.EqualFold(strings.TrimSpace(id), authServID) {
+		return nil, false
+	}
+	return results, true
+}
+
+// serverSPF is the SPF result the mailbox server's top-most Authentication-Results (with
+// authServID) records, and the domain it checked (of smtp.mailfrom, else smtp.helo); none
+// when there is no such field or it has no SPF result. It stands for the SPF check the poller
+// cannot make (imap_policy.go).
+func serverSPF(h message.Header, authServID string) (authres.ResultValue, string) {
+	results, _ := serverResults(h, authServID)
+	for _, r := range results {
+		s, ok := r.(*authres.SPFResult)
+		if !ok {
+			continue
+		}
+		switch s.Value {
+		case authres.ResultPass, authres.ResultFail, authres.ResultSoftFail, authres.ResultNeutral, authres.ResultTempError, authres.ResultPermError:
+		default:
+			return authres.ResultNone, ""
+		}
+		domain := strings.ToLower(s.From)
+		if _, d, ok := strings.Cut(domain, "@"); ok {
+			domain = d
+		}
+		if domain == "" {
+			domain = strings.ToLower(s.Helo)
+		}
+		return s.Value, domainOrEmpty(domain)
+	}
+	return authres.ResultNone, ""
 }
 
 // imapRefusal is why the route of m refuses the mail with proven senders ps, or "" when it

@@ -18,10 +18,12 @@ type Metrics interface {
 	SMTPReply(code int)
 	// Delivery is called when a delivery attempt of a mail into a room ends: outcome is
 	// "delivered" (the outbox sent all it became), "retry" (failed, here or in the outbox;
-	// tried again later) or "dead" (given up; see Undelivered).
+	// tried again later) or "dead" (given up; see Undelivered). A mail taken from IMAP that a
+	// route refuses is spooled dead for that room at once, and counted "dead" then.
 	Delivery(outcome string)
 	// DMARC is called once per received mail with the DMARC result ("pass", "fail", "none",
-	// ...), when sender authentication checks it.
+	// ...), when sender authentication checks it: over SMTP at DATA, and for mail taken from
+	// IMAP that a route takes or refuses, once it is spooled.
 	DMARC(result string)
 }
 

@@ -36,15 +36,18 @@ type Route struct {
 	// relay's Authentication-Results says dmarc=pass for it. Others get 550 5.7.1
 	// (ErrSenderNotAllowed), or 451 4.4.3 (ErrSenderUnverifiable) when the From address is
 	// listed but DNS could not tell this time. A domain proves the domain; the local part is
-	// as its own servers let it be written. Mail a Poller takes from IMAP is checked against
-	// its Return-Path (else From), which is not authenticated.
+	// as its own servers let it be written. Mail a Poller takes from IMAP proves its From
+	// address as imap_sender.go says; a refused one is spooled as a dead letter.
 	AllowSenders []string
 	// SenderPolicy is what the route does with mail whose sender fails DMARC: SenderMark
-	// (the default, ""), SenderReject or SenderAccept. See senderauth.go (issue 10, smtp).
+	// (the default, ""), SenderReject or SenderAccept. See senderauth.go (issue 10, smtp). It
+	// holds for mail from IMAP too, where a refused mail is spooled as a dead letter
+	// (imap_policy.go).
 	SenderPolicy SenderPolicy
 	// MembersOnly takes mail only from the agencies of the federation (Options.Federation):
 	// the From domain must pass DMARC and be an email domain of a member, else 550 5.7.1
-	// (ErrNotMember). Without Options.Federation such a route takes no mail at all.
+	// (ErrNotMember). Without Options.Federation such a route takes no mail at all. Mail
+	// from IMAP that it refuses is spooled as a dead letter.
 	MembersOnly bool
 }
 

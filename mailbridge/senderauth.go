@@ -92,6 +92,10 @@ type envelope struct {
 	from    string // MAIL FROM, "" for <>
 	user    string // authenticated submitter, or ""
 	trusted bool   // the client is one of Options.TrustedRelays
+	// authServID, for mail taken from IMAP, is the mailbox server's authserv-id
+	// (IMAPOptions.TrustAuthServID): its top-most Authentication-Results' SPF result stands
+	// for the SPF check there is no client IP for (imap_policy.go).
+	authServID string
 }
 
 // verdict is the outcome of SPF, DKIM and DMARC for one mail.
@@ -132,6 +136,11 @@ func (g *Gateway) authenticate(ctx context.Context, env envelope, raw []byte, h 
 	switch {
 	case env.trusted:
 		v.spf, v.spfReason = upstreamSPF(h), "trusted-relay"
+	case env.authServID != "":
+		v.spf, v.spfDomain = serverSPF(h, env.authServID)
+		if v.spf != authres.ResultNone {
+			v.spfReason = "mailbox-server"
+		}
 	case !validDomain(v.spfDomain) || !env.ip.IsValid():
 		v.spf = authres.ResultNone
 	default:
