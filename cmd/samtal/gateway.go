@@ -144,6 +144,9 @@ func startGateway(ctx context.Context, e *env, cfg *gatewayConfig, c *matrix.Cli
 		return nil, fmt.Errorf("%w: %w", errUsage, err)
 	}
 	metrics.reg.MustRegister(newSpoolCollector(gw))
+	if f := cfg.Federation.watcher; f != nil { // imappolicy part: the list_url watcher's refreshes
+		metrics.reg.MustRegister(newFederationCollector(f.w))
+	}
 	rg := &runningGateway{e: e, gw: gw, served: make(chan error, 1), timeout: time.Duration(cfg.ShutdownTimeout)}
 	if rg.timeout <= 0 {
 		rg.timeout = 30 * time.Second

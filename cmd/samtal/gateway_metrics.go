@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/samtalhq/samtal/federation"
 	"github.com/samtalhq/samtal/mailbridge"
 )
 
@@ -78,4 +79,45 @@ func (c *spoolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(st.Pending))
 	ch <- prometheus.MustNewConstMetric(c.dead, prometheus.GaugeValue, float64(st.Dead))
 	ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, age)
+}
+
+// federationCollector reads the federation.Watcher of federation.list_url when scraped: how
+// often it fetched the list, how often that failed (a list refused or not fetched), when it
+// last had a good list, and the version in use and when it expires. An alert on the last
+// success's age or on the expiry catches a list server that stopped answering.
+type federationCollector struct {
+	w                                                 *federation.Watcher
+	refreshes, failures, lastSuccess, version, expiry *prometheus.Desc
+}
+
+func newFederationCollector(w *federation.Watcher) *federationCollector {
+	return &federationCollector{w: w,
+		refreshes:   prometheus.NewDesc("samtal_gateway_federation_refreshes_total", "Fetches of the federation list (federation.list_url), good or not.", nil, nil),
+		failures:    prometheus.NewDesc("samtal_gateway_federation_refresh_failures_total", "Fetches of the federation list that failed or whose list was refused; the last good list stays in use.", nil, nil),
+		lastSuccess: prometheus.NewDesc("samtal_gateway_federation_last_success_timestamp_seconds", "When a fetch last ended with a good list (new or unchanged), Unix time; 0 before the first.", nil, nil),
+		version:     prometheus.NewDesc("samtal_gateway_federation_list_version", "Version of the federation list in use; 0 when there is none.", nil, nil),
+		expiry:      prometheus.NewDesc("samtal_gateway_federation_list_expiry_timestamp_seconds", "When the federation list in use expires, Unix time; 0 when there is none.", nil, nil),
+	}
+}
+
+func (c *federationCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.refreshes, c.failures, c.lastSuccess, c.version, c.expiry} {
+		ch <- d
+	}
+}
+
+func (c *federationCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.w.Stats()
+	last, expiry := 0.0, 0.0
+	if !st.LastSuccess.IsZero() {
+		last = float64(st.LastSuccess.UnixMilli()) / 1000
+	}
+	if l := c.w.Current(); l != nil {
+		expiry = float64(l.ExpiresAt().Unix())
+	}
+	ch <- prometheus.MustNewConstMetric(c.refreshes, prometheus.CounterValue, float64(st.Refreshes))
+	ch <- prometheus.MustNewConstMetric(c.failures, prometheus.CounterValue, float64(st.Failures))
+	ch <- prometheus.MustNewConstMetric(c.lastSuccess, prometheus.GaugeValue, last)
+	ch <- prometheus.MustNewConstMetric(c.version, prometheus.GaugeValue, float64(st.Version))
+	ch <- prometheus.MustNewConstMetric(c.expiry, prometheus.GaugeValue, expiry)
 }
