@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"regexp"
 	"strings"
 	"time"
@@ -108,6 +109,10 @@ func loadGatewayConfig(path string) (*gatewayConfig, error) {
 		return nil, fmt.Errorf("%w: %s: %w", errConfig, path, err)
 	}
 	if err := expandEnv(&doc); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", errConfig, path, err)
+	}
+	// imappolicy part: a wrong value is named by its key (gateway_config_keys.go).
+	if err := checkConfigValues(&doc, reflect.TypeFor[gatewayConfig](), ""); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", errConfig, path, err)
 	}
 	expanded, err := yaml.Marshal(&doc)

@@ -194,8 +194,12 @@ func (cfg *gatewayConfig) mailOptions(opts *mailbridge.Options, log *slog.Logger
 // check runs the checks of startGateway before anything is opened, so that a configuration
 // that cannot work stops the command before it logs in or listens.
 func (cfg *gatewayConfig) check(ctx context.Context, log *slog.Logger) error {
-	if _, err := cfg.routes(); err != nil {
+	routes, err := cfg.routes()
+	if err != nil {
 		return err
+	}
+	if _, err := mailbridge.NewRouter(routes...); err != nil { // imappolicy part: before logging in, not after
+		return fmt.Errorf("%w: routes: %w", errConfig, err)
 	}
 	if err := cfg.mailOptions(new(mailbridge.Options), log); err != nil {
 		return err
@@ -203,7 +207,7 @@ func (cfg *gatewayConfig) check(ctx context.Context, log *slog.Logger) error {
 	if err := cfg.Federation.firstFetch(ctx); err != nil { // gwsmall part
 		return err
 	}
-	_, err := cfg.pollerOptions(ctx)
+	_, err = cfg.pollerOptions(ctx)
 	return err
 }
 
