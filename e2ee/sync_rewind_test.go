@@ -49,8 +49,8 @@ func TestSyncRestartAfterRoomKey(t *testing.T) {
 	must(t, err)
 	t.Cleanup(func() { m.Close() })
 	got := &inbox{}
-	run := func() (stop func()) {
-		s := bot.NewSyncer(matrix.SyncOptions{Timeout: 500 * time.Millisecond})
+	run := func() (s *matrix.Syncer, stop func()) {
+		s = bot.NewSyncer(matrix.SyncOptions{Timeout: 500 * time.Millisecond})
 		s.OnMessage(func(ctx context.Context, evt *matrix.Event) error { got.add(evt); return nil })
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
@@ -58,11 +58,13 @@ func TestSyncRestartAfterRoomKey(t *testing.T) {
 		var once sync.Once
 		stop = func() { once.Do(func() { cancel(); <-done }) }
 		t.Cleanup(stop)
-		return stop
+		return s, stop
 	}
 
 	room := encryptedRoom(t, alice, &party{c: bot})
-	stop := run()
+	s, stop := run()
+	// Past the first sync, which is not gone over again (see matrix.Syncer).
+	waitFor(t, "the bot's first sync", func() bool { return s.Stats().Batches >= 1 })
 	proxy.holdAfterRoomKey()
 	send(t, alice, room, matrix.Text("one")) // the room key goes to the bot with it, by to-device
 	select {
