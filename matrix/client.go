@@ -83,6 +83,10 @@ var ErrNoDatabase = errors.New("matrix: Options.DB is required (see OpenDatabase
 // back) and the session is checked in the background; a token found revoked then is reported
 // by Err and Options.OnError. When the homeserver answers that the token was revoked, New logs
 // in again with opts.Login, as the same user.
+//
+// A session name is one account: when opts ask for another user (Options.UserID, or the user of
+// a Password or AppService login) than the session stored under the name, New fails with an
+// error matching ErrSessionInUse.
 func New(ctx context.Context, opts Options) (*Client, error) {
 	if opts.DB == nil {
 		return nil, ErrNoDatabase
@@ -114,6 +118,9 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	}
 	var revoked *Session
 	if sess != nil {
+		if err := checkOwner(opts.SessionName, opts, sess.UserID); err != nil {
+			return nil, err
+		}
 		err := c.useSession(ctx, opts, sess)
 		switch {
 		case err == nil:
@@ -153,7 +160,7 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	if revoked != nil && sess.UserID != revoked.UserID {
 		// The pending sends of the revoked session are that user's: another account must
 		// not send them, nor take over its session name.
-		return nil, fmt.Errorf("%w: session %q is %s, the new login is %s", ErrLogin, opts.SessionName, revoked.UserID, sess.UserID)
+		return nil, fmt.Errorf("%w: %w: session %q is %s, the new login is %s", ErrLogin, ErrSessionInUse, opts.SessionName, revoked.UserID, sess.UserID)
 	}
 	if sess.HomeserverURL == "" {
 		sess.HomeserverURL = base

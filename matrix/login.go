@@ -33,11 +33,11 @@ var ErrLogin = errors.New("matrix: login failed")
 
 // Password logs in with a user's password. user is a localpart or a full user ID.
 func Password(user, password string) Login {
-	return loginRequest(mautrix.ReqLogin{
+	return namedLogin{login: loginRequest(mautrix.ReqLogin{
 		Type:       mautrix.AuthTypePassword,
 		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: user},
 		Password:   password,
-	})
+	}), user: user}
 }
 
 // LoginToken logs in with a short-lived m.login.token, as issued after single sign-on.
@@ -58,11 +58,11 @@ func AppService(asToken, user string) Login {
 		Type:       mautrix.AuthTypeAppservice,
 		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: user},
 	}
-	return LoginFunc(func(ctx context.Context, hs *mautrix.Client, deviceName string) (*Session, error) {
+	return namedLogin{login: LoginFunc(func(ctx context.Context, hs *mautrix.Client, deviceName string) (*Session, error) {
 		hs.AccessToken = asToken
 		defer func() { hs.AccessToken = "" }()
 		return loginRequest(req).Login(ctx, hs, deviceName)
-	})
+	}), user: user}
 }
 
 // AccessToken uses a token that was issued elsewhere. The user and device are asked from the

@@ -5,9 +5,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -65,4 +67,46 @@ func (s sessionStore) save(ctx context.Context, name string, sess *Session) erro
 func (s sessionStore) delete(ctx context.Context, name string) error {
 	_, err := s.db.Exec(ctx, `DELETE FROM samtal_session WHERE name = $1`, name)
 	return err
+}
+
+// ErrSessionInUse is returned by New when the session name (Options.SessionName, or "default")
+// holds the stored session of another account than the one Options ask for, by
+// Options.UserID or by a Password or AppService login: a session name is one account, whose
+// sync position and pending sends it keys. Give each account on a database its own
+// SessionName. (A login that names no user, such as LoginToken, cannot be checked before it is
+// used, and New uses the stored session.)
+var ErrSessionInUse = errors.New("matrix: session name in use by another account")
+
+// namedLogin is a Login that says beforehand which user it logs in: user is a localpart or a
+// full user ID, as given to Password or AppService.
+type namedLogin struct {
+	login Login
+	user  string
+}
+
+// Login calls the login it names.
+func (l namedLogin) Login(ctx context.Context, hs *mautrix.Client, deviceName string) (*Session, error) {
+	return l.login.Login(ctx, hs, deviceName)
+}
+
+// checkOwner returns an error matching ErrSessionInUse when opts ask for another user than
+// stored, the user of the session stored under name.
+func checkOwner(name string, opts Options, stored id.UserID) error {
+	if opts.UserID != "" && !strings.EqualFold(string(opts.UserID), string(stored)) {
+		return fmt.Errorf("%w: session %q is %s, Options.UserID is %s", ErrSessionInUse, name, stored, opts.UserID)
+	}
+	nl, ok := opts.Login.(namedLogin)
+	if !ok || nl.user == "" {
+		return nil
+	}
+	same := strings.EqualFold(nl.user, string(stored))
+	if !strings.HasPrefix(nl.user, "@") {
+		// A localpart: the server is the stored session's (logins go to its homeserver).
+		local, _, err := stored.Parse()
+		same = err != nil || strings.EqualFold(nl.user, local)
+	}
+	if !same {
+		return fmt.Errorf("%w: session %q is %s, Options.Login is for %s", ErrSessionInUse, name, stored, nl.user)
+	}
+	return nil
 }

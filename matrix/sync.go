@@ -93,8 +93,10 @@ type SyncStats struct {
 // homeserver going down can answer the sync in progress with events left out (Dendrite does), and
 // a sync that fails next, or a restart of both (a machine reboot), is how that shows. The events
 // that batch handed out are stored with the token and not handed out again, also after a
-// restart; only a batch of more than 5000 events is not gone over again after a restart (its
-// list is not stored), so a restart adds no repeats to the at-least-once above.
+// restart, and neither are its to-device messages handed to the encryption again (an Olm
+// message decrypts only once); only a batch of more than 5000 events and to-device messages is
+// not gone over again after a restart (its list is not stored), so a restart adds no repeats to
+// the at-least-once above.
 //
 // Run one Syncer per session at a time: they share the stored token.
 type Syncer struct {
@@ -342,7 +344,12 @@ type batch struct {
 // is not nil when since is back's rewind point. The rewind point after the batch is committed
 // with it and returned.
 func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since string, skip map[string]bool, back rewind) (rewind, error) {
+	var toDevice []string // keys of the to-device messages handed to the crypto machine
 	if enc := s.c.encryption(); enc != nil {
+		// Those the batch a rewind asks for again handed over are left out (see rewind). Its
+		// device list changes and one-time key counts are not: the first makes mautrix ask
+		// for those keys once more, the second is the server's count now, not then.
+		toDevice = dropHandedOver(resp, skip)
 		if err := enc.ProcessSync(ctx, resp, since); err != nil {
 			return rewind{}, fmt.Errorf("matrix: sync: crypto: %w", err)
 		}
@@ -353,6 +360,7 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 	if err != nil {
 		return rewind{}, err
 	}
+	b.keys = append(b.keys, toDevice...)
 	late, drop, again, err := s.retryUndecryptable(ctx)
 	if err != nil {
 		return rewind{}, err

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -24,12 +25,14 @@ import (
 )
 
 // syncProxy stands between a client and the real server and lets a test rewrite /sync answers:
-// the fault is injected, everything else is the real server's.
+// the fault is injected, everything else is the real server's. A rewrite that holds an answer
+// back must also end when its ctx does (the client went away): httptest.Server.Close waits for
+// every request in progress, so a hold that outlives the test hangs the test's cleanup.
 type syncProxy struct {
 	URL string
 
 	mu      sync.Mutex
-	rewrite func(since string, resp *mautrix.RespSync) (fail bool) // nil: pass through
+	rewrite func(ctx context.Context, since string, resp *mautrix.RespSync) (fail bool) // nil: pass through
 }
 
 func newSyncProxy(t *testing.T, srv *matrixtest.Server) *syncProxy {
@@ -62,7 +65,7 @@ func newSyncProxy(t *testing.T, srv *matrixtest.Server) *syncProxy {
 		if err := json.Unmarshal(body, &sr); err != nil {
 			return err
 		}
-		if rewrite(resp.Request.URL.Query().Get("since"), &sr) {
+		if rewrite(resp.Request.Context(), resp.Request.URL.Query().Get("since"), &sr) {
 			body = []byte(`{"errcode":"M_UNKNOWN","error":"injected: the server is going away"}`)
 			resp.StatusCode, resp.Status = http.StatusBadGateway, "502 Bad Gateway"
 		} else if body, err = json.Marshal(&sr); err != nil {
@@ -79,7 +82,7 @@ func newSyncProxy(t *testing.T, srv *matrixtest.Server) *syncProxy {
 	return p
 }
 
-func (p *syncProxy) setRewrite(fn func(since string, resp *mautrix.RespSync) bool) {
+func (p *syncProxy) setRewrite(fn func(ctx context.Context, since string, resp *mautrix.RespSync) bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.rewrite = fn
@@ -112,21 +115,21 @@ func TestSyncRewindsAfterAnswerCutShort(t *testing.T) {
 	got.waitFor(t, "one")
 
 	cut := make(chan struct{})
-	var state int // 0: cut the answer with "two"; 1: fail the next request; 2: pass
-	proxy.setRewrite(func(since string, resp *mautrix.RespSync) bool {
-		switch state {
+	var state atomic.Int32 // 0: cut the answer with "two"; 1: fail the next request; 2: pass
+	proxy.setRewrite(func(ctx context.Context, since string, resp *mautrix.RespSync) bool {
+		switch state.Load() {
 		case 0:
 			if r := resp.Rooms.Join[room]; r != nil && slices.ContainsFunc(r.Timeline.Events, func(e *event.Event) bool {
 				_ = e.Content.ParseRaw(e.Type)
 				return e.Content.AsMessage().Body == "two"
-			}) {
+			}) && state.CompareAndSwap(0, 1) {
 				delete(resp.Rooms.Join, room)
-				state = 1
 			}
 		case 1:
-			state = 2
-			close(cut)
-			return true
+			if state.CompareAndSwap(1, 2) {
+				close(cut)
+				return true
+			}
 		}
 		return false
 	})
@@ -181,7 +184,7 @@ func TestSyncJoinShownBeforeTimeline(t *testing.T) {
 	got.waitFor(t, "invite to "+string(room))
 	lagged := make(chan struct{})
 	var once sync.Once
-	proxy.setRewrite(func(since string, resp *mautrix.RespSync) bool {
+	proxy.setRewrite(func(ctx context.Context, since string, resp *mautrix.RespSync) bool {
 		r := resp.Rooms.Join[room]
 		if r == nil {
 			return false

@@ -2,7 +2,9 @@ package matrix
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,13 +12,17 @@ import (
 	"slices"
 
 	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
 // rewind is where a Syncer asks again after a failed sync or a restart: the token its last
 // committed batch was requested with, and the events handed out since that token, which are
-// not handed out twice.
+// not handed out twice. With encryption, the to-device messages handed to the crypto machine
+// since that token are among them: the server keeps a to-device message until the next since
+// token is used, so an answer from the rewind point can hold it again, and an Olm message
+// decrypted a second time fails (its one-time key is used up), which mautrix logs as an error.
 //
 // A homeserver that is going down can answer the sync in progress with less than it has: Dendrite
 // (0.13.8) cut short by SIGTERM answers it with the room timelines it could not read left out and
@@ -115,4 +121,32 @@ func deliveryKey(room id.RoomID, raw *event.Event, invite bool) string {
 		return "invite " + string(room) + " " + string(raw.Sender)
 	}
 	return ""
+}
+
+// toDeviceKey identifies a to-device message for the rewind. Such messages have no ID: the key
+// is the sender, the type and a hash of the content (an Olm message's ciphertext is unique, so
+// two messages with one key are the same message).
+func toDeviceKey(evt *event.Event) string {
+	sum := sha256.Sum256(evt.Content.VeryRaw)
+	return "to-device " + string(evt.Sender) + " " + evt.Type.Type + " " + base64.RawStdEncoding.EncodeToString(sum[:16])
+}
+
+// dropHandedOver takes the to-device messages in skip (handed to the crypto machine by the
+// batch a rewind asks for again) out of resp, and returns the keys of those it keeps.
+func dropHandedOver(resp *mautrix.RespSync, skip map[string]bool) []string {
+	var keys []string
+	kept := resp.ToDevice.Events[:0]
+	for _, evt := range resp.ToDevice.Events {
+		if evt == nil {
+			continue
+		}
+		key := toDeviceKey(evt)
+		if skip[key] {
+			continue
+		}
+		keys = append(keys, key)
+		kept = append(kept, evt)
+	}
+	resp.ToDevice.Events = kept
+	return keys
 }
