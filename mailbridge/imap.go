@@ -383,7 +383,7 @@ func (p *Poller) takeOne(ctx context.Context, log *slog.Logger, c *imapclient.Cl
 		return nil
 	}
 	log.Info("mail accepted from IMAP", "uid", uid, "spool_id", id, "rooms", len(targets), "bytes", len(raw))
-	p.g.kick()
+	p.g.kickFor(targets)
 	return nil
 }
 
