@@ -56,9 +56,14 @@ type Transport struct {
 	log    *slog.Logger
 	holder string
 
-	mu   sync.Mutex // one refresh at a time in this process
-	cur  *oauthRecord
-	held map[string]struct{} // the access tokens this Transport held before cur's
+	mu  sync.Mutex // one refresh at a time in this process
+	cur *oauthRecord
+	// Until when the session is taken to be none of OAuth's (no record stored), unless this
+	// process stores a login meanwhile (noneSaves is oauthSaves when it was found none): a
+	// password session's every request would read the database otherwise.
+	noneUntil time.Time
+	noneSaves int64
+	held      map[string]struct{} // the access tokens this Transport held before cur's
 }
 
 // NewTransport returns the Transport of the OAuth session stored under sessionName (the
@@ -173,16 +178,30 @@ func (t *Transport) send(req *http.Request, token string) (*http.Response, error
 	return t.base.RoundTrip(r)
 }
 
+// noneRecheck is how long a Transport whose session has no OAuth record stored takes that to
+// hold before it reads the database again.
+const noneRecheck = 10 * time.Second
+
 // current returns the tokens in memory, loading them the first time.
 func (t *Transport) current(ctx context.Context) (*oauthRecord, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.cur == nil {
+		if now := t.opts.Now(); now.Before(t.noneUntil) && oauthSaves.Load() == t.noneSaves {
+			return nil, nil
+		}
+		saves := oauthSaves.Load() // before the read: a login stored after it is looked for
 		r, err := t.store.load(ctx, t.name)
 		if err != nil {
 			return nil, err
 		}
 		t.cur = r
+		if r == nil {
+			// Looked for again after a login in this process, or a while later: one
+			// stored by another process is found then (its requests pass through untouched
+			// until that).
+			t.noneUntil, t.noneSaves = t.opts.Now().Add(noneRecheck), saves
+		}
 	}
 	return t.cur, nil
 }

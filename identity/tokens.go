@@ -6,6 +6,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"go.mau.fi/util/dbutil"
@@ -79,8 +80,13 @@ func (s *tokenStore) save(ctx context.Context, name string, r *oauthRecord) erro
 	if err != nil {
 		return fmt.Errorf("identity: save OAuth session %q: %w", name, err)
 	}
+	oauthSaves.Add(1)
 	return nil
 }
+
+// oauthSaves counts the OAuth sessions this process stored, so that a Transport that found
+// none stored looks again after a login.
+var oauthSaves atomic.Int64
 
 // lease makes holder the one process that refreshes name's tokens until until, unless another
 // holds an unexpired lease. The refresh request itself runs outside any transaction.

@@ -54,30 +54,38 @@ func (s *spool) openClaims(ctx context.Context, db *dbutil.Database) error {
 	return nil
 }
 
-// claim takes up to limit pending deliveries due at now that no other instance holds, oldest
-// mail first, for this instance until now plus the lease.
 // maxPostedPerTarget bounds a room's deliveries that are posted into the outbox and not yet
-// sent: a room with this many takes no more, so it has at most this many plus one claimed
-// batch (deliveryBatch - 1 more). After a burst the backlog waits in the spool, not in the
-// outbox: the delivery worker posts a room's next mails as the outbox sends the earlier ones
-// (a room's sends go out one after another, so posting thousands ahead delivers none sooner),
-// and the outbox and the confirmer work on dozens of items, not on the whole backlog. Other
-// rooms are not held up by a room that is full.
-const maxPostedPerTarget = 64
+// sent. A room takes more only while it has fewer than refillBelow of them, and then at most one
+// claimed batch (deliveryBatch) more, so it never has maxPostedPerTarget. After a burst the
+// backlog waits in the spool, not in the outbox: the delivery worker posts a room's next mails
+// as the outbox sends the earlier ones (a room's sends go out one after another, so posting
+// thousands ahead delivers none sooner), and the outbox and the confirmer work on dozens of
+// items, not on the whole backlog. Other rooms are not held up by a room that is full.
+//
+// The room is refilled a batch at a time, below half its bound, rather than a mail each time
+// one is sent: each pass of the worker reads the spool's whole backlog, so a pass per sent
+// mail cost a scan of the backlog per mail (blocked.go).
+const (
+	maxPostedPerTarget = 2 * deliveryBatch
+	refillBelow        = deliveryBatch
+)
 
-// fullTargets selects the targets with maxPostedPerTarget posted deliveries, the limit given as
-// the query parameter param ("$3").
+// fullTargets selects the targets with at least the number of posted deliveries in the query
+// parameter param ("$3"): those that take no more (refillBelow).
 func fullTargets(param string) string {
 	return `SELECT target FROM samtal_mail_delivery WHERE state = 3 GROUP BY target HAVING COUNT(*) >= ` + param
 }
 
+// claim takes up to limit pending deliveries due at now that no other instance holds, oldest
+// mail first, for this instance until now plus the lease. Rooms with refillBelow or more posts
+// unsent are left out.
 func (s *spool) claim(ctx context.Context, now time.Time, limit int) ([]delivery, error) {
 	const selectDue = `SELECT d.spool_id, d.target, d.recipient, d.create_spec, d.attempts, m.mail_from, m.received_at, m.message
 		FROM samtal_mail_delivery d JOIN samtal_mail_spool m ON m.id = d.spool_id`
 	if !s.claims.postgres {
 		return s.scanDeliveries(s.db.Query(ctx, selectDue+` WHERE d.state = 0 AND d.next_attempt <= $1 AND d.target NOT IN (`+fullTargets("$3")+`)
 			ORDER BY d.spool_id, d.target LIMIT $2`,
-			now.UnixMilli(), limit, maxPostedPerTarget))
+			now.UnixMilli(), limit, refillBelow))
 	}
 	until := now.Add(s.claims.lease).UnixMilli()
 	var out []delivery
@@ -85,7 +93,7 @@ func (s *spool) claim(ctx context.Context, now time.Time, limit int) ([]delivery
 		out = nil
 		rows, err := s.db.Query(ctx, `SELECT spool_id, target FROM samtal_mail_delivery
 			WHERE state = 0 AND next_attempt <= $1 AND claimed_until <= $1 AND target NOT IN (`+fullTargets("$3")+`)
-			ORDER BY spool_id, target LIMIT $2 FOR UPDATE SKIP LOCKED`, now.UnixMilli(), limit, maxPostedPerTarget)
+			ORDER BY spool_id, target LIMIT $2 FOR UPDATE SKIP LOCKED`, now.UnixMilli(), limit, refillBelow)
 		if err != nil {
 			return err
 		}

@@ -178,7 +178,11 @@ func (g *Gateway) settle(ps []postedDelivery) {
 	}
 	if len(confirmed) > 0 {
 		g.announceDelivered()
-		g.kick() // a full room may take more now (claim.go)
+		targets := make([]string, 0, len(confirmed))
+		for _, p := range confirmed {
+			targets = append(targets, p.target)
+		}
+		g.roomsFreed(g.ctx, targets) // a full room may take more now (claim.go)
 	}
 }
 

@@ -29,7 +29,11 @@ func (g *Gateway) deliverLoop() {
 	defer g.worker.Done()
 	for {
 		g.deliverDue()
+		g.noteFull(g.ctx)
 		wait := g.opts.MaxRetryDelay
+		if g.full.any(time.Now()) {
+			wait = min(wait, fullRoomFor) // what another instance sent into a full room is not confirmed here
+		}
 		if next, ok, err := g.spool.nextAttempt(g.ctx); err != nil {
 			wait = g.opts.MinRetryDelay
 		} else if ok {
@@ -50,6 +54,7 @@ func (g *Gateway) deliverLoop() {
 // deliverDue delivers every delivery that is due now.
 func (g *Gateway) deliverDue() {
 	for g.ctx.Err() == nil {
+		g.passes.Add(1)
 		due, err := g.spool.due(g.ctx, time.Now(), deliveryBatch)
 		if err != nil {
 			if g.ctx.Err() == nil {

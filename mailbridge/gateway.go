@@ -76,6 +76,8 @@ type Gateway struct {
 	ctx    context.Context // ends when Close is called; stops the delivery worker
 	cancel context.CancelFunc
 	wake   chan struct{} // a mail was spooled
+	full   fullRooms     // rooms the worker found full (blocked.go)
+	passes atomic.Int64  // passes of the delivery worker over the spool, for tests
 	worker sync.WaitGroup
 	data   sync.WaitGroup // DATA commands spooling right now
 	conns  conns          // open SMTP connections, for Shutdown

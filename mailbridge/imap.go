@@ -385,7 +385,7 @@ func (p *Poller) takeOne(ctx context.Context, log *slog.Logger, c *imapclient.Cl
 		return nil
 	}
 	log.Info("mail accepted from IMAP", "uid", uid, "spool_id", id, "rooms", len(r.targets), "bytes", len(r.raw))
-	p.g.kick()
+	p.g.kickFor(r.targets)
 	return nil
 }
 

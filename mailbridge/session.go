@@ -251,7 +251,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	}
 	g.log.Info("mail accepted", "remote", s.remote, "spool_id", id, "rooms", len(s.targets), "bytes", len(raw),
 		"spf", v.spf, "dmarc", v.dmarc, "automated", class.Kind.String())
-	g.kick()
+	g.kickFor(s.targets)
 	return nil
 }
 

@@ -88,7 +88,7 @@ func (s *spool) nextAttempt(ctx context.Context) (time.Time, bool, error) {
 		q = `SELECT MIN(CASE WHEN claimed_until > next_attempt THEN claimed_until ELSE next_attempt END)
 			FROM samtal_mail_delivery WHERE state = 0 AND target NOT IN (` + fullTargets("$1") + `)`
 	}
-	if err := s.db.QueryRow(ctx, q, maxPostedPerTarget).Scan(&next); err != nil {
+	if err := s.db.QueryRow(ctx, q, refillBelow).Scan(&next); err != nil {
 		return time.Time{}, false, fmt.Errorf("mailbridge: read spool: %w", err)
 	}
 	if next == nil {

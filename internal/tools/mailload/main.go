@@ -1,10 +1,12 @@
 // Command mailload is the mail gateway's load tool: it drives N SMTP connections into one
 // route and measures the accept rate (250 replies per second), the delivered rate (events seen
 // in the room per second by a syncing client) and the latency from the end of DATA to the event
-// seen by that client; with -pid it samples the gateway's resident memory, and with -raw it
-// first measures a raw send loop (one client sending the messages the gateway makes of the
-// load's mails into the same room, while the reader syncs) against the
-// same homeserver, for comparison. docs/benchmarks.md has the commands.
+// seen by that client; with -pid it samples the gateway's resident memory and reports the CPU
+// time per event of the gateway and of its child processes (the homeserver of samtal dev), and
+// with -raw it first measures a raw send loop (one client, -raw-user, sending the messages the
+// gateway makes of the load's mails into the same room, while the reader syncs) against the
+// same homeserver, for comparison. The reader moves its read marker about once a second, as a
+// user reading along does. docs/benchmarks.md has the commands.
 //
 //	samtal dev -dir /tmp/bench &   # prints the demo user's password, the room and the SMTP address
 //	go run ./internal/tools/mailload -smtp 127.0.0.1:2525 -to demo@samtal.localhost \
@@ -51,7 +53,8 @@ func main() {
 	user := flag.String("user", "demo", "the reader, a member of -room (password in $MAILLOAD_PASSWORD)")
 	room := flag.String("room", "", "the room the route posts into")
 	wait := flag.Duration("wait", 5*time.Minute, "after sending, how long to wait for the events still missing")
-	raw := flag.Duration("raw", 0, "first run a raw send loop of this long into -room as -user, for comparison")
+	raw := flag.Duration("raw", 0, "first run a raw send loop of this long into -room, for comparison")
+	rawUser := flag.String("raw-user", "", "the raw loop's sender (password in $MAILLOAD_RAW_PASSWORD), invited into -room by -user; empty: -user sends")
 	pid := flag.Int("pid", 0, "process ID of the gateway, whose peak RSS is reported")
 	dnsAddr := flag.String("dns", "", "serve DNS on this address (host:port) for -from's domain: SPF and DMARC records that pass; the gateway's resolver (samtal dev -dns)")
 	flag.Parse()
@@ -90,10 +93,30 @@ func main() {
 		return fmt.Sprintf("From: Load <%s>\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <%s@mailload.test>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n%s",
 			*from, *to, subject, strings.ReplaceAll(subject, " ", "-"), body)
 	}
+	var rawRate float64 // messages per second of the raw loop; 0: none ran
 	if *raw > 0 {
-		n, elapsed := rawLoop(ctx, reader, id.RoomID(*room), *raw, loadMail)
-		fmt.Printf("raw send loop: %d messages in %.1fs = %.1f/s\n", n, elapsed.Seconds(), float64(n)/elapsed.Seconds())
+		sender := reader
+		if *rawUser != "" {
+			// Another account than the reader's, as the gateway's is: the homeserver does for
+			// the reader what it does for the gateway's events (notifications, unread counts),
+			// which it skips for the reader's own.
+			if sender, err = login(ctx, *hs, *rawUser, os.Getenv("MAILLOAD_RAW_PASSWORD")); err != nil {
+				log.Fatalf("mailload: log in as %s: %v", *rawUser, err)
+			}
+			defer func() { _, _ = sender.Logout(context.Background()) }()
+			if err := joinRoom(ctx, reader, sender, id.RoomID(*room)); err != nil {
+				log.Fatalf("mailload: %s joins %s: %v", *rawUser, *room, err)
+			}
+		}
+		before := cpuTimes(*pid)
+		n, elapsed := rawLoop(ctx, sender, id.RoomID(*room), *raw, loadMail)
+		rawRate = float64(n) / elapsed.Seconds()
+		fmt.Printf("raw send loop: %d messages in %.1fs = %.1f/s\n", n, elapsed.Seconds(), rawRate)
+		if line := cpuPer(before, cpuTimes(*pid), n, "raw message"); line != "" {
+			fmt.Println(line)
+		}
 	}
+	cpuStart := cpuTimes(*pid)
 
 	var peak atomic.Int64
 	if *pid > 0 {
@@ -163,9 +186,15 @@ func main() {
 	for seen.count() < int(acc) && time.Now().Before(waitUntil) && ctx.Err() == nil {
 		time.Sleep(100 * time.Millisecond)
 	}
+	cpuEnd := cpuTimes(*pid)
 	stopSync()
 	<-syncDone
 	got, last := seen.snapshot()
+	defer func() {
+		if line := cpuPer(cpuStart, cpuEnd, len(got), "mail delivered (SMTP and delivery)"); line != "" {
+			fmt.Println(line)
+		}
+	}()
 	fmt.Printf("delivered: %d of %d events seen by the syncing client", len(got), acc)
 	if len(got) > 0 {
 		total := last.Sub(start)
@@ -190,6 +219,14 @@ func main() {
 		fmt.Printf("; after: %d in %.1fs = %.1f/s", after, drain.Seconds(), float64(after)/drain.Seconds())
 	}
 	fmt.Println()
+	if rawRate > 0 && len(got) > 0 {
+		fmt.Printf("delivered / raw loop: %.2fx over the run", float64(len(got))/last.Sub(start).Seconds()/rawRate)
+		fmt.Printf(", %.2fx while sending", float64(during)/sending.Seconds()/rawRate)
+		if after > 0 && last.After(stopped) {
+			fmt.Printf(", %.2fx after", float64(after)/last.Sub(stopped).Seconds()/rawRate)
+		}
+		fmt.Println()
+	}
 	var lat []time.Duration
 	endsMu.Lock()
 	for n, at := range got {
@@ -238,6 +275,22 @@ func login(ctx context.Context, hs, user, password string) (*mautrix.Client, err
 	_, err = c.Login(ctx, &mautrix.ReqLogin{Type: mautrix.AuthTypePassword, Password: password, StoreCredentials: true,
 		Identifier: mautrix.UserIdentifier{Type: mautrix.IdentifierTypeUser, User: user}, InitialDeviceDisplayName: "mailload"})
 	return c, err
+}
+
+// joinRoom has inviter invite c into room, unless c is in it, and c join it.
+func joinRoom(ctx context.Context, inviter, c *mautrix.Client, room id.RoomID) error {
+	joined, err := c.JoinedRooms(ctx)
+	if err != nil {
+		return err
+	}
+	if slices.Contains(joined.JoinedRooms, room) {
+		return nil
+	}
+	if _, err := inviter.InviteUser(ctx, room, &mautrix.ReqInviteUser{UserID: c.UserID}); err != nil {
+		return fmt.Errorf("invite: %w", err)
+	}
+	_, err = c.JoinRoomByID(ctx, room)
+	return err
 }
 
 // rawLoop sends plain messages into room one after another for d and returns how many.
@@ -295,6 +348,8 @@ func (s *seen) snapshot() (map[int64]time.Time, time.Time) {
 func syncLoop(ctx context.Context, c *mautrix.Client, room id.RoomID, run string, s *seen) {
 	subject := regexp.MustCompile(`Subject: Load ` + regexp.QuoteMeta(run) + `-(\d+)\n`)
 	since := ""
+	var unread id.EventID // the newest event read since the marker was last moved
+	var marked time.Time
 	filter := `{"room":{"rooms":["` + string(room) + `"],"timeline":{"limit":1000,"types":["m.room.message"]},"state":{"lazy_load_members":true}},"presence":{"not_types":["*"]},"account_data":{"not_types":["*"]}}`
 	for ctx.Err() == nil {
 		resp, err := c.SyncRequest(ctx, 5000, since, filter, false, event.PresenceOffline)
@@ -306,8 +361,8 @@ func syncLoop(ctx context.Context, c *mautrix.Client, room id.RoomID, run string
 			continue
 		}
 		now := time.Now()
-		if since != "" { // the first sync is the room's past
-			if jr, ok := resp.Rooms.Join[room]; ok {
+		if jr, ok := resp.Rooms.Join[room]; ok && len(jr.Timeline.Events) > 0 {
+			if since != "" { // the first sync is the room's past
 				for _, evt := range jr.Timeline.Events {
 					body, _ := evt.Content.Raw["body"].(string)
 					if m := subject.FindStringSubmatch(body); m != nil {
@@ -316,6 +371,17 @@ func syncLoop(ctx context.Context, c *mautrix.Client, room id.RoomID, run string
 					}
 				}
 			}
+			unread = jr.Timeline.Events[len(jr.Timeline.Events)-1].ID
+		}
+		if unread != "" && time.Since(marked) >= time.Second {
+			// A user reading along moves the read marker, about once a second here. The
+			// homeserver counts a member's unread notifications in a room on each new event
+			// (Dendrite: one COUNT over them), so a reader that never reads would make every
+			// event cost more than the one before, whoever sends it.
+			if err := c.SetReadMarkers(ctx, room, &mautrix.ReqSetReadMarkers{FullyRead: unread}); err != nil && ctx.Err() == nil {
+				log.Printf("mailload: read marker: %v", err)
+			}
+			unread, marked = "", time.Now()
 		}
 		since = resp.NextBatch
 	}
