@@ -51,10 +51,7 @@ func TestGatewayConfigSections(t *testing.T) {
 
 	// DNS: agency.example and outsider.example send from loopback (SPF), forged.example does not.
 	zone := dnstest.Start(t)
-	for _, d := range []string{"agency.example", "outsider.example"} {
-		zone.TXT(d, "v=spf1 ip4:127.0.0.0/8 -all")
-		zone.TXT("_dmarc."+d, "v=DMARC1; p=reject")
-	}
+	sendFromLoopback(zone, "agency.example", "outsider.example")
 	zone.TXT("forged.example", "v=spf1 ip4:192.0.2.1 -all")
 	zone.TXT("_dmarc.forged.example", "v=DMARC1; p=reject")
 

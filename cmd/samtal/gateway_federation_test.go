@@ -87,10 +87,7 @@ func TestGatewayFederationListURL(t *testing.T) {
 	srv := matrixtest.NewServer(t)
 	officer, room := mailRoom(t, srv, srv.URL)
 	zone := dnstest.Start(t)
-	for _, d := range []string{"agency.example", "outsider.example"} {
-		zone.TXT(d, "v=spf1 ip4:127.0.0.0/8 -all")
-		zone.TXT("_dmarc."+d, "v=DMARC1; p=reject")
-	}
+	sendFromLoopback(zone, "agency.example", "outsider.example")
 	_, keyFile, signer := writeFederationList(t, dir, "agency.example")
 	_, _, otherSigner := writeFederationList(t, t.TempDir(), "agency.example")
 	ls := newListServer(t, dir, signedList(t, dir, signer, 1, "agency.example"))

@@ -12,6 +12,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"github.com/samtalhq/samtal/internal/dnstest"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
 
@@ -48,6 +49,15 @@ func waitBody(t *testing.T, cli *mautrix.Client, room id.RoomID, text string) {
 	matrixtest.WaitEvent(t, cli, room, func(e *event.Event) bool {
 		return e.Type == event.EventMessage && strings.Contains(e.Content.AsMessage().Body, text)
 	})
+}
+
+// sendFromLoopback publishes, for each domain, an SPF record that lets loopback send its mail
+// and a DMARC policy of reject: mail the test sends from there passes as the domain's.
+func sendFromLoopback(zone *dnstest.Zone, domains ...string) {
+	for _, d := range domains {
+		zone.TXT(d, "v=spf1 ip4:127.0.0.0/8 -all")
+		zone.TXT("_dmarc."+d, "v=DMARC1; p=reject")
+	}
 }
 
 // gatewayUnderTest is `samtal gateway` running in-process for one test.
