@@ -19,20 +19,11 @@ func TestPostedPerRoomBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("100 mails through a real homeserver")
 	}
-	srv := matrixtest.NewServer(t)
-	proxy := newSendProxy(t, srv.URL)
-	bot := botVia(t, srv, proxy, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
-	inbox := matrixtest.NewRecorder(t, officer, room)
-	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
+	s, proxy := newProxiedScene(t, mailbridge.Options{})
+	g, inbox := s.g, s.inbox
 
 	proxy.hold.Store(true)
-	c := dial(t, addr)
+	c := dial(t, s.addr)
 	var subjects []string
 	for i := range 100 {
 		s := fmt.Sprintf("Burst %d", i)

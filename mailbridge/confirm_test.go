@@ -89,26 +89,14 @@ func botVia(t *testing.T, srv *matrixtest.Server, p *sendProxy, localpart string
 // fault injected by the proxy), so the outbox fails it for good. The mail is not done: it is
 // posted again (the outbox item requeued) and arrives, once.
 func TestOutboxRefusalPostedAgain(t *testing.T) {
-	srv := matrixtest.NewServer(t)
-	proxy := newSendProxy(t, srv.URL)
-	bot := botVia(t, srv, proxy, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
-	inbox := matrixtest.NewRecorder(t, officer, room)
-	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
-	if err != nil {
-		t.Fatal(err)
-	}
 	counts := &outcomeCounts{}
-	g, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router, Metrics: counts})
+	s, proxy := newProxiedScene(t, mailbridge.Options{Metrics: counts})
 
 	proxy.refuse.Store(2) // the first post, and its first requeue
-	if err := send(dial(t, addr), "a@agency.example", []string{"cases@agency.example"}, mail("a@agency.example", "Refused", "refused@agency.example", "x")); err != nil {
-		t.Fatal(err)
-	}
-	inbox.Wait(t, subjectLine("Refused"))
-	waitSpoolEmpty(t, g)
-	if n := count(inbox, subjectLine("Refused")); n != 1 {
+	s.send(t, "a@agency.example", mail("a@agency.example", "Refused", "refused@agency.example", "x"))
+	s.inbox.Wait(t, subjectLine("Refused"))
+	waitSpoolEmpty(t, s.g)
+	if n := count(s.inbox, subjectLine("Refused")); n != 1 {
 		t.Errorf("posted %d times, want once", n)
 	}
 	if d, r := counts.delivered.Load(), counts.retry.Load(); d != 1 || r < 2 {
@@ -120,18 +108,14 @@ func TestOutboxRefusalPostedAgain(t *testing.T) {
 // running, then has the post refused for good (injected by the proxy). The next gateway on the
 // same database finds the posted delivery whose post failed, posts it again, and it arrives.
 func TestOutboxFailureWhileGatewayDown(t *testing.T) {
-	srv := matrixtest.NewServer(t)
-	proxy := newSendProxy(t, srv.URL)
-	bot := botVia(t, srv, proxy, "mailbot")
-	officer := srv.NewClient(t, "officer")
-	room := roomWith(t, bot, officer, false)
-	inbox := matrixtest.NewRecorder(t, officer, room)
-	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room)})
+	s, proxy := newProxiedStage(t)
+	bot := s.bot
+	inbox := matrixtest.NewRecorder(t, s.officer, s.room)
+	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(s.room)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	db := openDB(t, "spool.db")
-	opts := mailbridge.Options{Client: bot, Router: router, DB: db}
+	opts := mailbridge.Options{Client: bot, Router: router, DB: openDB(t, "spool.db")}
 
 	proxy.hold.Store(true)
 	proxy.refuseHeld.Store(true)

@@ -45,6 +45,26 @@ func newStage(t *testing.T, serverOpts ...matrixtest.Option) *scene {
 	return s
 }
 
+// newProxiedScene is newScene with the bot reaching the homeserver through a sendProxy, which
+// the test uses to refuse or hold the bot's sends.
+func newProxiedScene(t *testing.T, opts mailbridge.Options) (*scene, *sendProxy) {
+	t.Helper()
+	s, proxy := newProxiedStage(t)
+	s.start(t, opts, s.room, mailbridge.Route{Address: "cases@agency.example", Room: string(s.room)})
+	return s, proxy
+}
+
+// newProxiedStage is newProxiedScene without its gateway.
+func newProxiedStage(t *testing.T) (*scene, *sendProxy) {
+	t.Helper()
+	s := &scene{srv: matrixtest.NewServer(t)}
+	proxy := newSendProxy(t, s.srv.URL)
+	s.bot = botVia(t, s.srv, proxy, "mailbot")
+	s.officer = s.srv.NewClient(t, "officer")
+	s.room = roomWith(t, s.bot, s.officer, false)
+	return s, proxy
+}
+
 // newEncryptedScene is newScene with encrypted clients and a second, encrypted room, secure,
 // for secure@agency.example. more returns further routes, which may name the scene's server
 // and officer.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -31,7 +30,6 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
-	"maunium.net/go/mautrix/event"
 
 	"github.com/samtalhq/samtal/federation"
 	"github.com/samtalhq/samtal/internal/dnstest"
@@ -49,16 +47,11 @@ func TestGatewayConfigSections(t *testing.T) {
 	}
 	dir := t.TempDir()
 	srv := matrixtest.NewServer(t)
-	loginAs(t, srv, "mailbot")
-	officer := srv.Client(t, "officer")
-	room := sharedRoom(t, officer)
+	officer, room := mailRoom(t, srv, srv.URL)
 
 	// DNS: agency.example and outsider.example send from loopback (SPF), forged.example does not.
 	zone := dnstest.Start(t)
-	for _, d := range []string{"agency.example", "outsider.example"} {
-		zone.TXT(d, "v=spf1 ip4:127.0.0.0/8 -all")
-		zone.TXT("_dmarc."+d, "v=DMARC1; p=reject")
-	}
+	sendFromLoopback(zone, "agency.example", "outsider.example")
 	zone.TXT("forged.example", "v=spf1 ip4:192.0.2.1 -all")
 	zone.TXT("_dmarc.forged.example", "v=DMARC1; p=reject")
 
@@ -127,24 +120,11 @@ routes:
   - {address: members@agency.example, room: "%[10]s", members_only: true}
 `, certFile, keyFile, zone.Addr, fedList, fedKey, imap.Addr, imap.User, tokenFile, tokens.URL, room))
 
-	e, out, errOut := testEnv()
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan int, 1)
-	go func() { done <- run(ctx, e, []string{"gateway", "--config", cfgPath}) }()
-	t.Cleanup(func() {
-		cancel()
-		if code := <-done; code != exitOK {
-			t.Errorf("gateway exited %d: %s", code, errOut)
-		}
-	})
-	waitFor(t, func() bool { return strings.Contains(out.String(), "http") }, done, errOut)
-	smtpAddr := regexp.MustCompile(`(?m)^\s+smtp\s+(\S+)`).FindStringSubmatch(out.String())[1]
-	smtpsAddr := regexp.MustCompile(`(?m)^\s+smtps\s+(\S+)`).FindStringSubmatch(out.String())[1]
+	gw := serveGateway(t, cfgPath)
+	smtpAddr, smtpsAddr := gw.smtpAddr, gw.listener(t, "smtps")
 	arrives := func(t *testing.T, subject string) {
 		t.Helper()
-		matrixtest.WaitEvent(t, officer, room, func(e *event.Event) bool {
-			return e.Type == event.EventMessage && strings.Contains(e.Content.AsMessage().Body, "Subject: "+subject)
-		})
+		waitBody(t, officer, room, "Subject: "+subject)
 	}
 	clientTLS := &tls.Config{RootCAs: ca.pool, ServerName: "mx.test"}
 
@@ -296,8 +276,8 @@ routes:
 		}
 	})
 	for _, secret := range []string{"submit-secret-4711", imap.Password, "file-token-1", "client-secret-1", "refresh-1", "issued-"} {
-		if strings.Contains(errOut.String(), secret) || strings.Contains(out.String(), secret) {
-			t.Errorf("a secret (%.6s...) is in the gateway's output", secret)
+		if strings.Contains(gw.errOut.String(), secret) || strings.Contains(gw.out.String(), secret) || strings.Contains(gw.logs.String(), secret) {
+			t.Errorf("a secret (%.6s...) is in the gateway's output or log", secret)
 		}
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto"
 	"encoding/pem"
 	"errors"
@@ -11,13 +10,11 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/emersion/go-smtp"
-	"maunium.net/go/mautrix/event"
 
 	"github.com/samtalhq/samtal/internal/dnstest"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
@@ -88,51 +85,27 @@ func TestGatewayFederationListURL(t *testing.T) {
 	}
 	dir := t.TempDir()
 	srv := matrixtest.NewServer(t)
-	loginAs(t, srv, "mailbot")
-	officer := srv.Client(t, "officer")
-	room := sharedRoom(t, officer)
+	officer, room := mailRoom(t, srv, srv.URL)
 	zone := dnstest.Start(t)
-	for _, d := range []string{"agency.example", "outsider.example"} {
-		zone.TXT(d, "v=spf1 ip4:127.0.0.0/8 -all")
-		zone.TXT("_dmarc."+d, "v=DMARC1; p=reject")
-	}
+	sendFromLoopback(zone, "agency.example", "outsider.example")
 	_, keyFile, signer := writeFederationList(t, dir, "agency.example")
 	_, _, otherSigner := writeFederationList(t, t.TempDir(), "agency.example")
 	ls := newListServer(t, dir, signedList(t, dir, signer, 1, "agency.example"))
 
-	cfgPath := filepath.Join(dir, "gateway.yaml")
-	writeConfig(t, cfgPath, fmt.Sprintf(`database: ${SAMTAL_DB}
-matrix: {e2ee: false}
-smtp: {listen: "127.0.0.1:0", domain: mx.test}
-http: {listen: "127.0.0.1:0"}
-dns: {server: "%[1]s"}
+	cfgPath := writeGatewayConfig(t, dir, fmt.Sprintf(`dns: {server: "%[1]s"}
 federation: {list_url: "%[2]s/list.jws", key_file: %[3]s, ca_file: %[4]s, refresh: 50ms, cache_file: %[5]s}
 routes:
   - {address: members@agency.example, room: "%[6]s", members_only: true}
 `, zone.Addr, ls.URL, keyFile, ls.caFile, filepath.Join(dir, "cache.jws"), room))
-	e, out, errOut := testEnv()
-	var logs syncBuffer
-	e.log = slog.New(slog.NewTextHandler(&logs, nil))
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan int, 1)
-	go func() { done <- run(ctx, e, []string{"gateway", "--config", cfgPath}) }()
-	t.Cleanup(func() {
-		cancel()
-		if code := <-done; code != exitOK {
-			t.Errorf("gateway exited %d: %s", code, errOut)
-		}
-	})
-	waitFor(t, func() bool { return strings.Contains(out.String(), "http") }, done, errOut)
-	smtpAddr := regexp.MustCompile(`(?m)^\s+smtp\s+(\S+)`).FindStringSubmatch(out.String())[1]
+	gw := serveGateway(t, cfgPath)
+	logs := gw.logs
 	arrives := func(subject string) {
 		t.Helper()
-		matrixtest.WaitEvent(t, officer, room, func(e *event.Event) bool {
-			return e.Type == event.EventMessage && strings.Contains(e.Content.AsMessage().Body, "Subject: "+subject+"\n")
-		})
+		waitBody(t, officer, room, "Subject: "+subject+"\n")
 	}
 	notMember := smtp.EnhancedCode{5, 7, 1}
 
-	c := dialSMTP(t, smtpAddr, "127.0.0.1")
+	c := dialSMTP(t, gw.smtpAddr, "127.0.0.1")
 	if err := sendOn(c, "anna@agency.example", "members@agency.example", mailText("Anna <anna@agency.example>", "From a member", "")); err != nil {
 		t.Fatalf("a member's verified mail: %v", err)
 	}

@@ -1,14 +1,9 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
-	"path/filepath"
 	"strings"
 	"testing"
-
-	"maunium.net/go/mautrix/event"
 
 	"github.com/samtalhq/samtal/internal/dovecottest"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
@@ -24,9 +19,7 @@ func TestGatewayIMAPCAFile(t *testing.T) {
 	}
 	dir := t.TempDir()
 	srv := matrixtest.NewServer(t)
-	loginAs(t, srv, "mailbot")
-	officer := srv.Client(t, "officer")
-	room := sharedRoom(t, officer)
+	officer, room := mailRoom(t, srv, srv.URL)
 	imap := dovecottest.Start(t, dovecottest.Options{TLS: true})
 	ic := imap.Client(t)
 	for _, mb := range []string{"StartTLS", "Untrusted"} {
@@ -35,12 +28,7 @@ func TestGatewayIMAPCAFile(t *testing.T) {
 		}
 	}
 	t.Setenv("GW_TEST_IMAP_PASSWORD", imap.Password)
-	cfgPath := filepath.Join(dir, "gateway.yaml")
-	writeConfig(t, cfgPath, fmt.Sprintf(`database: ${SAMTAL_DB}
-matrix: {e2ee: false}
-smtp: {listen: "127.0.0.1:0", domain: mx.test}
-http: {listen: "127.0.0.1:0"}
-imap:
+	cfgPath := writeGatewayConfig(t, dir, fmt.Sprintf(`imap:
   - {addr: "%[1]s", security: tls, ca_file: %[3]s, username: %[4]s, password: "${GW_TEST_IMAP_PASSWORD}",
      mailboxes: [{name: INBOX, address: open@agency.example}]}
   - {addr: "%[2]s", security: starttls, ca_file: %[3]s, username: %[4]s, password: "${GW_TEST_IMAP_PASSWORD}",
@@ -51,27 +39,14 @@ routes:
   - {address: open@agency.example, room: "%[5]s"}
 `, imap.TLSAddr, imap.Addr, imap.CAFile, imap.User, room))
 
-	e, out, errOut := testEnv()
-	var logs syncBuffer
-	e.log = slog.New(slog.NewTextHandler(&logs, nil))
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan int, 1)
-	go func() { done <- run(ctx, e, []string{"gateway", "--config", cfgPath}) }()
-	t.Cleanup(func() {
-		cancel()
-		if code := <-done; code != exitOK {
-			t.Errorf("gateway exited %d: %s", code, errOut)
-		}
-	})
-	waitFor(t, func() bool { return strings.Contains(out.String(), "http") }, done, errOut)
+	gw := serveGateway(t, cfgPath)
+	logs := gw.logs
 
 	for _, mb := range []string{"INBOX", "StartTLS", "Untrusted"} {
 		dovecottest.Append(t, ic, mb, "From: Anna <anna@agency.example>\r\nTo: open@agency.example\r\nSubject: TLS "+mb+"\r\nMessage-ID: <tls-"+mb+"@agency.example>\r\n\r\nHello\r\n")
 	}
 	for _, mb := range []string{"INBOX", "StartTLS"} {
-		matrixtest.WaitEvent(t, officer, room, func(e *event.Event) bool {
-			return e.Type == event.EventMessage && strings.Contains(e.Content.AsMessage().Body, "Subject: TLS "+mb+"\n")
-		})
+		waitBody(t, officer, room, "Subject: TLS "+mb+"\n")
 	}
 	matrixtest.Eventually(t, func() error {
 		for _, line := range strings.Split(logs.String(), "\n") {
@@ -87,7 +62,7 @@ routes:
 			t.Errorf("a poller with ca_file logged a certificate error: %s", line)
 		}
 	}
-	if strings.Contains(logs.String(), imap.Password) || strings.Contains(out.String(), imap.Password) || strings.Contains(errOut.String(), imap.Password) {
+	if strings.Contains(logs.String(), imap.Password) || strings.Contains(gw.out.String(), imap.Password) || strings.Contains(gw.errOut.String(), imap.Password) {
 		t.Error("the IMAP password is in the gateway's output")
 	}
 }

@@ -1,21 +1,17 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/emersion/go-smtp"
-	"maunium.net/go/mautrix/event"
 
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
@@ -67,35 +63,14 @@ func TestGatewaySpoolPosted(t *testing.T) {
 	}
 	srv := matrixtest.NewServer(t)
 	proxy := newHoldingProxy(t, srv.URL)
-	clearEnv(t)
-	_, password := srv.RegisterUser(t, "mailbot")
-	t.Setenv("SAMTAL_HOMESERVER", proxy.URL)
-	t.Setenv("SAMTAL_USER", "mailbot")
-	t.Setenv("SAMTAL_PASSWORD", password)
-	mustSamtal(t, "login")
-	officer := srv.Client(t, "officer")
-	room := sharedRoom(t, officer)
-	cfgPath := filepath.Join(t.TempDir(), "gateway.yaml")
-	cfg := fmt.Sprintf(`database: ${SAMTAL_DB}
-matrix: {e2ee: false}
-smtp: {listen: "127.0.0.1:0", domain: mx.test}
-http: {listen: "127.0.0.1:0"}
-delivery: {min_retry_delay: 50ms, max_retry_delay: 200ms}
+	officer, room := mailRoom(t, srv, proxy.URL)
+	cfgPath := writeGatewayConfig(t, t.TempDir(), fmt.Sprintf(`delivery: {min_retry_delay: 50ms, max_retry_delay: 200ms}
 routes:
   - {address: cases@agency.example, room: "%s"}
-`, room)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e, out, errOut := testEnv()
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	done := make(chan int, 1)
-	go func() { done <- run(ctx, e, []string{"gateway", "--config", cfgPath}) }()
-	waitFor(t, func() bool { return strings.Contains(out.String(), "http") }, done, errOut)
-	smtpAddr := regexp.MustCompile(`(?m)^\s+smtp\s+(\S+)`).FindStringSubmatch(out.String())[1]
+`, room))
+	gw := serveGateway(t, cfgPath)
 
-	c, err := smtp.Dial(smtpAddr)
+	c, err := smtp.Dial(gw.smtpAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,17 +104,12 @@ routes:
 	}
 
 	proxy.unhold()
-	matrixtest.WaitEvent(t, officer, room, func(e *event.Event) bool {
-		return e.Type == event.EventMessage && strings.Contains(e.Content.AsMessage().Body, "Subject: Held")
-	})
+	waitBody(t, officer, room, "Subject: Held")
 	matrixtest.Eventually(t, func() error {
 		if list := mustSamtal(t, "gateway", "spool", "list", "--config", cfgPath); strings.Contains(list, string(room)) {
 			return fmt.Errorf("still listed after delivery:\n%s", list)
 		}
 		return nil
 	})
-	cancel()
-	if code := <-done; code != exitOK {
-		t.Fatalf("gateway exited %d: %s", code, errOut)
-	}
+	gw.stop(t)
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/emersion/go-smtp"
-	"maunium.net/go/mautrix/event"
 
 	"github.com/samtalhq/samtal/mailbridge"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
@@ -93,32 +91,16 @@ func TestGatewayConfigErrors(t *testing.T) {
 // lists, shows and retries; SIGTERM (the context ending) stops it cleanly.
 func TestGatewayCommand(t *testing.T) {
 	srv := matrixtest.NewServer(t)
-	loginAs(t, srv, "mailbot")
-	officer := srv.Client(t, "officer")
-	room := sharedRoom(t, officer)
-	cfgPath := filepath.Join(t.TempDir(), "gateway.yaml")
-	cfg := fmt.Sprintf(`database: ${SAMTAL_DB}
-matrix: {e2ee: false}
-smtp: {listen: "127.0.0.1:0", domain: mx.test}
-http: {listen: "127.0.0.1:0"}
-delivery: {min_retry_delay: 50ms, max_retry_delay: 200ms, dead_letter_after: 1ms}
+	officer, room := mailRoom(t, srv, srv.URL)
+	cfgPath := writeGatewayConfig(t, t.TempDir(), fmt.Sprintf(`delivery: {min_retry_delay: 50ms, max_retry_delay: 200ms, dead_letter_after: 1ms}
 routes:
   - {address: cases@agency.example, room: "%s"}
   - {address: lost@agency.example, room: "#nowhere:%s"}
-`, room, srv.ServerName)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	e, out, errOut := testEnv()
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	done := make(chan int, 1)
-	go func() { done <- run(ctx, e, []string{"gateway", "--config", cfgPath}) }()
-	waitFor(t, func() bool { return strings.Contains(out.String(), "http") }, done, errOut)
-	smtpAddr := regexp.MustCompile(`(?m)^\s+smtp\s+(\S+)`).FindStringSubmatch(out.String())[1]
-	httpURL := "http://" + regexp.MustCompile(`(?m)^\s+http\s+(\S+)`).FindStringSubmatch(out.String())[1]
+`, room, srv.ServerName))
+	gw := serveGateway(t, cfgPath)
+	httpURL := gw.httpURL
 
-	c, err := smtp.Dial(smtpAddr)
+	c, err := smtp.Dial(gw.smtpAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,9 +110,7 @@ routes:
 			t.Fatal(err)
 		}
 	}
-	matrixtest.WaitEvent(t, officer, room, func(e *event.Event) bool {
-		return e.Type == event.EventMessage && strings.Contains(e.Content.AsMessage().Body, "Subject: Gateway command cases@agency.example")
-	})
+	waitBody(t, officer, room, "Subject: Gateway command cases@agency.example")
 	matrixtest.Eventually(t, func() error {
 		if code, body := get(t, httpURL+"/readyz"); code != http.StatusOK {
 			return fmt.Errorf("readyz %d %s", code, body)
@@ -172,10 +152,7 @@ routes:
 	if r := samtal(t, nil, "gateway", "spool", "show", "x", "--config", cfgPath); r.code != exitUsage {
 		t.Errorf("show x: exit %d", r.code)
 	}
-	cancel()
-	if code := <-done; code != exitOK {
-		t.Fatalf("gateway exited %d: %s", code, errOut)
-	}
+	gw.stop(t)
 	// Retried while the gateway is stopped: pending, and posted (as dead again) by the next run.
 	mustSamtal(t, "gateway", "spool", "retry", spoolID, "--config", cfgPath)
 	if list := mustSamtal(t, "gateway", "spool", "list", "--config", cfgPath); !regexp.MustCompile(`(?m)^` + spoolID + `\s+pending`).MatchString(list) {

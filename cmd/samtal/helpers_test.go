@@ -60,9 +60,16 @@ func clearEnv(t *testing.T) {
 // would, and runs `samtal login`. Later commands in the test act as that user.
 func loginAs(t *testing.T, srv *matrixtest.Server, localpart string) id.UserID {
 	t.Helper()
+	return loginVia(t, srv, srv.URL, localpart)
+}
+
+// loginVia is loginAs with the CLI given hsURL as the homeserver: srv's own URL, or a proxy in
+// front of it.
+func loginVia(t *testing.T, srv *matrixtest.Server, hsURL, localpart string) id.UserID {
+	t.Helper()
 	clearEnv(t)
 	user, password := srv.RegisterUser(t, localpart)
-	t.Setenv("SAMTAL_HOMESERVER", srv.URL)
+	t.Setenv("SAMTAL_HOMESERVER", hsURL)
 	t.Setenv("SAMTAL_USER", localpart)
 	t.Setenv("SAMTAL_PASSWORD", password)
 	mustSamtal(t, "login")

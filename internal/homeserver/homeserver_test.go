@@ -91,20 +91,7 @@ func TestPortClashRetries(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	taken := l.Addr().(*net.TCPAddr).Port
-	firstPortTaken(t, taken)
-
-	h, err := Start(t.Context(), Options{Dir: dataDir(t), Binary: dendrite(t)})
-	if err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	defer h.Stop()
-	if strings.HasSuffix(h.URL(), ":"+itoa(taken)) {
-		t.Fatalf("server claims the taken port: %s", h.URL())
-	}
-	if _, err := h.Register(t.Context(), "after-retry", "long-enough-pw", false); err != nil {
-		t.Fatalf("server after retry does not work: %v", err)
-	}
+	startAroundTakenPort(t, l.Addr().(*net.TCPAddr).Port)
 }
 
 func TestRegisterRejectsBadInput(t *testing.T) {
@@ -140,24 +127,30 @@ func TestPortTakenByAnotherServer(t *testing.T) {
 	}))
 	defer other.Close()
 	taken := other.Listener.Addr().(*net.TCPAddr).Port
-	firstPortTaken(t, taken)
+	startAroundTakenPort(t, taken)
 
+	// A fixed port that another server answers on is in use.
+	_, err := Start(t.Context(), Options{Dir: dataDir(t), Binary: dendrite(t), Port: taken})
+	if !errors.Is(err, ErrPortInUse) {
+		t.Fatalf("start on a port another server answers on: %v, want ErrPortInUse", err)
+	}
+}
+
+// startAroundTakenPort starts a server whose first port choice is taken (firstPortTaken), and
+// checks that it started on another port and is the one that answers there.
+func startAroundTakenPort(t *testing.T, taken int) {
+	t.Helper()
+	firstPortTaken(t, taken)
 	h, err := Start(t.Context(), Options{Dir: dataDir(t), Binary: dendrite(t)})
 	if err != nil {
 		t.Fatalf("start: %v", err)
 	}
 	defer h.Stop()
 	if strings.HasSuffix(h.URL(), ":"+itoa(taken)) {
-		t.Fatalf("server claims the port another server answers on: %s", h.URL())
+		t.Fatalf("server claims the taken port: %s", h.URL())
 	}
 	if _, err := h.Register(t.Context(), "ours", "long-enough-pw", false); err != nil {
-		t.Fatalf("register on the started server: %v", err)
-	}
-
-	// A fixed port that another server answers on is in use.
-	_, err = Start(t.Context(), Options{Dir: dataDir(t), Binary: dendrite(t), Port: taken})
-	if !errors.Is(err, ErrPortInUse) {
-		t.Fatalf("start on a port another server answers on: %v, want ErrPortInUse", err)
+		t.Fatalf("register on the server started on another port: %v", err)
 	}
 }
 

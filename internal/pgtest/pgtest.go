@@ -27,7 +27,8 @@ import (
 const EnvBin = "SAMTAL_POSTGRES_BIN"
 
 // New starts a PostgreSQL server for the test, stopped when the test ends, and returns the URL
-// of an empty database on it.
+// of an empty database on it. Each server is its own, on a copy of one cluster that initdb made
+// for the whole run (see template).
 func New(tb testing.TB) string {
 	tb.Helper()
 	bin, err := findBin()
@@ -44,10 +45,8 @@ func New(tb testing.TB) string {
 		tb.Fatalf("pgtest: %v", err)
 	}
 	data := filepath.Join(dir, "data")
-	initdb := exec.Command(filepath.Join(bin, "initdb"), "-D", data, "-U", "samtal", "--auth=trust", "-E", "UTF8", "--no-sync")
-	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	if out, err := initdb.CombinedOutput(); err != nil {
-		tb.Fatalf("pgtest: initdb: %v\n%s", err, out)
+	if err := newCluster(bin, data, cred); err != nil {
+		tb.Fatalf("pgtest: %v", err)
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -71,7 +70,8 @@ func New(tb testing.TB) string {
 	exited := make(chan struct{})
 	go func() { _ = srv.Wait(); logf.Close(); close(exited) }()
 	tb.Cleanup(func() {
-		_ = srv.Process.Signal(syscall.SIGINT) // fast shutdown
+		// Immediate shutdown: no checkpoint, since the data directory goes with the test.
+		_ = srv.Process.Signal(syscall.SIGQUIT)
 		select {
 		case <-exited:
 		case <-time.After(10 * time.Second):

@@ -80,22 +80,28 @@ func TestRestartKeepsData(t *testing.T) {
 	}
 }
 
+// federatedRoom has alice on a create a room and invite bob on b, who joins: the invite and
+// the join travel over federation.
+func federatedRoom(t *testing.T, a, b *matrixtest.Server) (alice, bob *mautrix.Client, room *mautrix.RespCreateRoom) {
+	t.Helper()
+	alice = a.Client(t, "alice")
+	bob = b.Client(t, "bob")
+	room, err := alice.CreateRoom(t.Context(), &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+	if err != nil {
+		t.Fatalf("create room: %v", err)
+	}
+	matrixtest.Eventually(t, func() error { _, err := bob.JoinRoomByID(t.Context(), room.RoomID); return err })
+	return alice, bob, room
+}
+
 func TestFederation(t *testing.T) {
 	servers := matrixtest.NewFederation(t, 2)
 	a, b := servers[0], servers[1]
 	if a.ServerName == b.ServerName {
 		t.Fatalf("both servers are named %s", a.ServerName)
 	}
-	alice := a.Client(t, "alice")
-	bob := b.Client(t, "bob")
+	alice, bob, room := federatedRoom(t, a, b)
 	ctx := t.Context()
-
-	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
-	if err != nil {
-		t.Fatalf("create room: %v", err)
-	}
-	// The invite travels over federation; joining does too.
-	matrixtest.Eventually(t, func() error { _, err := bob.JoinRoomByID(ctx, room.RoomID); return err })
 	if _, err := alice.SendText(ctx, room.RoomID, "hello across agencies"); err != nil {
 		t.Fatal(err)
 	}
@@ -255,15 +261,8 @@ func TestFederationDistinctHosts(t *testing.T) {
 	if _, ok := matrixtest.LoopbackAddr("matrix.example.org:8448"); ok {
 		t.Error("LoopbackAddr maps a name that is not .localhost")
 	}
-	alice := a.Client(t, "alice")
-	bob := b.Client(t, "bob")
-	ctx := t.Context()
-	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
-	if err != nil {
-		t.Fatalf("create room: %v", err)
-	}
-	matrixtest.Eventually(t, func() error { _, err := bob.JoinRoomByID(ctx, room.RoomID); return err })
-	if _, err := bob.SendText(ctx, room.RoomID, "from b.localhost"); err != nil {
+	alice, bob, room := federatedRoom(t, a, b)
+	if _, err := bob.SendText(t.Context(), room.RoomID, "from b.localhost"); err != nil {
 		t.Fatal(err)
 	}
 	matrixtest.WaitMessage(t, alice, room.RoomID, "from b.localhost")
