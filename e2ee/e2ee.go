@@ -120,6 +120,9 @@ type Machine struct {
 	crossMu sync.Mutex
 
 	backup keyBackup // server-side key backup: key, version, uploader (backup.go)
+
+	// e2ee flakes and stop part:
+	senderKeys senderKeysAsked // sending devices whose keys were asked for (senderkeys.go)
 }
 
 var _ matrix.Encryption = (*Machine)(nil)
@@ -189,6 +192,9 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 		return nil, err
 	}
 	m.mach.SendKeysMinTrust = shareMin
+	// Sender device keys are fetched by this package, with the caller's context and outside
+	// any transaction (senderkeys.go), not by mautrix inside handleEncryptedToDevice's.
+	m.mach.DisableDecryptKeyFetching = true
 	m.mach.AllowKeyShare = m.allowKeyShare
 	if n, err := adoptRoomKeys(ctx, c); err != nil {
 		m.log.Warn("could not take over the room keys of this session's earlier devices", "err", err)
