@@ -28,8 +28,12 @@ func (m *Machine) ProcessSync(ctx context.Context, resp *mautrix.RespSync, since
 	if !ok {
 		return fmt.Errorf("e2ee: the mautrix client's syncer is a %T, not mautrix's default syncer", m.mx.Syncer)
 	}
-	m.crossMu.Lock()
-	defer m.crossMu.Unlock()
+	// Bootstrap, Recover or Status may hold the lock while they wait for the homeserver: a
+	// Syncer told to stop gives up waiting (the batch is not committed).
+	if err := m.crossMu.lock(ctx); err != nil {
+		return fmt.Errorf("e2ee: %w", err)
+	}
+	defer m.crossMu.unlock()
 	// mautrix's own order: device lists, to-device messages, then the rest. The first two are
 	// done here, and the response that goes on to mautrix's syncer has them taken out.
 	m.mach.HandleDeviceLists(ctx, &resp.DeviceLists, since)

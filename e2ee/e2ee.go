@@ -116,8 +116,9 @@ type Machine struct {
 
 	// crossMu keeps Bootstrap, Recover and Status apart from sync processing: mautrix's
 	// OlmMachine updates its cached cross-signing keys while it processes device lists,
-	// without a lock of its own (a data race the race detector showed).
-	crossMu sync.Mutex
+	// without a lock of its own (a data race the race detector showed). Its lock gives up when
+	// the caller's context ends (crosslock.go).
+	crossMu ctxMutex
 
 	backup keyBackup // server-side key backup: key, version, uploader (backup.go)
 

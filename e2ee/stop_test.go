@@ -204,3 +204,34 @@ func TestStopWhileFetchingSenderKeys(t *testing.T) {
 		return err == nil && n == 1
 	})
 }
+
+// TestStopWhileStatusWaits: a Syncer waiting to process a sync response while Status holds the
+// machine's cross-signing lock (Status waits for a homeserver that does not answer) returns
+// at once when stopped. Before, the Syncer waited for the lock without end, and its stop with
+// it, until Status's request ended.
+func TestStopWhileStatusWaits(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	proxy := newHoldingProxy(t, srv.URL)
+	_, pw := srv.RegisterUser(t, "status-bot")
+	bot := &party{t: t, srv: srv, dbPath: filepath.Join(t.TempDir(), "status-bot.db"), user: "status-bot", password: pw, got: &inbox{}, via: proxy.URL}
+	bot.start(e2ee.Options{PickleKey: testKey})
+	t.Cleanup(bot.close)
+	bot.syncedPast(2)() // the bot's own first queries for its keys are done
+
+	own := []byte(bot.c.UserID())
+	proxy.setHold(func(r *http.Request, body []byte) bool {
+		return strings.HasSuffix(r.URL.Path, "/keys/query") && bytes.Contains(body, own)
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	statusDone := make(chan error, 1)
+	go func() { _, err := bot.m.Status(ctx); statusDone <- err }()
+	defer func() { cancel(); <-statusDone }()
+	proxy.waitHeld(t, "query of the bot's own keys by Status")
+	waitFor(t, "the Syncer to wait for the lock Status holds", func() bool { return e2ee.CrossLockWaiting(bot.m) >= 1 })
+	stopWithin(t, bot, "waiting for the lock a stuck Status holds")
+	select {
+	case err := <-statusDone:
+		t.Fatalf("Status returned (%v) while the homeserver held its query", err)
+	default:
+	}
+}
