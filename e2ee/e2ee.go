@@ -196,6 +196,11 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 	// Sender device keys are fetched by this package, with the caller's context and outside
 	// any transaction (senderkeys.go), not by mautrix inside handleEncryptedToDevice's.
 	m.mach.DisableDecryptKeyFetching = true
+	// mautrix's ratchet tracking writes a room key back after every decryption, from the copy
+	// it read before, which undid a backup mark made in between (and the key counted as not
+	// backed up, with nothing to upload it again). It only serves mautrix's options to ratchet
+	// or delete used keys, which are off; without it a decryption writes nothing.
+	m.mach.DisableRatchetTracking = true
 	m.mach.AllowKeyShare = m.allowKeyShare
 	if n, err := adoptRoomKeys(ctx, c); err != nil {
 		m.log.Warn("could not take over the room keys of this session's earlier devices", "err", err)
