@@ -371,7 +371,8 @@ type Status struct {
 }
 
 // Status reports the device's cross-signing and key backup state, as the homeserver and the
-// crypto store have it.
+// crypto store have it. Like Bootstrap and Recover, it waits for the Syncer's processing of
+// the moment, and the Syncer for it; that wait, too, ends with ctx.
 func (m *Machine) Status(ctx context.Context) (Status, error) {
 	if err := m.crossMu.lock(ctx); err != nil { // mautrix writes the same cross-signing state while it processes a sync
 		return Status{}, fmt.Errorf("e2ee: %w", err)
