@@ -2,6 +2,7 @@ package e2ee_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"go.mau.fi/util/dbutil"
+	"maunium.net/go/mautrix/event"
 
 	"github.com/samtalhq/samtal/e2ee"
 	"github.com/samtalhq/samtal/matrix"
@@ -57,20 +59,41 @@ func TestDecryptKeepsBackupMark(t *testing.T) {
 	room := encryptedRoom(t, alice, bob)
 	ctx := t.Context()
 
-	send(t, bob, room, matrix.Text("Ärende 1"))
-	alice.got.wait(t, "Ärende 1")
-	waitFor(t, "alice's room keys to be backed up", func() bool { return status(t, alice).NotBackedUp == 0 })
-	alice.stopSyncing()
-
-	// Bob's next message uses the same room key. Alice's store forgets that the key is backed
-	// up (as before its first upload), and the uploader marks it again right after the
-	// decryption below has read the key.
-	evt := heldEvent(t, alice, room, send(t, bob, room, matrix.Text("Ärende 2")))
+	// An event of bob's that alice has not decrypted, in a room key she holds and whose
+	// earlier events she has decrypted: bob's next message, once he sends it with a key alice
+	// already has (he may start a new one, for instance after alice's device list changed).
+	var evt *event.Event
+	var want string
+	for i := 1; ; i++ {
+		body := fmt.Sprintf("Ärende %d", i)
+		send(t, bob, room, matrix.Text(body))
+		alice.got.wait(t, body)
+		alice.stopSyncing()
+		nextBody := body + " nästa"
+		next := heldEvent(t, alice, room, send(t, bob, room, matrix.Text(nextBody)))
+		must(t, next.Content.ParseRaw(next.Type))
+		var n int
+		must(t, alice.db.QueryRow(ctx, `SELECT count(*) FROM crypto_megolm_inbound_session WHERE session_id = $1`,
+			next.Content.AsEncrypted().SessionID).Scan(&n))
+		if n == 1 {
+			evt, want = next, nextBody
+			break
+		}
+		if i == 5 {
+			t.Fatal("bob started a new room key for each of 5 messages")
+		}
+		runSyncer(alice)
+		alice.got.wait(t, nextBody)
+	}
+	// The uploader is stopped; alice's store forgets that her keys are backed up (as before
+	// their first upload), and they are uploaded and marked right after the decryption below
+	// has read the key, as the uploader would.
+	must(t, alice.m.Close())
 	if _, err := alice.db.Exec(ctx, `UPDATE crypto_megolm_inbound_session SET key_backup_version = ''`); err != nil {
 		t.Fatal(err)
 	}
-	if n := status(t, alice).NotBackedUp; n != 1 {
-		t.Fatalf("%d room keys not backed up after the reset, want 1", n)
+	if n := status(t, alice).NotBackedUp; n == 0 {
+		t.Fatal("no room keys not backed up after the reset")
 	}
 	var uploaded int
 	var uploadErr error
@@ -82,10 +105,10 @@ func TestDecryptKeepsBackupMark(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if body := clear.Content.AsMessage().Body; body != "Ärende 2" {
-		t.Fatalf("decrypted %q", body)
+	if body := clear.Content.AsMessage().Body; body != want {
+		t.Fatalf("decrypted %q, want %q", body, want)
 	}
-	if hook.armed.Load() || uploadErr != nil || uploaded != 1 {
+	if hook.armed.Load() || uploadErr != nil || uploaded == 0 {
 		t.Fatalf("the upload during the decryption: fired %v, %d uploaded, %v", !hook.armed.Load(), uploaded, uploadErr)
 	}
 	if n := status(t, alice).NotBackedUp; n != 0 {
