@@ -102,8 +102,10 @@ type BootstrapOptions struct {
 // after the keys were published, the account has cross-signing but no working recovery key:
 // Bootstrap again with Reset.
 func (m *Machine) Bootstrap(ctx context.Context, auth UIA, opts BootstrapOptions) (recoveryKey string, err error) {
-	m.crossMu.Lock() // mautrix writes the same cross-signing state while it processes a sync
-	defer m.crossMu.Unlock()
+	if err := m.crossMu.lock(ctx); err != nil { // mautrix writes the same cross-signing state while it processes a sync
+		return "", fmt.Errorf("e2ee: %w", err)
+	}
+	defer m.crossMu.unlock()
 	if !opts.Reset {
 		master, _, err := m.publishedKeys(ctx)
 		if err != nil {
@@ -200,8 +202,10 @@ func (m *Machine) publishCrossSigningKeys(ctx context.Context, keys *crypto.Cros
 // A malformed key, or one that is not the account's, gives ErrWrongRecoveryKey; an account
 // that was never set up (Bootstrap) gives ErrNotBootstrapped. In both cases nothing changes.
 func (m *Machine) Recover(ctx context.Context, recoveryKey string) error {
-	m.crossMu.Lock() // mautrix writes the same cross-signing state while it processes a sync
-	defer m.crossMu.Unlock()
+	if err := m.crossMu.lock(ctx); err != nil { // mautrix writes the same cross-signing state while it processes a sync
+		return fmt.Errorf("e2ee: %w", err)
+	}
+	defer m.crossMu.unlock()
 	if utils.DecodeBase58RecoveryKey(strings.TrimSpace(recoveryKey)) == nil {
 		return fmt.Errorf("%w: not a recovery key (48 base58 characters in groups of four, with a checksum)", ErrWrongRecoveryKey)
 	}
@@ -367,10 +371,13 @@ type Status struct {
 }
 
 // Status reports the device's cross-signing and key backup state, as the homeserver and the
-// crypto store have it.
+// crypto store have it. Like Bootstrap and Recover, it waits for the Syncer's processing of
+// the moment, and the Syncer for it; that wait, too, ends with ctx.
 func (m *Machine) Status(ctx context.Context) (Status, error) {
-	m.crossMu.Lock() // mautrix writes the same cross-signing state while it processes a sync
-	defer m.crossMu.Unlock()
+	if err := m.crossMu.lock(ctx); err != nil { // mautrix writes the same cross-signing state while it processes a sync
+		return Status{}, fmt.Errorf("e2ee: %w", err)
+	}
+	defer m.crossMu.unlock()
 	own := m.c.UserID()
 	st := Status{DeviceID: m.c.DeviceID(), Fingerprint: m.Fingerprint(), BackupVersion: m.backupVersion()}
 	resp, err := m.mx.QueryKeys(ctx, &mautrix.ReqQueryKeys{DeviceKeys: mautrix.DeviceKeysRequest{own: {}}})

@@ -28,8 +28,12 @@ func (m *Machine) ProcessSync(ctx context.Context, resp *mautrix.RespSync, since
 	if !ok {
 		return fmt.Errorf("e2ee: the mautrix client's syncer is a %T, not mautrix's default syncer", m.mx.Syncer)
 	}
-	m.crossMu.Lock()
-	defer m.crossMu.Unlock()
+	// Bootstrap, Recover or Status may hold the lock while they wait for the homeserver: a
+	// Syncer told to stop gives up waiting (the batch is not committed).
+	if err := m.crossMu.lock(ctx); err != nil {
+		return fmt.Errorf("e2ee: %w", err)
+	}
+	defer m.crossMu.unlock()
 	// mautrix's own order: device lists, to-device messages, then the rest. The first two are
 	// done here, and the response that goes on to mautrix's syncer has them taken out.
 	m.mach.HandleDeviceLists(ctx, &resp.DeviceLists, since)
@@ -91,7 +95,10 @@ func copyEvents(evts []*event.Event) []*event.Event {
 // handleEncryptedToDevice decrypts an Olm-encrypted to-device message and stores what it
 // carries, all in one transaction. The transaction does not end with ctx: a Syncer that stops
 // finishes the message it is in (a moment), so that mautrix's in-memory Olm sessions never
-// run ahead of the stored ones.
+// run ahead of the stored ones. What needs the homeserver (the sender's device keys, when the
+// store does not have them) is done before, with ctx (knowOlmSender): a stop does not wait
+// for the homeserver, and ends with ctx's error, so the batch is not committed and the
+// message is handled with the next one.
 func (m *Machine) handleEncryptedToDevice(ctx context.Context, evt *event.Event) error {
 	evt.Type.Class = event.ToDeviceEventType
 	if err := evt.Content.ParseRaw(evt.Type); err != nil && !errors.Is(err, event.ErrContentAlreadyParsed) {
@@ -103,6 +110,10 @@ func (m *Machine) handleEncryptedToDevice(ctx context.Context, evt *event.Event)
 		m.stats.toDeviceRefused.Add(1)
 		m.log.Warn("e2ee: to-device message refused", "sender", evt.Sender, "why", why)
 		return nil
+	}
+	// The network part first, with ctx: a stop ends it, and the message comes again.
+	if err := m.knowOlmSender(ctx, evt); err != nil {
+		return err
 	}
 	err := m.c.Database().DoTxn(context.WithoutCancel(ctx), nil, func(ctx context.Context) error {
 		m.mach.HandleToDeviceEvent(ctx, evt)
@@ -174,9 +185,9 @@ func (m *Machine) Decrypt(ctx context.Context, evt *event.Event) (*event.Event, 
 		return nil, fmt.Errorf("e2ee: %s is not an encrypted event", evt.ID)
 	}
 	content := evt.Content.AsEncrypted()
-	clear, err := m.helper.Decrypt(ctx, evt)
+	clear, err := m.decryptKnowingSender(ctx, evt)
 	if (errors.Is(err, crypto.ErrNoSessionFound) || errors.Is(err, crypto.ErrGroupSessionWithheld)) && m.fromBackup(ctx, evt) {
-		clear, err = m.helper.Decrypt(ctx, evt)
+		clear, err = m.decryptKnowingSender(ctx, evt)
 	}
 	if errors.Is(err, crypto.ErrNoSessionFound) || errors.Is(err, crypto.ErrGroupSessionWithheld) {
 		// Not arrived (yet), or the sender refused us the key (we are not trusted by them, or

@@ -116,10 +116,14 @@ type Machine struct {
 
 	// crossMu keeps Bootstrap, Recover and Status apart from sync processing: mautrix's
 	// OlmMachine updates its cached cross-signing keys while it processes device lists,
-	// without a lock of its own (a data race the race detector showed).
-	crossMu sync.Mutex
+	// without a lock of its own (a data race the race detector showed). Its lock gives up when
+	// the caller's context ends (crosslock.go).
+	crossMu ctxMutex
 
 	backup keyBackup // server-side key backup: key, version, uploader (backup.go)
+
+	// e2ee flakes and stop part:
+	senderKeys senderKeysAsked // sending devices whose keys were asked for (senderkeys.go)
 }
 
 var _ matrix.Encryption = (*Machine)(nil)
@@ -189,6 +193,14 @@ func Enable(ctx context.Context, c *matrix.Client, opts Options) (*Machine, erro
 		return nil, err
 	}
 	m.mach.SendKeysMinTrust = shareMin
+	// Sender device keys are fetched by this package, with the caller's context and outside
+	// any transaction (senderkeys.go), not by mautrix inside handleEncryptedToDevice's.
+	m.mach.DisableDecryptKeyFetching = true
+	// mautrix's ratchet tracking writes a room key back after every decryption, from the copy
+	// it read before, which undid a backup mark made in between (and the key counted as not
+	// backed up, with nothing to upload it again). It only serves mautrix's options to ratchet
+	// or delete used keys, which are off; without it a decryption writes nothing.
+	m.mach.DisableRatchetTracking = true
 	m.mach.AllowKeyShare = m.allowKeyShare
 	if n, err := adoptRoomKeys(ctx, c); err != nil {
 		m.log.Warn("could not take over the room keys of this session's earlier devices", "err", err)

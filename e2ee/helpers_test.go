@@ -42,6 +42,9 @@ type party struct {
 	syncer   *matrix.Syncer // the running Syncer, unless sendOnly
 	noJoin   bool           // accepts no invites by itself
 	via      string         // the homeserver URL the client uses, if not srv.URL (a proxy)
+	// dbLog, if set, wraps the database's logger before the client opens it (to inject a
+	// fault after a given statement; dbutil reports each one after it ran).
+	dbLog func(dbutil.DatabaseLogger) dbutil.DatabaseLogger
 }
 
 // newParty registers localpart and starts an encrypted client with a running Syncer.
@@ -78,6 +81,9 @@ func (p *party) startErr(opts e2ee.Options) error {
 	db, err := matrix.OpenDatabase(ctx, p.dbPath)
 	if err != nil {
 		return err
+	}
+	if p.dbLog != nil {
+		db.Log = p.dbLog(db.Log)
 	}
 	url := p.srv.URL
 	if p.via != "" {
