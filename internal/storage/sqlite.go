@@ -5,18 +5,37 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"go.mau.fi/util/dbutil"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/samtalhq/samtal/internal/backoff"
 )
 
 // openSQLite creates the file if it is missing and opens it with our pragmas.
+//
+// A plain path is a path, whatever it holds: it is escaped for the file: URI the driver is given
+// ('%', '?' and '#' mean something there). A file: URI is one: its path is percent-decoded for
+// the file system, and its query holds options.
 func openSQLite(ctx context.Context, dsn string) (*dbutil.Database, error) {
-	path, query, _ := strings.Cut(strings.TrimPrefix(dsn, "file:"), "?")
+	path, query := dsn, ""
+	if rest, ok := strings.CutPrefix(dsn, "file:"); ok {
+		var raw string
+		raw, query, _ = strings.Cut(rest, "?")
+		raw, _, _ = strings.Cut(raw, "#")
+		var err error
+		if path, err = url.PathUnescape(raw); err != nil {
+			return nil, fmt.Errorf("storage: open %s: SQLite URI path: %w", dsn, err)
+		}
+	}
 	if path == "" {
 		return nil, fmt.Errorf("storage: open %s: empty SQLite path", dsn)
 	}
@@ -42,11 +61,36 @@ func openSQLite(ctx context.Context, dsn string) (*dbutil.Database, error) {
 	// busy timeout queues writers.
 	db.RawDB.SetMaxOpenConns(4)
 	db.RawDB.SetMaxIdleConns(4)
-	if err := db.RawDB.PingContext(ctx); err != nil {
+	if err := pingSQLite(ctx, db); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: connect to %s: %w", dsn, err)
 	}
 	return db, nil
+}
+
+// pingSQLite opens the first connection, which runs the pragmas. Turning a new file to WAL
+// while other connections (other pools, other processes) do the same can deadlock on the
+// file's lock, and SQLite then answers SQLITE_BUSY at once to one of them rather than wait the
+// busy timeout: that is tried again, with a short pause, for as long as the busy timeout.
+func pingSQLite(ctx context.Context, db *dbutil.Database) error {
+	deadline := time.Now().Add(sqliteBusyTimeoutMS * time.Millisecond)
+	pause := 5 * time.Millisecond
+	for {
+		err := db.RawDB.PingContext(ctx)
+		if err == nil || !isBusy(err) || time.Now().After(deadline) {
+			return err
+		}
+		if !backoff.Sleep(ctx, pause+time.Duration(rand.Int64N(int64(pause)))) {
+			return err
+		}
+		pause = min(2*pause, 100*time.Millisecond)
+	}
+}
+
+// isBusy reports whether err is SQLite's SQLITE_BUSY (any of its extended codes).
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
 }
 
 // createMu keeps SQLite from opening a file in this process while createPrivate holds a
@@ -90,5 +134,8 @@ func sqliteURI(path, query string) (string, error) {
 	if q.Get("_txlock") == "" {
 		q.Set("_txlock", "immediate")
 	}
-	return "file:" + path + "?" + q.Encode(), nil
+	return "file:" + uriPath.Replace(path) + "?" + q.Encode(), nil
 }
+
+// uriPath escapes what a file: URI's path cannot hold as it is.
+var uriPath = strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23")

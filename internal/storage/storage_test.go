@@ -89,3 +89,45 @@ func TestRedact(t *testing.T) {
 		t.Error("a file path was changed")
 	}
 }
+
+// TestOpenSQLiteOddPath: a file path with characters a URI gives a meaning ('#', '?', '%', as
+// a test's temporary directory has for a subtest named "") opens that file, not a shorter or
+// decoded one: before, "a#b/x.db" opened "a", and every such test shared one database.
+func TestOpenSQLiteOddPath(t *testing.T) {
+	base := t.TempDir()
+	for _, name := range []string{"a#00", "b?c", "d%41e", "f%"} {
+		dir := filepath.Join(base, name)
+		path := filepath.Join(dir, "samtal.db")
+		db, err := Open(t.Context(), path)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := db.Exec(t.Context(), `CREATE TABLE here (x INTEGER)`); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		db.Close()
+		if _, err := os.Stat(path); err != nil {
+			t.Errorf("%s: the database is not where it was named: %v", name, err)
+		}
+	}
+	entries, err := os.ReadDir(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 4 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("files made in %s: %q, want only the four directories", base, names)
+	}
+	// A file: URI is one: its path is percent-decoded.
+	db, err := Open(t.Context(), "file:"+filepath.Join(base, "g%20h.db")+"?_txlock=deferred")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if _, err := os.Stat(filepath.Join(base, "g h.db")); err != nil {
+		t.Errorf("file: URI: %v", err)
+	}
+}
