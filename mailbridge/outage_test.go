@@ -46,7 +46,7 @@ func TestHomeserverOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
+	g, addr := startGateway(t, mailbridge.Options{Client: bot, Router: router})
 
 	var mu sync.Mutex
 	var sent []string
@@ -104,7 +104,7 @@ func TestHomeserverOutage(t *testing.T) {
 	// The reader's own sync backs off while the server is down (up to a minute), so the wait
 	// fails only when nothing new arrived for a long time, not after a fixed time.
 	waitAll(t, inbox, sent, func(missing []string) string {
-		return onServer(t, officer, room, missing) + "; " + outboxNotSent(bot)
+		return onServer(t, officer, room, missing) + "; " + outboxNotSent(bot) + "; " + sentNotOnServer(officer, bot) + "; " + spoolNotDone(g)
 	})
 	for _, s := range sent {
 		if n := count(inbox, subjectLine(s)); n != 1 {
@@ -184,6 +184,36 @@ func onServer(t *testing.T, reader *matrix.Client, room id.RoomID, missing []str
 
 // outboxNotSent lists, for a failure, the items of c's outbox that are not sent, with their
 // state, attempts and error (never content).
+// sentNotOnServer lists the outbox items recorded as sent whose events the reader cannot get
+// from the server (for a failure message): a homeserver that answered a send and then lost
+// its event, or an item taken for one found in the room.
+func sentNotOnServer(reader, sender *matrix.Client) string {
+	items, err := matrix.ListOutbox(context.Background(), sender.Database(), sender.SessionName(), "sent")
+	if err != nil {
+		return fmt.Sprintf("outbox not readable: %v", err)
+	}
+	var out []string
+	for _, it := range items {
+		if _, err := reader.Mautrix().GetEvent(context.Background(), it.Room, it.EventID); err != nil {
+			out = append(out, fmt.Sprintf("item %d (%s, %d attempts, sent %s): %v", it.ID, it.EventID, it.Attempts, it.SentAt.Format("15:04:05.000"), err))
+		}
+	}
+	return fmt.Sprintf("%d items sent, of which the server has not: %q", len(items), out)
+}
+
+// spoolNotDone lists the spool's deliveries not done (for a failure message).
+func spoolNotDone(g *mailbridge.Gateway) string {
+	list, err := g.Undelivered(context.Background())
+	if err != nil {
+		return fmt.Sprintf("spool not readable: %v", err)
+	}
+	var out []string
+	for _, m := range list {
+		out = append(out, fmt.Sprintf("mail %d %s after %d attempts: %s", m.ID, m.State(), m.Attempts, m.LastError))
+	}
+	return fmt.Sprintf("spool deliveries not done: %q", out)
+}
+
 func outboxNotSent(c *matrix.Client) string {
 	var out []string
 	for _, state := range []string{"pending", "failed"} {
