@@ -54,21 +54,18 @@ func (s *spool) openClaims(ctx context.Context, db *dbutil.Database) error {
 	return nil
 }
 
-// maxPostedPerTarget bounds a room's deliveries that are posted into the outbox and not yet
-// sent. A room takes more only while it has fewer than refillBelow of them, and then at most one
-// claimed batch (deliveryBatch) more, so it never has maxPostedPerTarget. After a burst the
-// backlog waits in the spool, not in the outbox: the delivery worker posts a room's next mails
-// as the outbox sends the earlier ones (a room's sends go out one after another, so posting
-// thousands ahead delivers none sooner), and the outbox and the confirmer work on dozens of
-// items, not on the whole backlog. Other rooms are not held up by a room that is full.
+// refillBelow bounds a room's deliveries that are posted into the outbox and not yet sent: a
+// room takes more only while it has fewer than refillBelow of them, and then at most one claimed
+// batch (deliveryBatch) more, so it never has more than 63. After a burst the backlog waits in
+// the spool, not in the outbox: the delivery worker posts a room's next mails as the outbox
+// sends the earlier ones (a room's sends go out one after another, so posting thousands ahead
+// delivers none sooner), and the outbox and the confirmer work on dozens of items, not on the
+// whole backlog. Other rooms are not held up by a room that is full.
 //
 // The room is refilled a batch at a time, below half its bound, rather than a mail each time
 // one is sent: each pass of the worker reads the spool's whole backlog, so a pass per sent
 // mail cost a scan of the backlog per mail (blocked.go).
-const (
-	maxPostedPerTarget = 2 * deliveryBatch
-	refillBelow        = deliveryBatch
-)
+const refillBelow = deliveryBatch
 
 // fullTargets selects the targets with at least the number of posted deliveries in the query
 // parameter param ("$3"): those that take no more (refillBelow).

@@ -18,40 +18,7 @@ func BenchmarkClaimFullRoom(b *testing.B) {
 	for _, backlog := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("backlog=%d", backlog), func(b *testing.B) {
 			s, _ := openTestSpool(b, "sqlite")
-			raw := benchMail()
-			targets := []target{{room: "!bench:hs", recipient: "bench@agency.example"}}
-			var wg sync.WaitGroup
-			ids := make(chan int64, backlog+maxPostedPerTarget)
-			next := make(chan struct{}, backlog+maxPostedPerTarget)
-			for range backlog + maxPostedPerTarget {
-				next <- struct{}{}
-			}
-			close(next)
-			for range 32 { // the group commit stores them in a few thousand fsyncs less
-				wg.Go(func() {
-					for range next {
-						id, err := s.store(b.Context(), "load@agency.example", raw, targets)
-						if err != nil {
-							b.Error(err)
-							return
-						}
-						ids <- id
-					}
-				})
-			}
-			wg.Wait()
-			close(ids)
-			posted := 0
-			for id := range ids {
-				if posted == refillBelow {
-					break
-				}
-				d := delivery{spoolID: id, target: targets[0].room, receivedAt: time.Now()}
-				if err := s.posted(b.Context(), d, []int64{id}, nil); err != nil {
-					b.Fatal(err)
-				}
-				posted++
-			}
+			spoolBacklog(b, s, backlog+refillBelow, refillBelow)
 			for b.Loop() {
 				got, err := s.due(b.Context(), time.Now(), deliveryBatch)
 				if err != nil || len(got) != 0 {
@@ -64,3 +31,50 @@ func BenchmarkClaimFullRoom(b *testing.B) {
 		})
 	}
 }
+
+// spoolBacklog stores total copies of benchMail for one room, from several goroutines (the
+// group commit takes them in fewer fsyncs), and records the first posted of them as posted
+// into the outbox, as outbox items 1 to posted.
+func spoolBacklog(b *testing.B, s *spool, total, posted int) {
+	b.Helper()
+	raw := benchMail()
+	targets := []target{{room: benchRoom, recipient: "bench@agency.example"}}
+	next := make(chan struct{}, total)
+	for range total {
+		next <- struct{}{}
+	}
+	close(next)
+	ids := make(chan int64, total)
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() {
+			for range next {
+				id, err := s.store(b.Context(), "load@agency.example", raw, targets)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				ids <- id
+			}
+		})
+	}
+	wg.Wait()
+	close(ids)
+	if b.Failed() {
+		b.FailNow()
+	}
+	item := int64(0)
+	for id := range ids {
+		if item == int64(posted) {
+			break
+		}
+		item++
+		d := delivery{spoolID: id, target: benchRoom, receivedAt: time.Now()}
+		if err := s.posted(b.Context(), d, []int64{item}, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// benchRoom is the room of the spool benchmarks' backlog.
+const benchRoom = "!bench:hs"

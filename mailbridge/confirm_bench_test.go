@@ -3,7 +3,6 @@ package mailbridge
 import (
 	"fmt"
 	"testing"
-	"time"
 )
 
 // BenchmarkPostedWith: the confirmer's look-up of the posted delivery an outbox outcome
@@ -17,18 +16,7 @@ func BenchmarkPostedWith(b *testing.B) {
 	for _, backlog := range []int{100, 5000} {
 		b.Run(fmt.Sprintf("backlog=%d", backlog), func(b *testing.B) {
 			s, _ := openTestSpool(b, "sqlite")
-			raw := benchMail()
-			targets := []target{{room: "!bench:hs", recipient: "bench@agency.example"}}
-			for i := range backlog {
-				id, err := s.store(b.Context(), "load@agency.example", raw, targets)
-				if err != nil {
-					b.Fatal(err)
-				}
-				d := delivery{spoolID: id, target: targets[0].room, receivedAt: time.Now()}
-				if err := s.posted(b.Context(), d, []int64{int64(i + 1)}, nil); err != nil {
-					b.Fatal(err)
-				}
-			}
+			spoolBacklog(b, s, backlog, backlog)
 			n := 0
 			for b.Loop() {
 				n++
