@@ -2,9 +2,6 @@ package mailbridge_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base64"
 	"net"
 	"net/netip"
 	"testing"
@@ -33,11 +30,7 @@ func TestAllowSendersAuthenticated(t *testing.T) {
 	// partner.example publishes SPF and no DMARC record: an aligned SPF pass proves it.
 	zone.TXT("partner.example", "v=spf1 ip4:127.0.0.2 -all")
 	// signed.example only signs (DKIM), no DMARC record.
-	pub, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	zone.TXT("sel._domainkey.signed.example", "v=DKIM1; k=ed25519; p="+base64.StdEncoding.EncodeToString(pub))
+	key := dkimKey(t, zone, "signed.example")
 	zone.ServFail("_dmarc.flaky.example")
 	zone.TXT("flaky.example", "v=spf1 ip4:127.0.0.2 -all")
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"strings"
@@ -32,12 +31,8 @@ func TestIMAPRoutePolicy(t *testing.T) {
 		t.Skip("starts Dendrite and Dovecot")
 	}
 	zone := startDNS(t)
-	pub, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := dkimKey(t, zone, "signed.example", "agency.example", "outsider.example")
 	for _, d := range []string{"signed.example", "agency.example", "outsider.example"} {
-		zone.TXT("sel._domainkey."+d, "v=DKIM1; k=ed25519; p="+base64.StdEncoding.EncodeToString(pub))
 		zone.TXT("_dmarc."+d, "v=DMARC1; p=reject")
 	}
 	zone.TXT("_dmarc.forged.example", "v=DMARC1; p=reject")

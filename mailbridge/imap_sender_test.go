@@ -2,9 +2,6 @@ package mailbridge_test
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"strings"
@@ -28,11 +25,7 @@ func TestIMAPAllowSendersProven(t *testing.T) {
 	}
 	zone := startDNS(t)
 	zone.TXT("_dmarc.agency.example", "v=DMARC1; p=reject")
-	pub, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	zone.TXT("sel._domainkey.signed.example", "v=DKIM1; k=ed25519; p="+base64.StdEncoding.EncodeToString(pub))
+	key := dkimKey(t, zone, "signed.example")
 	zone.TXT("_dmarc.signed.example", "v=DMARC1; p=reject")
 
 	srv := matrixtest.NewServer(t)

@@ -19,6 +19,20 @@ import (
 )
 
 // dkimSign signs a mail for domain with selector "sel" and returns it signed.
+// dkimKey makes an Ed25519 signing key and publishes it in zone as selector "sel" of each of
+// domains, for dkimSign.
+func dkimKey(t *testing.T, zone *dnsZone, domains ...string) ed25519.PrivateKey {
+	t.Helper()
+	pub, key, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range domains {
+		zone.TXT("sel._domainkey."+d, "v=DKIM1; k=ed25519; p="+base64.StdEncoding.EncodeToString(pub))
+	}
+	return key
+}
+
 func dkimSign(t *testing.T, key ed25519.PrivateKey, domain, raw string) string {
 	t.Helper()
 	var out bytes.Buffer
@@ -46,11 +60,7 @@ func TestSenderAuthentication(t *testing.T) {
 	zone.TXT("_dmarc.agency.example", "v=DMARC1; p=reject")
 	zone.TXT("bank.example", "v=spf1 ip4:192.0.2.1 -all")
 	zone.TXT("_dmarc.bank.example", "v=DMARC1; p=reject")
-	pub, key, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	zone.TXT("sel._domainkey.signed.example", "v=DKIM1; k=ed25519; p="+base64.StdEncoding.EncodeToString(pub))
+	key := dkimKey(t, zone, "signed.example")
 	zone.TXT("_dmarc.signed.example", "v=DMARC1; p=quarantine; adkim=s")
 	zone.ServFail("_dmarc.flaky.example")
 
