@@ -94,6 +94,9 @@ func (f *fullRooms) set(at map[string]time.Time) {
 	f.at = at
 }
 
+// roomPostedQuery counts a target's ($1) posts unsent.
+const roomPostedQuery = `SELECT COUNT(*) FROM samtal_mail_delivery WHERE state = 3 AND target = $1`
+
 // roomsFreed wakes the worker when one of targets, found full, has fewer than refillBelow posts
 // unsent now (after the confirmer marked some delivered).
 func (g *Gateway) roomsFreed(ctx context.Context, targets []string) {
@@ -107,7 +110,7 @@ func (g *Gateway) roomsFreed(ctx context.Context, targets []string) {
 	g.full.mu.Unlock()
 	for _, t := range was {
 		var n int
-		err := g.spool.db.QueryRow(ctx, `SELECT COUNT(*) FROM samtal_mail_delivery WHERE state = 3 AND target = $1`, t).Scan(&n)
+		err := g.spool.db.QueryRow(ctx, roomPostedQuery, t).Scan(&n)
 		if err != nil || n < refillBelow {
 			g.full.mu.Lock()
 			delete(g.full.at, t)

@@ -68,29 +68,114 @@ func (s *spool) openClaims(ctx context.Context, db *dbutil.Database) error {
 const refillBelow = deliveryBatch
 
 // fullTargets selects the targets with at least the number of posted deliveries in the query
-// parameter param ("$3"): those that take no more (refillBelow).
+// parameter param ("$1"): those that take no more (refillBelow).
 func fullTargets(param string) string {
 	return `SELECT target FROM samtal_mail_delivery WHERE state = 3 GROUP BY target HAVING COUNT(*) >= ` + param
 }
 
-// claim takes up to limit pending deliveries due at now that no other instance holds, oldest
-// mail first, for this instance until now plus the lease. Rooms with refillBelow or more posts
-// unsent are left out.
+// pendingTarget is a target with pending deliveries, and when the earliest of them is due.
+type pendingTarget struct {
+	target string
+	next   int64 // Unix milliseconds
+}
+
+// queueTargetsQuery is a loose index scan over the queue index: each step finds the next
+// target with pending deliveries, and its earliest due time, in a probe of the index.
+const queueTargetsQuery = `WITH RECURSIVE t(target) AS (
+		SELECT MIN(target) FROM samtal_mail_delivery WHERE state = 0
+		UNION ALL
+		SELECT (SELECT MIN(d.target) FROM samtal_mail_delivery d WHERE d.state = 0 AND d.target > t.target)
+		FROM t WHERE t.target IS NOT NULL
+	)
+	SELECT t.target, (SELECT MIN(d.next_attempt) FROM samtal_mail_delivery d WHERE d.state = 0 AND d.target = t.target)
+	FROM t WHERE t.target IS NOT NULL`
+
+// queueTargets lists the targets with pending deliveries, in the order of their names, that
+// are not full (refillBelow), with when each one's earliest delivery is due. It reads the
+// queue index (schema/04-queue.sql) with a loose index scan: two probes per target, whatever
+// the backlog, where reading the pending deliveries themselves cost a row per mail waiting.
+func (s *spool) queueTargets(ctx context.Context) ([]pendingTarget, error) {
+	full := map[string]bool{}
+	rows, err := s.db.Query(ctx, fullTargets("$1"), refillBelow)
+	if err != nil {
+		return nil, fmt.Errorf("mailbridge: read spool: %w", err)
+	}
+	for rows.Next() {
+		var t string
+		if err := rows.Scan(&t); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("mailbridge: read spool: %w", err)
+		}
+		full[t] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("mailbridge: read spool: %w", err)
+	}
+	rows, err = s.db.Query(ctx, queueTargetsQuery)
+	if err != nil {
+		return nil, fmt.Errorf("mailbridge: read spool: %w", err)
+	}
+	defer rows.Close()
+	var out []pendingTarget
+	for rows.Next() {
+		var t pendingTarget
+		if err := rows.Scan(&t.target, &t.next); err != nil {
+			return nil, fmt.Errorf("mailbridge: read spool: %w", err)
+		}
+		if !full[t.target] {
+			out = append(out, t)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("mailbridge: read spool: %w", err)
+	}
+	return out, nil
+}
+
+// selectDue reads deliveries with their mails.
+const selectDue = `SELECT d.spool_id, d.target, d.recipient, d.create_spec, d.attempts, m.mail_from, m.received_at, m.message
+	FROM samtal_mail_delivery d JOIN samtal_mail_spool m ON m.id = d.spool_id`
+
+// claimTargetQuery reads the next deliveries due of one target ($1) at $2, at most $3, in the
+// order of the queue index.
+const claimTargetQuery = selectDue + ` WHERE d.state = 0 AND d.target = $1 AND d.next_attempt <= $2
+	ORDER BY d.next_attempt, d.spool_id LIMIT $3`
+
+// claim takes up to limit pending deliveries due at now that no other instance holds, for
+// this instance until now plus the lease. Rooms are taken in the order of their names, and
+// each room's deliveries in the order they are due, the oldest mail first among those due
+// alike (a mail is due when it is spooled); rooms with refillBelow or more posts unsent are
+// left out. So each claim costs the rooms with mail waiting and the batch it takes, not the
+// backlog: a drain of thousands of mails into one room claims a batch in a few probes of the
+// queue index.
 func (s *spool) claim(ctx context.Context, now time.Time, limit int) ([]delivery, error) {
-	const selectDue = `SELECT d.spool_id, d.target, d.recipient, d.create_spec, d.attempts, m.mail_from, m.received_at, m.message
-		FROM samtal_mail_delivery d JOIN samtal_mail_spool m ON m.id = d.spool_id`
 	if !s.claims.postgres {
-		return s.scanDeliveries(s.db.Query(ctx, selectDue+` WHERE d.state = 0 AND d.next_attempt <= $1 AND d.target NOT IN (`+fullTargets("$3")+`)
-			ORDER BY d.spool_id, d.target LIMIT $2`,
-			now.UnixMilli(), limit, refillBelow))
+		targets, err := s.queueTargets(ctx)
+		if err != nil {
+			return nil, err
+		}
+		var out []delivery
+		for _, t := range targets {
+			if len(out) == limit {
+				break
+			}
+			if t.next > now.UnixMilli() {
+				continue
+			}
+			got, err := s.scanDeliveries(s.db.Query(ctx, claimTargetQuery, t.target, now.UnixMilli(), limit-len(out)))
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, got...)
+		}
+		return out, nil
 	}
 	until := now.Add(s.claims.lease).UnixMilli()
 	var out []delivery
 	err := s.db.DoTxn(ctx, nil, func(ctx context.Context) error {
 		out = nil
-		rows, err := s.db.Query(ctx, `SELECT spool_id, target FROM samtal_mail_delivery
-			WHERE state = 0 AND next_attempt <= $1 AND claimed_until <= $1 AND target NOT IN (`+fullTargets("$3")+`)
-			ORDER BY spool_id, target LIMIT $2 FOR UPDATE SKIP LOCKED`, now.UnixMilli(), limit, refillBelow)
+		targets, err := s.queueTargets(ctx)
 		if err != nil {
 			return err
 		}
@@ -99,17 +184,31 @@ func (s *spool) claim(ctx context.Context, now time.Time, limit int) ([]delivery
 			target string
 		}
 		var keys []key
-		for rows.Next() {
-			var k key
-			if err := rows.Scan(&k.id, &k.target); err != nil {
-				rows.Close()
+		for _, t := range targets {
+			if len(keys) == limit {
+				break
+			}
+			if t.next > now.UnixMilli() {
+				continue
+			}
+			rows, err := s.db.Query(ctx, `SELECT spool_id, target FROM samtal_mail_delivery
+				WHERE state = 0 AND target = $1 AND next_attempt <= $2 AND claimed_until <= $2
+				ORDER BY next_attempt, spool_id LIMIT $3 FOR UPDATE SKIP LOCKED`, t.target, now.UnixMilli(), limit-len(keys))
+			if err != nil {
 				return err
 			}
-			keys = append(keys, k)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
+			for rows.Next() {
+				var k key
+				if err := rows.Scan(&k.id, &k.target); err != nil {
+					rows.Close()
+					return err
+				}
+				keys = append(keys, k)
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
 		}
 		for _, k := range keys {
 			if _, err := s.db.Exec(ctx, `UPDATE samtal_mail_delivery SET claimed_by = $1, claimed_until = $2 WHERE spool_id = $3 AND target = $4`,

@@ -35,7 +35,7 @@ func BenchmarkClaimFullRoom(b *testing.B) {
 // spoolBacklog stores total copies of benchMail for one room, from several goroutines (the
 // group commit takes them in fewer fsyncs), and records the first posted of them as posted
 // into the outbox, as outbox items 1 to posted.
-func spoolBacklog(b *testing.B, s *spool, total, posted int) {
+func spoolBacklog(b testing.TB, s *spool, total, posted int) {
 	b.Helper()
 	raw := benchMail()
 	targets := []target{{room: benchRoom, recipient: "bench@agency.example"}}
@@ -78,3 +78,23 @@ func spoolBacklog(b *testing.B, s *spool, total, posted int) {
 
 // benchRoom is the room of the spool benchmarks' backlog.
 const benchRoom = "!bench:hs"
+
+// BenchmarkClaimBacklog: one claim of the delivery worker that finds a batch to post, with a
+// backlog of mails waiting in the spool for one room that takes more. A drain after a burst
+// makes one such claim per batch; what it costs beyond reading the batch, it costs per mail.
+//
+//	go test -tags goolm -run '^$' -bench BenchmarkClaimBacklog ./mailbridge/
+func BenchmarkClaimBacklog(b *testing.B) {
+	for _, backlog := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("backlog=%d", backlog), func(b *testing.B) {
+			s, _ := openTestSpool(b, "sqlite")
+			spoolBacklog(b, s, backlog, 0)
+			for b.Loop() {
+				got, err := s.due(b.Context(), time.Now(), deliveryBatch)
+				if err != nil || len(got) != deliveryBatch {
+					b.Fatalf("due = %d deliveries, %v; want %d", len(got), err, deliveryBatch)
+				}
+			}
+		})
+	}
+}

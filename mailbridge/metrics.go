@@ -57,7 +57,7 @@ func (g *Gateway) SpoolStats(ctx context.Context) (SpoolStats, error) {
 			COALESCE(SUM(CASE WHEN d.state IN (0, 3) THEN 1 ELSE 0 END), 0),
 			COALESCE(SUM(CASE WHEN d.state = 2 THEN 1 ELSE 0 END), 0),
 			MIN(CASE WHEN d.state IN (0, 3) THEN m.received_at END)
-		FROM samtal_mail_delivery d JOIN samtal_mail_spool m ON m.id = d.spool_id WHERE d.state <> 1`).Scan(&st.Pending, &st.Dead, &oldest)
+		FROM samtal_mail_delivery d JOIN samtal_mail_spool m ON m.id = d.spool_id WHERE d.state IN (0, 2, 3)`).Scan(&st.Pending, &st.Dead, &oldest)
 	if err != nil {
 		return SpoolStats{}, fmt.Errorf("mailbridge: read spool: %w", err)
 	}

@@ -79,15 +79,23 @@ func (s *spool) due(ctx context.Context, now time.Time, limit int) ([]delivery, 
 // nextAttempt returns when the earliest pending delivery is due, and false when none is
 // pending.
 func (s *spool) nextAttempt(ctx context.Context) (time.Time, bool, error) {
-	var next *int64
-	// A claimed delivery is due again, for any instance, when its claim runs out.
 	// Deliveries held back for a full room (claim.go) are not due: the confirmer wakes the
 	// worker when the room's posts are sent.
-	q := `SELECT MIN(next_attempt) FROM samtal_mail_delivery WHERE state = 0 AND target NOT IN (` + fullTargets("$1") + `)`
-	if s.claims.postgres {
-		q = `SELECT MIN(CASE WHEN claimed_until > next_attempt THEN claimed_until ELSE next_attempt END)
-			FROM samtal_mail_delivery WHERE state = 0 AND target NOT IN (` + fullTargets("$1") + `)`
+	if !s.claims.postgres {
+		targets, err := s.queueTargets(ctx)
+		if err != nil || len(targets) == 0 {
+			return time.Time{}, false, err
+		}
+		next := targets[0].next
+		for _, t := range targets[1:] {
+			next = min(next, t.next)
+		}
+		return time.UnixMilli(next), true, nil
 	}
+	// A claimed delivery is due again, for any instance, when its claim runs out.
+	var next *int64
+	q := `SELECT MIN(CASE WHEN claimed_until > next_attempt THEN claimed_until ELSE next_attempt END)
+		FROM samtal_mail_delivery WHERE state = 0 AND target NOT IN (` + fullTargets("$1") + `)`
 	if err := s.db.QueryRow(ctx, q, refillBelow).Scan(&next); err != nil {
 		return time.Time{}, false, fmt.Errorf("mailbridge: read spool: %w", err)
 	}
