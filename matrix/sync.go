@@ -27,6 +27,14 @@ type SyncOptions struct {
 	AutoJoin      *AutoJoinPolicy // which invites to accept before OnInvite handlers run; nil accepts none
 	MinBackoff    time.Duration   // first wait after a failed sync; 0 means 1 s
 	MaxBackoff    time.Duration   // longest wait between failed syncs; 0 means 60 s
+	// MinInterval is the shortest time from the start of one long-poll sync to the start of
+	// the next; 0 means none. A sync returns as soon as something happens, so in a busy room
+	// a Syncer asks once per event; with MinInterval it gets what happened meanwhile in one
+	// batch, which saves the homeserver and this process a request, a response and a commit
+	// per event. Events, invites and the encryption's to-device messages then arrive up to
+	// MinInterval later; a bot that mostly sends (the mail gateway) loses nothing by it.
+	// Must be below Timeout.
+	MinInterval time.Duration
 }
 
 // AutoJoinPolicy says whose invites a Syncer accepts: an invite is accepted if the inviter is
@@ -148,6 +156,7 @@ func (c *Client) NewSyncer(opts SyncOptions) *Syncer {
 		opts.MaxBackoff = 60 * time.Second
 	}
 	opts.MaxBackoff = max(opts.MaxBackoff, opts.MinBackoff)
+	opts.MinInterval = min(max(opts.MinInterval, 0), opts.Timeout/2)
 	return &Syncer{c: c, opts: opts}
 }
 
@@ -197,6 +206,7 @@ func (s *Syncer) Run(ctx context.Context) error {
 		from, skip := back.from(since, failures > 0 || restart)
 		var resp *mautrix.RespSync
 		var next rewind
+		started := time.Now()
 		err := s.startReplay(ctx, since)
 		if err == nil {
 			resp, err = s.c.mx.SyncRequest(ctx, int(timeout.Milliseconds()), from, filter, false, "")
@@ -236,6 +246,11 @@ func (s *Syncer) Run(ctx context.Context) error {
 			}
 		}
 		since = resp.NextBatch
+		// Handed out and committed: a pause before the next long poll lets what happens
+		// meanwhile come as one batch (MinInterval).
+		if wait := s.opts.MinInterval - time.Since(started); timeout > 0 && wait > 0 && !backoff.Sleep(ctx, wait) {
+			return nil
+		}
 	}
 }
 

@@ -190,7 +190,9 @@ func startGateway(ctx context.Context, e *env, cfg *gatewayConfig, c *matrix.Cli
 	}()
 	rg.serveTLS(ctx, tl, pollers, bg) // gwconfig part
 	rg.watchFederation(bg, cfg)       // gwsmall part: federation.list_url kept fresh
-	syncer := c.NewSyncer(matrix.SyncOptions{})
+	// The gateway mostly sends: its sync (invites, the encryption's keys and members) can come
+	// in batches, which saves the homeserver a sync per mail posted (each one's echo).
+	syncer := c.NewSyncer(matrix.SyncOptions{MinInterval: gatewaySyncInterval})
 	rg.bg.Go(func() {
 		if err := syncer.Run(bg); err != nil && bg.Err() == nil {
 			e.log.Error("gateway: sync stopped", "err", err)
@@ -213,6 +215,9 @@ func startGateway(ctx context.Context, e *env, cfg *gatewayConfig, c *matrix.Cli
 	e.log.Info("gateway running", "smtp", rg.smtpAddr, "http", rg.httpAddr, "routes", len(routes))
 	return rg, nil
 }
+
+// gatewaySyncInterval is the gateway's sync MinInterval.
+const gatewaySyncInterval = 250 * time.Millisecond
 
 // ready says why the gateway cannot do its work now, or nil: the database answers, the
 // client's session is good and it syncs, and the SMTP listener is up.
