@@ -126,3 +126,50 @@ func keysOf(ds []delivery) []string {
 	}
 	return out
 }
+
+// TestPostedWithSeveral: the confirmer's look-up of several outcomes at once returns each
+// posted delivery they belong to once, with all its items, also when two of the outcomes are
+// items of the same delivery; and reads the item index, not the backlog.
+func TestPostedWithSeveral(t *testing.T) {
+	s, _ := openTestSpool(t, "sqlite")
+	ctx := t.Context()
+	var ds []delivery
+	for i := range 3 {
+		id, err := s.store(ctx, "a@agency.example", benchMail(), []target{{room: benchRoom, recipient: "r@agency.example"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := delivery{spoolID: id, target: benchRoom, receivedAt: time.Now()}
+		if err := s.posted(ctx, d, []int64{int64(10*i + 1), int64(10*i + 2)}, nil); err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+	}
+	got, err := s.postedWith(ctx, 2, 1, 21, 99)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("[{%d %s [1 2]} {%d %s [21 22]}]", ds[0].spoolID, benchRoom, ds[2].spoolID, benchRoom)
+	var have []string
+	for _, p := range got {
+		have = append(have, fmt.Sprintf("{%d %s %v}", p.spoolID, p.target, p.items))
+	}
+	if "["+strings.Join(have, " ")+"]" != want {
+		t.Fatalf("postedWith(2, 1, 21, 99) = %v, want %s", have, want)
+	}
+	rows, err := s.db.Query(ctx, "EXPLAIN QUERY PLAN "+postedWithQuery(2), 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var a, b, c int
+		var detail string
+		if err := rows.Scan(&a, &b, &c, &detail); err != nil {
+			t.Fatal(err)
+		}
+		if strings.HasPrefix(detail, "SCAN") {
+			t.Errorf("look-up plan step %q reads a whole table", detail)
+		}
+	}
+}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"go.mau.fi/util/dbutil"
@@ -34,6 +36,11 @@ const statePosted = 3
 // confirmSweep is the longest time between two looks at every posted delivery; the test
 // gateways' MaxRetryDelay makes it shorter.
 const confirmSweep = 5 * time.Second
+
+// confirmGather is how long the confirmer gathers outcomes after the first before it settles
+// them together. Nothing waits on it but the refill of a full room, which holds dozens of
+// posts that take longer than this to send.
+const confirmGather = 50 * time.Millisecond
 
 // outcomeQueue is how many reported items wait for the confirmer; more make it look at all.
 const outcomeQueue = 4096
@@ -70,15 +77,22 @@ func (g *Gateway) confirmLoop() {
 			return
 		case id := <-g.outcomes:
 			ids := map[int64]bool{id: true}
-		drain:
+			// Outcomes come one at a time, as the outbox sends; taken together for a
+			// moment, they cost one look-up and one commit, not one each.
+			gather := time.NewTimer(confirmGather)
+		more:
 			for len(ids) < deliveryBatch*8 {
 				select {
 				case id := <-g.outcomes:
 					ids[id] = true
-				default:
-					break drain
+				case <-gather.C:
+					break more
+				case <-g.ctx.Done():
+					gather.Stop()
+					return
 				}
 			}
+			gather.Stop()
 			g.settleItems(ids)
 		case <-tick.C:
 			g.settleAll()
@@ -91,22 +105,21 @@ func (g *Gateway) confirmLoop() {
 
 // settleItems settles the posted deliveries that outbox items ids belong to.
 func (g *Gateway) settleItems(ids map[int64]bool) {
-	var ps []postedDelivery
-	seen := map[postedKey]bool{}
+	list := make([]int64, 0, len(ids))
 	for id := range ids {
-		got, err := g.spool.postedWith(g.ctx, id)
+		list = append(list, id)
+	}
+	slices.Sort(list)
+	var ps []postedDelivery
+	for chunk := range slices.Chunk(list, postedWithChunk) {
+		got, err := g.spool.postedWith(g.ctx, chunk...)
 		if err != nil {
 			if g.ctx.Err() == nil {
 				g.log.Error("read posted deliveries", "err", err)
 			}
 			return
 		}
-		for _, p := range got {
-			if k := (postedKey{p.spoolID, p.target}); !seen[k] {
-				seen[k] = true
-				ps = append(ps, p)
-			}
-		}
+		ps = append(ps, got...)
 	}
 	g.settle(ps)
 }
@@ -344,18 +357,38 @@ func (s *spool) postedAll(ctx context.Context) ([]postedDelivery, error) {
 	return scanPosted(s.db.Query(ctx, selectPosted+` ORDER BY d.spool_id, d.target, i.outbox_id`))
 }
 
-// postedWith returns the posted deliveries that outbox item id belongs to. The query starts
-// from the item (by its index), not from every posted delivery: it runs once per outcome,
-// and a backlog has thousands of them. The unary plus keeps SQLite's planner, which has no
-// statistics, from starting at the state index instead.
-func (s *spool) postedWith(ctx context.Context, id int64) ([]postedDelivery, error) {
-	return scanPosted(s.db.Query(ctx, `SELECT d.spool_id, d.target, d.attempts, m.received_at, i.outbox_id
+// postedWithChunk is how many outbox items one postedWith query asks about at most.
+const postedWithChunk = 64
+
+// postedWith returns the posted deliveries that outbox items ids belong to, each once, in the
+// order of the spool. The query starts from the items (by their index), not from every posted
+// delivery: it runs for every batch of outcomes, and a backlog has thousands of them. The
+// unary plus keeps SQLite's planner, which has no statistics, from starting at the state index
+// instead.
+func (s *spool) postedWith(ctx context.Context, ids ...int64) ([]postedDelivery, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	return scanPosted(s.db.Query(ctx, postedWithQuery(len(ids)), args...))
+}
+
+// postedWithQuery is postedWith's query for n items.
+func postedWithQuery(n int) string {
+	in := make([]string, n)
+	for i := range in {
+		in[i] = "$" + strconv.Itoa(i+1)
+	}
+	return `SELECT DISTINCT d.spool_id, d.target, d.attempts, m.received_at, i.outbox_id
 		FROM samtal_mail_delivery_item w
 		JOIN samtal_mail_delivery d ON d.spool_id = w.spool_id AND d.target = w.target
 		JOIN samtal_mail_spool m ON m.id = d.spool_id
 		JOIN samtal_mail_delivery_item i ON i.spool_id = d.spool_id AND i.target = d.target
-		WHERE w.outbox_id = $1 AND +d.state = 3
-		ORDER BY d.spool_id, d.target, i.outbox_id`, id))
+		WHERE w.outbox_id IN (` + strings.Join(in, ", ") + `) AND +d.state = 3
+		ORDER BY d.spool_id, d.target, i.outbox_id`
 }
 
 func scanPosted(rows dbutil.Rows, err error) ([]postedDelivery, error) {
