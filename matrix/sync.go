@@ -35,6 +35,12 @@ type SyncOptions struct {
 	// MinInterval later; a bot that mostly sends (the mail gateway) loses nothing by it.
 	// Must be below Timeout.
 	MinInterval time.Duration
+	// MarkRead moves this account's read marker (m.fully_read, which only the account itself
+	// sees) in each room to the newest event a batch had there, at most once a second per
+	// room. A homeserver keeps a member's notifications until they are read and counts them
+	// on each new event in the room (Dendrite: a COUNT over them), so a bot that never reads
+	// makes each message in its rooms cost a little more than the one before, for months.
+	MarkRead bool
 }
 
 // AutoJoinPolicy says whose invites a Syncer accepts: an invite is accepted if the inviter is
@@ -120,6 +126,11 @@ type Syncer struct {
 	// when it started that no batch has shown yet; only Run's goroutine uses it.
 	replay map[id.RoomID]bool
 
+	// unmarked holds, with MarkRead, each room's newest event handed out whose read marker is
+	// not set yet, and marked when it was last set; only Run's goroutine uses them.
+	unmarked map[id.RoomID]id.EventID
+	marked   map[id.RoomID]time.Time
+
 	batches, events, handlerErrors, syncErrors atomic.Uint64
 	undecryptable, lateDecrypted, rejected     atomic.Uint64
 	lastBatch                                  atomic.Int64 // Unix milliseconds
@@ -157,7 +168,7 @@ func (c *Client) NewSyncer(opts SyncOptions) *Syncer {
 	}
 	opts.MaxBackoff = max(opts.MaxBackoff, opts.MinBackoff)
 	opts.MinInterval = min(max(opts.MinInterval, 0), opts.Timeout/2)
-	return &Syncer{c: c, opts: opts}
+	return &Syncer{c: c, opts: opts, unmarked: map[id.RoomID]id.EventID{}, marked: map[id.RoomID]time.Time{}}
 }
 
 // ErrSyncerRunning is returned by Run when the Syncer is already running.
@@ -246,6 +257,9 @@ func (s *Syncer) Run(ctx context.Context) error {
 			}
 		}
 		since = resp.NextBatch
+		if s.opts.MarkRead {
+			s.markRead(ctx)
+		}
 		// Handed out and committed: a pause before the next long poll lets what happens
 		// meanwhile come as one batch (MinInterval).
 		if wait := s.opts.MinInterval - time.Since(started); timeout > 0 && wait > 0 && !backoff.Sleep(ctx, wait) {
@@ -418,7 +432,42 @@ func (s *Syncer) process(ctx context.Context, resp *mautrix.RespSync, since stri
 	}
 	s.batches.Add(1)
 	s.lastBatch.Store(time.Now().UnixMilli())
+	if s.opts.MarkRead {
+		for room, evt := range b.last {
+			if evt != "" {
+				s.unmarked[room] = evt
+			}
+		}
+		for _, room := range b.left {
+			delete(s.unmarked, room)
+			delete(s.marked, room)
+		}
+	}
 	return next, nil
+}
+
+// markReadEvery is how often, at most, MarkRead moves the read marker in one room.
+const markReadEvery = time.Second
+
+// markRead moves the read marker of each room with events handed out since it was last moved
+// there, unless that was less than markReadEvery ago (then the next batch, or the next empty
+// answer of a long poll, does). A marker that cannot be set now is tried with the next batch:
+// it only saves the homeserver work.
+func (s *Syncer) markRead(ctx context.Context) {
+	now := time.Now()
+	for room, evt := range s.unmarked {
+		if now.Sub(s.marked[room]) < markReadEvery {
+			continue
+		}
+		if err := s.c.mx.SetReadMarkers(ctx, room, &mautrix.ReqSetReadMarkers{FullyRead: evt}); err != nil {
+			if ctx.Err() == nil {
+				s.c.log.Debug("sync: cannot move the read marker; will try again", "room", room, "err", wrapErr(err))
+			}
+			continue
+		}
+		s.marked[room] = now
+		delete(s.unmarked, room)
+	}
 }
 
 // noticeEncryption marks the rooms whose state says they are encrypted, from every state and

@@ -62,3 +62,78 @@ func TestSyncMinInterval(t *testing.T) {
 		t.Errorf("%d messages sent during the pause came in %d batches, want at most 2", n, batches)
 	}
 }
+
+// TestSyncMarkRead: a Syncer with MarkRead moves its account's read marker to the newest event
+// it handed out, so that the homeserver holds no unread notifications for it; one without
+// leaves them, growing with every message.
+func TestSyncMarkRead(t *testing.T) {
+	srv := matrixtest.NewServer(t)
+	reading := newClient(t, srv, "reading")
+	idle := newClient(t, srv, "idle")
+	alice := srv.Client(t, "alice")
+	ctx := t.Context()
+	resp, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{reading.UserID(), idle.UserID()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := resp.RoomID
+	for _, c := range []*matrix.Client{reading, idle} {
+		if _, err := c.Mautrix().JoinRoomByID(ctx, room); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got, idleGot syncRecorder
+	for _, x := range []struct {
+		c    *matrix.Client
+		mark bool
+		rec  *syncRecorder
+	}{{reading, true, &got}, {idle, false, &idleGot}} {
+		s := x.c.NewSyncer(matrix.SyncOptions{Timeout: 2 * time.Second, MarkRead: x.mark})
+		s.OnMessage(func(ctx context.Context, e *matrix.Event) error {
+			x.rec.add(e.Content.AsMessage().Body)
+			return nil
+		})
+		startSyncer(t, s)
+		syncWait(t, "the first sync", func() bool { return s.Stats().Batches >= 1 })
+	}
+	var last id.EventID
+	for i := range 3 {
+		sent, err := alice.SendText(ctx, room, fmt.Sprintf("m%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = sent.EventID
+	}
+	got.waitFor(t, "m2")
+	idleGot.waitFor(t, "m2")
+
+	unread := func(c *matrix.Client) int {
+		r, err := c.Mautrix().SyncRequest(ctx, 0, "", "", false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		jr := r.Rooms.Join[room]
+		if jr == nil || jr.UnreadNotifications == nil {
+			return 0
+		}
+		return jr.UnreadNotifications.NotificationCount
+	}
+	matrixtest.Eventually(t, func() error {
+		var marker struct {
+			EventID id.EventID `json:"event_id"`
+		}
+		if err := reading.Mautrix().GetRoomAccountData(ctx, room, "m.fully_read", &marker); err != nil {
+			return err
+		}
+		if marker.EventID != last {
+			return fmt.Errorf("read marker at %s, want the newest message %s", marker.EventID, last)
+		}
+		return nil
+	})
+	if n := unread(reading); n != 0 {
+		t.Errorf("the reading bot has %d unread notifications, want 0", n)
+	}
+	if n := unread(idle); n < 3 {
+		t.Errorf("the bot without MarkRead has %d unread notifications, want at least the 3 messages (the check shows nothing otherwise)", n)
+	}
+}

@@ -191,8 +191,9 @@ func startGateway(ctx context.Context, e *env, cfg *gatewayConfig, c *matrix.Cli
 	rg.serveTLS(ctx, tl, pollers, bg) // gwconfig part
 	rg.watchFederation(bg, cfg)       // gwsmall part: federation.list_url kept fresh
 	// The gateway mostly sends: its sync (invites, the encryption's keys and members) can come
-	// in batches, which saves the homeserver a sync per mail posted (each one's echo).
-	syncer := c.NewSyncer(matrix.SyncOptions{MinInterval: gatewaySyncInterval})
+	// in batches, which saves the homeserver a sync per mail posted (each one's echo). It reads
+	// what it syncs, so that the homeserver keeps no unread notifications for it.
+	syncer := c.NewSyncer(matrix.SyncOptions{MinInterval: gatewaySyncInterval, MarkRead: true})
 	rg.bg.Go(func() {
 		if err := syncer.Run(bg); err != nil && bg.Err() == nil {
 			e.log.Error("gateway: sync stopped", "err", err)

@@ -5,8 +5,9 @@
 // time per event of the gateway and of its child processes (the homeserver of samtal dev), and
 // with -raw it first measures a raw send loop (one client, -raw-user, sending the messages the
 // gateway makes of the load's mails into the same room, while the reader syncs) against the
-// same homeserver, for comparison. The reader moves its read marker about once a second, as a
-// user reading along does. docs/benchmarks.md has the commands.
+// same homeserver, for comparison. The reader, and the raw loop's sender from its loop on, move
+// their read markers about once a second, as users reading along do (the gateway's syncer
+// does too). docs/benchmarks.md has the commands.
 //
 //	samtal dev -dir /tmp/bench &   # prints the demo user's password, the room and the SMTP address
 //	go run ./internal/tools/mailload -smtp 127.0.0.1:2525 -to demo@samtal.localhost \
@@ -107,6 +108,10 @@ func main() {
 			if err := joinRoom(ctx, reader, sender, id.RoomID(*room)); err != nil {
 				log.Fatalf("mailload: %s joins %s: %v", *rawUser, *room, err)
 			}
+			// It reads along, as the reader does, for the rest of the run: a member that
+			// never reads makes each event cost the homeserver more than the one before
+			// (see syncLoop), and after the raw loop that would be the gateway's events.
+			go syncLoop(syncCtx, sender, id.RoomID(*room), run, newSeen())
 		}
 		before := cpuTimes(*pid)
 		n, elapsed := rawLoop(ctx, sender, id.RoomID(*room), *raw, loadMail)
