@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.mau.fi/util/dbutil"
@@ -149,6 +150,8 @@ type outbox struct {
 	heldCh    chan struct{}    // closed when held is set
 	marks     chan mark
 	committed chan struct{} // closed when commitMarks has written the last mark
+	// markCommits and marksWritten count commitMarks' transactions and the marks they wrote.
+	markCommits, marksWritten atomic.Int64
 
 	// Outcome watchers and requeued items (outbox_watch.go):
 	watchMu   sync.Mutex

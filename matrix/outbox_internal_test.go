@@ -157,3 +157,27 @@ func TestClassify(t *testing.T) {
 		}
 	}
 }
+
+// TestMarksGathered: the marks of items sent one after another, as a lane sends them, are
+// written in a few commits, not one each.
+func TestMarksGathered(t *testing.T) {
+	srv := newTestServer(t)
+	c := newTestAccount(t, srv, "alice").open(OutboxOptions{})
+	o := c.outbox
+	commits, written := o.markCommits.Load(), o.marksWritten.Load()
+	const n = 10
+	for i := range n {
+		o.marks <- mark{id: int64(1_000_000 + i)} // no such items: the updates change nothing
+		time.Sleep(2 * time.Millisecond)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for o.marksWritten.Load()-written < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d marks written", o.marksWritten.Load()-written, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := o.markCommits.Load() - commits; got > 3 {
+		t.Errorf("%d marks sent 2 ms apart took %d commits, want at most 3", n, got)
+	}
+}

@@ -129,26 +129,34 @@ func (e *storedError) Unwrap() error { return e.sentinel }
 
 // commitMarks records sent items in batches: a send is acknowledged to waiters at once, and
 // written as sent with the next batch. An item whose mark is lost in a crash is found in the
-// room by reconcile on the next start, not sent twice. It returns when marks is closed.
+// room by reconcile on the next start, not sent twice. A lane sends one item after another, so
+// the marks of a busy room come one at a time: they are gathered for up to markGather, which
+// makes one commit of many, not one each. It returns when marks is closed.
 func (o *outbox) commitMarks() {
 	defer close(o.committed)
 	for m := range o.marks {
 		batch := []mark{m}
-	drain:
+		gather := time.NewTimer(markGather)
+	more:
 		for len(batch) < 512 {
 			select {
 			case m, ok := <-o.marks:
 				if !ok {
-					break drain
+					break more // closing: write what there is
 				}
 				batch = append(batch, m)
-			default:
-				break drain
+			case <-gather.C:
+				break more
 			}
 		}
+		gather.Stop()
 		o.writeMarks(batch)
 	}
 }
+
+// markGather is how long commitMarks gathers the marks of sent items before it writes them.
+// Nothing waits for the write: the results are in memory meanwhile.
+const markGather = 100 * time.Millisecond
 
 func (o *outbox) writeMarks(batch []mark) {
 	if len(batch) == 0 {
@@ -184,6 +192,8 @@ func (o *outbox) writeMarks(batch []mark) {
 			return nil
 		})
 		if err == nil {
+			o.markCommits.Add(1)
+			o.marksWritten.Add(int64(len(batch)))
 			break
 		}
 		// Until the marks are written the results stay in memory, where Wait and the lanes
