@@ -66,7 +66,7 @@ func (f *fullRooms) any(now time.Time) bool {
 
 // noteFull records, after a pass of the worker, which rooms are full now.
 func (g *Gateway) noteFull(ctx context.Context) {
-	rows, err := g.spool.db.Query(ctx, fullTargets("$1"), refillBelow)
+	rows, err := g.spool.q.Query(ctx, fullTargets("$1"), refillBelow)
 	if err != nil {
 		g.full.set(nil)
 		return // every mail wakes the worker, as before
@@ -110,7 +110,7 @@ func (g *Gateway) roomsFreed(ctx context.Context, targets []string) {
 	g.full.mu.Unlock()
 	for _, t := range was {
 		var n int
-		err := g.spool.db.QueryRow(ctx, roomPostedQuery, t).Scan(&n)
+		err := g.spool.q.QueryRow(ctx, roomPostedQuery, t).Scan(&n)
 		if err != nil || n < refillBelow {
 			g.full.mu.Lock()
 			delete(g.full.at, t)

@@ -96,7 +96,7 @@ const queueTargetsQuery = `WITH RECURSIVE t(target) AS (
 // the backlog, where reading the pending deliveries themselves cost a row per mail waiting.
 func (s *spool) queueTargets(ctx context.Context) ([]pendingTarget, error) {
 	full := map[string]bool{}
-	rows, err := s.db.Query(ctx, fullTargets("$1"), refillBelow)
+	rows, err := s.q.Query(ctx, fullTargets("$1"), refillBelow)
 	if err != nil {
 		return nil, fmt.Errorf("mailbridge: read spool: %w", err)
 	}
@@ -112,7 +112,7 @@ func (s *spool) queueTargets(ctx context.Context) ([]pendingTarget, error) {
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("mailbridge: read spool: %w", err)
 	}
-	rows, err = s.db.Query(ctx, queueTargetsQuery)
+	rows, err = s.q.Query(ctx, queueTargetsQuery)
 	if err != nil {
 		return nil, fmt.Errorf("mailbridge: read spool: %w", err)
 	}
@@ -163,7 +163,7 @@ func (s *spool) claim(ctx context.Context, now time.Time, limit int) ([]delivery
 			if t.next > now.UnixMilli() {
 				continue
 			}
-			got, err := s.scanDeliveries(s.db.Query(ctx, claimTargetQuery, t.target, now.UnixMilli(), limit-len(out)))
+			got, err := s.scanDeliveries(s.q.Query(ctx, claimTargetQuery, t.target, now.UnixMilli(), limit-len(out)))
 			if err != nil {
 				return nil, err
 			}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.mau.fi/util/dbutil"
+
+	"github.com/samtalhq/samtal/internal/storage"
 )
 
 // Group commit: every SMTP connection that ends a DATA waits for its mail to be on disk before
@@ -42,6 +44,7 @@ type commitResult struct {
 // empty, so there is nothing to stop.
 type committer struct {
 	db *dbutil.Database
+	q  *storage.Statements // db's, prepared
 
 	mu      sync.Mutex
 	queue   []*commitReq
@@ -126,7 +129,7 @@ func (c *committer) commit(batch []*commitReq) ([]int64, error) {
 				}
 				continue
 			}
-			err := c.db.QueryRow(ctx, `INSERT INTO samtal_mail_spool (received_at, mail_from, message) VALUES ($1, $2, $3) RETURNING id`,
+			err := c.q.QueryRow(ctx, `INSERT INTO samtal_mail_spool (received_at, mail_from, message) VALUES ($1, $2, $3) RETURNING id`,
 				now, r.mailFrom, r.message).Scan(&ids[i])
 			if err != nil {
 				return err
@@ -136,7 +139,7 @@ func (c *committer) commit(batch []*commitReq) ([]int64, error) {
 				if t.refused != "" {
 					state = stateDead // refused before it was ever tried (imap_sender.go)
 				}
-				_, err := c.db.Exec(ctx, `INSERT INTO samtal_mail_delivery (spool_id, target, recipient, create_spec, state, last_error) VALUES ($1, $2, $3, $4, $5, $6)`,
+				_, err := c.q.Exec(ctx, `INSERT INTO samtal_mail_delivery (spool_id, target, recipient, create_spec, state, last_error) VALUES ($1, $2, $3, $4, $5, $6)`,
 					ids[i], t.room, t.recipient, t.createSpec, state, t.refused)
 				if err != nil {
 					return err

@@ -282,16 +282,16 @@ func (s *spool) posted(ctx context.Context, d delivery, items []int64, also func
 				return err
 			}
 		}
-		if _, err := s.db.Exec(ctx, `DELETE FROM samtal_mail_delivery_item WHERE spool_id = $1 AND target = $2`, d.spoolID, d.target); err != nil {
+		if _, err := s.q.Exec(ctx, `DELETE FROM samtal_mail_delivery_item WHERE spool_id = $1 AND target = $2`, d.spoolID, d.target); err != nil {
 			return err
 		}
 		for _, it := range items {
-			if _, err := s.db.Exec(ctx, `INSERT INTO samtal_mail_delivery_item (spool_id, target, outbox_id) VALUES ($1, $2, $3)
+			if _, err := s.q.Exec(ctx, `INSERT INTO samtal_mail_delivery_item (spool_id, target, outbox_id) VALUES ($1, $2, $3)
 				ON CONFLICT DO NOTHING`, d.spoolID, d.target, it); err != nil {
 				return err
 			}
 		}
-		_, err := s.db.Exec(ctx, `UPDATE samtal_mail_delivery SET state = $1, outbox_id = $2, claimed_by = '', claimed_until = 0
+		_, err := s.q.Exec(ctx, `UPDATE samtal_mail_delivery SET state = $1, outbox_id = $2, claimed_by = '', claimed_until = 0
 			WHERE spool_id = $3 AND target = $4`, statePosted, items[0], d.spoolID, d.target)
 		return err
 	})
@@ -308,7 +308,7 @@ func (s *spool) confirm(ctx context.Context, ps []postedDelivery) ([]postedDeliv
 	err := s.db.DoTxn(ctx, nil, func(ctx context.Context) error {
 		out = out[:0]
 		for _, p := range ps {
-			res, err := s.db.Exec(ctx, `UPDATE samtal_mail_delivery SET state = 1, last_error = '' WHERE spool_id = $1 AND target = $2 AND state = $3`,
+			res, err := s.q.Exec(ctx, `UPDATE samtal_mail_delivery SET state = 1, last_error = '' WHERE spool_id = $1 AND target = $2 AND state = $3`,
 				p.spoolID, p.target, statePosted)
 			if err != nil {
 				return err
@@ -373,7 +373,7 @@ func (s *spool) postedWith(ctx context.Context, ids ...int64) ([]postedDelivery,
 	for i, id := range ids {
 		args[i] = id
 	}
-	return scanPosted(s.db.Query(ctx, postedWithQuery(len(ids)), args...))
+	return scanPosted(s.q.Query(ctx, postedWithQuery(len(ids)), args...))
 }
 
 // postedWithQuery is postedWith's query for n items.

@@ -269,6 +269,7 @@ func (g *Gateway) Close() error {
 		g.cancel()
 		g.worker.Wait()
 		g.stopWatch()
+		_ = g.spool.q.Close() // what still runs (an IMAP poller closing) runs unprepared
 		g.closeErr = err
 		close(g.done)
 	}

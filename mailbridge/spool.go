@@ -23,9 +23,10 @@ const versionTable = "samtal_mailbridge_version"
 // delivery per room it goes to.
 type spool struct {
 	db      *dbutil.Database
-	commit  *committer // group commit of received mail (commit.go)
-	claims  claimer    // which deliveries this instance works on (claim.go)
-	metrics Metrics    // counts delivery outcomes; set by New
+	q       *storage.Statements // db's hot queries, prepared (on SQLite)
+	commit  *committer          // group commit of received mail (commit.go)
+	claims  claimer             // which deliveries this instance works on (claim.go)
+	metrics Metrics             // counts delivery outcomes; set by New
 }
 
 // target is one room a received mail goes to.
@@ -56,7 +57,8 @@ func openSpool(ctx context.Context, db *dbutil.Database) (*spool, error) {
 	if err := storage.Upgrade(ctx, child); err != nil {
 		return nil, fmt.Errorf("mailbridge: upgrade spool schema: %w", err)
 	}
-	s := &spool{db: child, commit: &committer{db: child}, metrics: noMetrics{}}
+	q := storage.NewStatements(child)
+	s := &spool{db: child, q: q, commit: &committer{db: child, q: q}, metrics: noMetrics{}}
 	if err := s.openClaims(ctx, db); err != nil {
 		return nil, err
 	}

@@ -83,14 +83,14 @@ type threadPlace struct {
 // place decides where m goes in room: into the thread of a conversation it belongs to, or as
 // the root of a new one. attempts is how often its delivery failed before.
 func (g *Gateway) place(ctx context.Context, room id.RoomID, m *Mail, attempts int) (threadPlace, error) {
-	db := g.spool.db
+	q := g.spool.q
 	self := threadPlace{rootMessageID: m.MessageID}
 	refs := m.threadRefs()
 	rootMsg := ""
 	if m.MessageID != "" {
 		// Posted before (a retry, or the same mail again): the same place as then, so that the
 		// content, and so the idempotency key's binding, is the same.
-		err := db.QueryRow(ctx, `SELECT root_message_id FROM samtal_mail_thread WHERE room_id = $1 AND message_id = $2`,
+		err := q.QueryRow(ctx, `SELECT root_message_id FROM samtal_mail_thread WHERE room_id = $1 AND message_id = $2`,
 			room, m.MessageID).Scan(&rootMsg)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return threadPlace{}, fmt.Errorf("mailbridge: read threads: %w", err)
@@ -98,7 +98,7 @@ func (g *Gateway) place(ctx context.Context, room id.RoomID, m *Mail, attempts i
 	}
 	if rootMsg == "" {
 		for _, ref := range refs {
-			err := db.QueryRow(ctx, `SELECT root_message_id FROM samtal_mail_thread WHERE room_id = $1 AND message_id = $2`,
+			err := q.QueryRow(ctx, `SELECT root_message_id FROM samtal_mail_thread WHERE room_id = $1 AND message_id = $2`,
 				room, ref).Scan(&rootMsg)
 			if err == nil {
 				break
@@ -115,7 +115,7 @@ func (g *Gateway) place(ctx context.Context, room id.RoomID, m *Mail, attempts i
 			if ref == "" {
 				continue
 			}
-			err := db.QueryRow(ctx, `SELECT t.root_message_id FROM samtal_mail_reference r
+			err := q.QueryRow(ctx, `SELECT t.root_message_id FROM samtal_mail_reference r
 				JOIN samtal_mail_thread t ON t.room_id = r.room_id AND t.message_id = r.message_id
 				WHERE r.room_id = $1 AND r.ref = $2 ORDER BY t.created_at LIMIT 1`, room, ref).Scan(&rootMsg)
 			if err == nil {
@@ -152,10 +152,10 @@ var errRootFailed = errors.New("mailbridge: the conversation's first mail could 
 // threadRootWait for it when wait is set. It fails with errThreadRootPending while the post is
 // not sent and errRootFailed when it failed for good.
 func (g *Gateway) threadEvent(ctx context.Context, room id.RoomID, messageID string, wait bool) (id.EventID, error) {
-	db := g.spool.db
+	q := g.spool.q
 	var outboxID int64
 	var evt id.EventID
-	err := db.QueryRow(ctx, `SELECT outbox_id, event_id FROM samtal_mail_thread WHERE room_id = $1 AND message_id = $2`,
+	err := q.QueryRow(ctx, `SELECT outbox_id, event_id FROM samtal_mail_thread WHERE room_id = $1 AND message_id = $2`,
 		room, messageID).Scan(&outboxID, &evt)
 	if err != nil {
 		return "", fmt.Errorf("mailbridge: read threads: %w", err)
@@ -186,7 +186,7 @@ func (g *Gateway) threadEvent(ctx context.Context, room id.RoomID, messageID str
 	case err != nil:
 		return "", err
 	}
-	if _, err := db.Exec(ctx, `UPDATE samtal_mail_thread SET event_id = $1 WHERE room_id = $2 AND message_id = $3`,
+	if _, err := q.Exec(ctx, `UPDATE samtal_mail_thread SET event_id = $1 WHERE room_id = $2 AND message_id = $3`,
 		evt, room, messageID); err != nil {
 		return "", fmt.Errorf("mailbridge: record thread event: %w", err)
 	}
@@ -199,9 +199,9 @@ func (g *Gateway) remember(ctx context.Context, room id.RoomID, m *Mail, spoolID
 	if m.MessageID == "" {
 		return nil // nothing can refer to it
 	}
-	db := g.spool.db
+	db, q := g.spool.db, g.spool.q
 	return db.DoTxn(ctx, nil, func(ctx context.Context) error {
-		res, err := db.Exec(ctx, `INSERT INTO samtal_mail_thread (room_id, message_id, root_message_id, spool_id, created_at)
+		res, err := q.Exec(ctx, `INSERT INTO samtal_mail_thread (room_id, message_id, root_message_id, spool_id, created_at)
 			VALUES ($1, $2, $3, $4, $5) ON CONFLICT (room_id, message_id) DO NOTHING`,
 			room, m.MessageID, p.rootMessageID, spoolID, time.Now().UnixMilli())
 		if err != nil {
@@ -209,13 +209,13 @@ func (g *Gateway) remember(ctx context.Context, room id.RoomID, m *Mail, spoolID
 		}
 		if n, _ := res.RowsAffected(); n == 0 {
 			// Known already; a reply that gave up waiting for its root becomes a root.
-			if _, err := db.Exec(ctx, `UPDATE samtal_mail_thread SET root_message_id = $1 WHERE room_id = $2 AND message_id = $3`,
+			if _, err := q.Exec(ctx, `UPDATE samtal_mail_thread SET root_message_id = $1 WHERE room_id = $2 AND message_id = $3`,
 				p.rootMessageID, room, m.MessageID); err != nil {
 				return fmt.Errorf("mailbridge: record thread: %w", err)
 			}
 		}
 		for _, ref := range m.threadRefs() {
-			if _, err := db.Exec(ctx, `INSERT INTO samtal_mail_reference (room_id, message_id, ref) VALUES ($1, $2, $3)
+			if _, err := q.Exec(ctx, `INSERT INTO samtal_mail_reference (room_id, message_id, ref) VALUES ($1, $2, $3)
 				ON CONFLICT (room_id, message_id, ref) DO NOTHING`, room, m.MessageID, ref); err != nil {
 				return fmt.Errorf("mailbridge: record references: %w", err)
 			}
@@ -229,7 +229,7 @@ func (g *Gateway) posted(ctx context.Context, room id.RoomID, m *Mail, outboxID 
 	if m.MessageID == "" {
 		return nil
 	}
-	_, err := g.spool.db.Exec(ctx, `UPDATE samtal_mail_thread SET outbox_id = $1 WHERE room_id = $2 AND message_id = $3 AND outbox_id = 0`,
+	_, err := g.spool.q.Exec(ctx, `UPDATE samtal_mail_thread SET outbox_id = $1 WHERE room_id = $2 AND message_id = $3 AND outbox_id = 0`,
 		outboxID, room, m.MessageID)
 	if err != nil {
 		return fmt.Errorf("mailbridge: record post: %w", err)
@@ -242,7 +242,7 @@ func (g *Gateway) posted(ctx context.Context, room id.RoomID, m *Mail, outboxID 
 func (g *Gateway) postedBefore(ctx context.Context, room id.RoomID, m *Mail) int64 {
 	var outboxID int64
 	if m.MessageID != "" {
-		_ = g.spool.db.QueryRow(ctx, `SELECT outbox_id FROM samtal_mail_thread WHERE room_id = $1 AND message_id = $2`,
+		_ = g.spool.q.QueryRow(ctx, `SELECT outbox_id FROM samtal_mail_thread WHERE room_id = $1 AND message_id = $2`,
 			room, m.MessageID).Scan(&outboxID)
 	}
 	return outboxID
@@ -266,7 +266,7 @@ var ErrNoThread = errors.New("mailbridge: no such mail in the room")
 func (g *Gateway) Thread(ctx context.Context, room id.RoomID, messageID string) (ThreadEntry, error) {
 	messageID = strings.Trim(strings.TrimSpace(messageID), "<>")
 	e := ThreadEntry{MessageID: messageID, Room: room}
-	err := g.spool.db.QueryRow(ctx, `SELECT root_message_id FROM samtal_mail_thread WHERE room_id = $1 AND message_id = $2`,
+	err := g.spool.q.QueryRow(ctx, `SELECT root_message_id FROM samtal_mail_thread WHERE room_id = $1 AND message_id = $2`,
 		room, messageID).Scan(&e.RootMessageID)
 	if errors.Is(err, sql.ErrNoRows) {
 		return ThreadEntry{}, fmt.Errorf("%w: %s", ErrNoThread, room)
