@@ -47,7 +47,7 @@ func main() {
 	to := flag.String("to", "demo@samtal.localhost", "recipient: an address routed to -room")
 	from := flag.String("from", "load@example.org", "envelope sender")
 	conns := flag.Int("conns", 8, "SMTP connections")
-	duration := flag.Duration("duration", time.Minute, "how long to send")
+	duration := flag.Duration("duration", time.Minute, "how long to send; 0: only the raw loop (-raw)")
 	rate := flag.Float64("rate", 0, "mails per second over all connections; 0: as fast as the gateway answers")
 	size := flag.Int("size", 1500, "approximate size of each mail in bytes")
 	hs := flag.String("homeserver", "http://127.0.0.1:8008", "homeserver of the syncing reader")
@@ -120,6 +120,9 @@ func main() {
 		if line := cpuPer(before, cpuTimes(*pid), n, "raw message"); line != "" {
 			fmt.Println(line)
 		}
+	}
+	if *duration <= 0 {
+		return // the raw loop alone, for a comparison after the gateway's delivery
 	}
 	cpuStart := cpuTimes(*pid)
 
