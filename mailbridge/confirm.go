@@ -254,23 +254,40 @@ func (g *Gateway) requeueFailed(ctx context.Context, items []int64) error {
 	return nil
 }
 
-// markPosted records that delivery d is in the outbox as items (the post first), with what
-// also runs in that transaction (nil: nothing), and has the confirmer look at it at once: its
-// items may be sent (or failed) already. With no items (the mail was posted before, by another
-// delivery) it is delivered.
-func (g *Gateway) markPosted(ctx context.Context, d delivery, items []int64, also func(context.Context) error) error {
-	if len(items) == 0 {
-		if err := g.spool.delivered(ctx, d, 0); err != nil {
-			return err
-		}
-		g.announceDelivered()
-		return nil
-	}
-	if err := g.spool.posted(ctx, d, items, also); err != nil {
+// finishPost records that delivery d is in the outbox as items (the post first), with what
+// also runs in that transaction (nil: nothing); with no items (the mail was posted before, by
+// another delivery) it is delivered. Items of the mail that the outbox failed for good before
+// (found again by their idempotency key) are sent again. Once its transaction has committed,
+// afterPosted tells the confirmer.
+func (g *Gateway) finishPost(ctx context.Context, d delivery, items []int64, also func(context.Context) error) error {
+	if err := g.requeueFailed(ctx, items); err != nil {
 		return err
 	}
+	if len(items) == 0 {
+		return g.spool.delivered(ctx, d, 0)
+	}
+	return g.spool.posted(ctx, d, items, also)
+}
+
+// afterPosted has the confirmer look at a delivery posted as items at once: they may be sent
+// (or failed) already, before the delivery was recorded as posted. With no items it was
+// delivered.
+func (g *Gateway) afterPosted(items []int64) {
+	if len(items) == 0 {
+		g.announceDelivered()
+		return
+	}
 	g.onOutcome(matrix.Outcome{ID: items[0]})
-	return nil
+}
+
+// atomically runs fn in one transaction of the client's database when the spool is in it
+// (matrix.Client.InTransaction: the outbox items stored in fn are sent once it commits), and
+// as it is otherwise, each store in a transaction of its own.
+func (g *Gateway) atomically(ctx context.Context, fn func(ctx context.Context) error) error {
+	if g.spool.db.RawDB != g.client.Database().RawDB {
+		return fn(ctx)
+	}
+	return g.client.InTransaction(ctx, fn)
 }
 
 // posted records delivery d as posted into the outbox as items, and runs also (unless nil) in

@@ -78,19 +78,14 @@ func (g *Gateway) deliverDue() {
 // deliverOne posts one mail into one room, or schedules another try. The delivery is done
 // once the outbox has sent what it posted (confirm.go).
 func (g *Gateway) deliverOne(d delivery) {
-	items, mark, err := g.post(g.ctx, d)
+	items, err := g.post(g.ctx, d)
 	if g.ctx.Err() != nil {
 		return // closing: the next Gateway tries again, and the idempotency key prevents a double
 	}
 	if err == nil {
-		err = g.requeueFailed(g.ctx, items)
-	}
-	if err == nil {
-		err = g.markPosted(g.ctx, d, items, mark)
-		if err == nil {
-			g.log.Debug("mail posted to the outbox", "spool_id", d.spoolID, "target", d.target, "items", len(items))
-			return
-		}
+		g.log.Debug("mail posted to the outbox", "spool_id", d.spoolID, "target", d.target, "items", len(items))
+		g.afterPosted(items)
+		return
 	}
 	if time.Since(d.receivedAt) >= g.opts.DeadLetterAfter {
 		g.log.Error("mail delivery failed for too long; dead-lettered until retried", "spool_id", d.spoolID, "target", d.target, "attempts", d.attempts+1, "err", err)
@@ -106,35 +101,41 @@ func (g *Gateway) deliverOne(d delivery) {
 	}
 }
 
-// post converts the mail and stores it in the client's outbox, which sends it. It returns the
-// outbox items it became once they are stored there: the message first, then its files; and
-// what to record with them (the post's outbox item in the mail's thread entry), which the
-// caller runs in the transaction that records the delivery as posted, saving a commit.
+// post converts the mail, stores it in the client's outbox, which sends it, and records the
+// delivery as posted. It returns the outbox items the mail became: the message first, then its
+// files. What it stores (the mail's thread entry, the outbox items, the delivery's state) is
+// one transaction when the spool is in the client's database (atomically): one commit a mail,
+// and after a crash never an item without its delivery's state.
 //
 // A reply goes into the thread of its conversation (see thread.go); its attachments follow it
 // there. Inline images are uploaded first and shown in place in a room that is not encrypted,
 // and follow the message as encrypted files in one that is. Attachments over the homeserver's
 // upload limit are named in the message and not sent. A message over the event size limit is
 // shortened and followed by the original mail as mail.eml.
-func (g *Gateway) post(ctx context.Context, d delivery) ([]int64, func(context.Context) error, error) {
+func (g *Gateway) post(ctx context.Context, d delivery) ([]int64, error) {
 	room, err := g.resolve(ctx, d)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	m, err := ParseWith(bytes.NewReader(d.message), ParseOptions{AuthServID: g.opts.Domain})
 	if err != nil {
 		// DATA refused what cannot be parsed, so this is a mail from an older or other
 		// version: say that it arrived rather than lose it silently.
 		msg := matrix.Notice(fmt.Sprintf("A mail to %s could not be read (malformed header); it is kept in the gateway's spool as number %d.", d.recipient, d.spoolID))
-		p, err := g.client.Send(ctx, room, msg, matrix.SendOptions{IdempotencyKey: idempotencyKey("", unstamped(d.message), room)})
-		if err != nil {
-			return nil, nil, fmt.Errorf("post mail %d into %s: %w", d.spoolID, room, err)
-		}
-		return []int64{p.ID}, nil, nil
+		var items []int64
+		err := g.atomically(ctx, func(ctx context.Context) error {
+			p, err := g.client.Send(ctx, room, msg, matrix.SendOptions{IdempotencyKey: idempotencyKey("", unstamped(d.message), room)})
+			if err != nil {
+				return fmt.Errorf("post mail %d into %s: %w", d.spoolID, room, err)
+			}
+			items = []int64{p.ID}
+			return g.finishPost(ctx, d, items, nil)
+		})
+		return items, err
 	}
 	place, err := g.place(ctx, room, m, d.attempts)
 	if err != nil {
-		return nil, nil, fmt.Errorf("thread of mail %d in %s: %w", d.spoolID, room, err)
+		return nil, fmt.Errorf("thread of mail %d in %s: %w", d.spoolID, room, err)
 	}
 	limit := g.client.UploadLimit(ctx)
 	for i := range m.Attachments {
@@ -143,7 +144,7 @@ func (g *Gateway) post(ctx context.Context, d delivery) ([]int64, func(context.C
 	key := idempotencyKey(m.MessageID, unstamped(d.message), room) // the same mail, whatever its Authentication-Results
 	uploaded, err := g.uploadInline(ctx, room, m, key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("inline images of mail %d in %s: %w", d.spoolID, room, err)
+		return nil, fmt.Errorf("inline images of mail %d in %s: %w", d.spoolID, room, err)
 	}
 	msg := m.render(uploaded)
 	if place.root != "" {
@@ -151,6 +152,23 @@ func (g *Gateway) post(ctx context.Context, d delivery) ([]int64, func(context.C
 	}
 	emlFits := limit <= 0 || int64(len(d.message)) <= limit
 	msg, tooLong := fitMail(msg, emlFits)
+	var items []int64
+	err = g.atomically(ctx, func(ctx context.Context) error {
+		got, mark, err := g.store(ctx, d, room, m, place, msg, key, uploaded, tooLong && emlFits)
+		if err != nil {
+			return err
+		}
+		items = got
+		return g.finishPost(ctx, d, items, mark)
+	})
+	return items, err
+}
+
+// store stores a converted mail in the outbox: its message, then its files and, when asked
+// (withOriginal), the original mail; after it has recorded the mail's place in its thread. It
+// returns the items, and what to record with them (the post's item in the thread entry). No
+// network I/O: post runs it in a transaction.
+func (g *Gateway) store(ctx context.Context, d delivery, room id.RoomID, m *Mail, place threadPlace, msg matrix.Message, key string, uploaded map[int]string, withOriginal bool) ([]int64, func(context.Context) error, error) {
 	if err := g.remember(ctx, room, m, d.spoolID, place); err != nil {
 		return nil, nil, err
 	}
@@ -199,7 +217,7 @@ func (g *Gateway) post(ctx context.Context, d delivery) ([]int64, func(context.C
 			return nil, nil, fmt.Errorf("post attachment %d of mail %d into %s: %w", i+1, d.spoolID, room, err)
 		}
 	}
-	if tooLong && emlFits {
+	if withOriginal {
 		if err := next(matrix.Attachment{Name: "mail.eml", MimeType: "message/rfc822", Data: d.message}, "original"); err != nil {
 			return nil, nil, fmt.Errorf("post the original of mail %d into %s: %w", d.spoolID, room, err)
 		}

@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"go.mau.fi/util/dbutil"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
@@ -224,8 +226,66 @@ func (o *outbox) enqueue(ctx context.Context, room id.RoomID, items []item, key 
 	if err != nil {
 		return nil, fmt.Errorf("matrix: outbox: store send to %s: %w", room, err)
 	}
-	o.wake(room, false)
+	o.wakeAfter(ctx, room)
 	return &Pending{ID: first, Duplicate: dup, ob: o}, nil
+}
+
+// InTransaction runs fn in one transaction of the client's database. Sends made with fn's
+// context (Send, SendFile) are stored in that transaction, and what fn writes through its
+// context to the same database (the Database, or a Child of it) commits with them, or none of
+// it does: a program that records what it sent (the mail gateway: the mail's thread and its
+// delivery state) needs one commit for both, and never has one without the other after a
+// crash. The sends go out once the transaction has committed. When InTransaction returns an
+// error, nothing fn stored is there; the Pending values Send returned in it are void.
+//
+// fn must do no network I/O and take no longer than it must: on SQLite the transaction holds
+// the database's write lock. Send and SendFile do no network I/O.
+func (c *Client) InTransaction(ctx context.Context, fn func(ctx context.Context) error) error {
+	if _, ok := ctx.Value(wakesKey{}).(*laterWakes); ok {
+		return fn(ctx) // already in one
+	}
+	w := &laterWakes{db: c.db, rooms: map[id.RoomID]bool{}}
+	err := c.db.DoTxn(context.WithValue(ctx, wakesKey{}, w), nil, fn)
+	if c.outbox != nil {
+		// Also after a rollback: nothing new is there then, and a lane finds that out.
+		for room := range w.taken() {
+			c.outbox.wake(room, false)
+		}
+	}
+	return err
+}
+
+// wakeAfter starts room's lane, or, for what was stored in InTransaction's transaction, has
+// InTransaction start it once that has ended: a lane started before the commit would not see
+// the item.
+func (o *outbox) wakeAfter(ctx context.Context, room id.RoomID) {
+	if w, ok := ctx.Value(wakesKey{}).(*laterWakes); ok && w.db == o.db {
+		w.add(room)
+		return
+	}
+	o.wake(room, false)
+}
+
+// wakesKey is the context key of an InTransaction's rooms to wake.
+type wakesKey struct{}
+
+// laterWakes are the rooms InTransaction wakes the lanes of once its transaction ends.
+type laterWakes struct {
+	db    *dbutil.Database
+	mu    sync.Mutex
+	rooms map[id.RoomID]bool
+}
+
+func (w *laterWakes) add(room id.RoomID) {
+	w.mu.Lock()
+	w.rooms[room] = true
+	w.mu.Unlock()
+}
+
+func (w *laterWakes) taken() map[id.RoomID]bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.rooms
 }
 
 // sameSend returns the item that first used key, if it was the same send: the same room and

@@ -85,7 +85,7 @@ func (c *Client) Requeue(ctx context.Context, itemID int64) error {
 	o.rewind[room] = true
 	o.mu.Unlock()
 	c.log.Info("outbox: failed item requeued", "room", room, "id", itemID)
-	o.wake(room, false)
+	o.wakeAfter(ctx, room)
 	return nil
 }
 
