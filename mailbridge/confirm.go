@@ -111,6 +111,7 @@ func (g *Gateway) settleItems(ids map[int64]bool) {
 	}
 	slices.Sort(list)
 	var ps []postedDelivery
+	seen := map[postedKey]bool{} // two items of one delivery in two chunks
 	for chunk := range slices.Chunk(list, postedWithChunk) {
 		got, err := g.spool.postedWith(g.ctx, chunk...)
 		if err != nil {
@@ -119,7 +120,12 @@ func (g *Gateway) settleItems(ids map[int64]bool) {
 			}
 			return
 		}
-		ps = append(ps, got...)
+		for _, p := range got {
+			if k := (postedKey{p.spoolID, p.target}); !seen[k] {
+				seen[k] = true
+				ps = append(ps, p)
+			}
+		}
 	}
 	g.settle(ps)
 }
