@@ -72,8 +72,8 @@ func (s *spool) store(ctx context.Context, mailFrom string, message []byte, targ
 	return s.commit.submit(ctx, mailFrom, message, targets)
 }
 
-// due claims up to limit pending deliveries whose next attempt is at or before now, oldest
-// mail first (claim.go).
+// due claims up to limit pending deliveries whose next attempt is at or before now, a room at a
+// time and each room's oldest mail first (claim.go).
 func (s *spool) due(ctx context.Context, now time.Time, limit int) ([]delivery, error) {
 	return s.claim(ctx, now, limit)
 }
