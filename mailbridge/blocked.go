@@ -6,10 +6,10 @@ import (
 	"time"
 )
 
-// Rooms the delivery worker found full (claim.go). A pass of the worker reads the spool's whole
-// backlog, and a pass that finds only mail for full rooms posts nothing: with a burst into one
-// room, a pass for every mail spooled, and for every post sent, took a core from the
-// homeserver on the same machine. So mail spooled for rooms that are full does not wake the
+// Rooms the delivery worker found full (claim.go). A pass that finds only mail for full rooms
+// posts nothing: with a burst into one room, a pass for every mail spooled, and for every post
+// sent, took a core from the homeserver on the same machine while a pass read the whole
+// backlog, and still costs a few queries each now that it reads a room at a time. So mail spooled for rooms that are full does not wake the
 // worker, and the confirmer wakes it when such a room has fewer than refillBelow posts unsent.
 // What another instance does to a room (PostgreSQL, several gateways) is not seen here: an
 // entry counts for fullRoomFor, and the worker looks again at least that often while a room is

@@ -63,8 +63,7 @@ func (s *spool) openClaims(ctx context.Context, db *dbutil.Database) error {
 // whole backlog. Other rooms are not held up by a room that is full.
 //
 // The room is refilled a batch at a time, below half its bound, rather than a mail each time
-// one is sent: each pass of the worker reads the spool's whole backlog, so a pass per sent
-// mail cost a scan of the backlog per mail (blocked.go).
+// one is sent: a pass of the worker per sent mail cost a claim per mail (blocked.go).
 const refillBelow = deliveryBatch
 
 // fullTargets selects the targets with at least the number of posted deliveries in the query
