@@ -181,3 +181,38 @@ func TestMarksGathered(t *testing.T) {
 		t.Errorf("%d marks sent 2 ms apart took %d commits, want at most 3", n, got)
 	}
 }
+
+// TestSendNotHeldByMarks: an item sent after the lane ran dry goes out at once, not after
+// the mark of the item before it is written. The lane waits for its marks before it gives up
+// the room's lease, and it took the next item only after that wait: with the marks gathered
+// (commitMarks), each mail of a steady trickle waited about 50 ms more for its event.
+func TestSendNotHeldByMarks(t *testing.T) {
+	markGather = 20 * time.Second
+	t.Cleanup(func() { markGather = 100 * time.Millisecond })
+	srv := newTestServer(t)
+	c := newTestAccount(t, srv, "alice").open(OutboxOptions{})
+	ctx := t.Context()
+	resp, err := c.mx.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := c.Send(ctx, resp.RoomID, Text("first"), SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The first item's mark now waits for the gather; the lane, with nothing left, waits
+	// for that mark before it releases the room.
+	time.Sleep(50 * time.Millisecond)
+	second, err := c.Send(ctx, resp.RoomID, Text("second"), SendOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second) // well below the 20 s gather
+	defer cancel()
+	if _, err := second.Wait(wctx); err != nil {
+		t.Fatalf("the second send waited for the first one's mark: %v", err)
+	}
+}

@@ -88,7 +88,9 @@ func (o *outbox) runLane(room id.RoomID, kick chan struct{}, recover bool) {
 			// Released while this lane is still the room's, so that a lane started after it
 			// never loses its lease to this one's release.
 			if !leased.IsZero() {
-				o.release(room)
+				if !o.release(room, kick) {
+					continue // more came while it waited: the lease is kept
+				}
 				leased = time.Time{}
 			}
 			o.mu.Lock()
@@ -202,17 +204,28 @@ func (o *outbox) claim(room id.RoomID) (ok, takeover bool, err error) {
 }
 
 // release gives up room's lease once the lane's last sends are recorded, so that another
-// process may take the room at once and finds them sent.
-func (o *outbox) release(room id.RoomID) {
+// process may take the room at once and finds them sent. It reports false, keeping the lease,
+// when kick says more came meanwhile: the marks are written in batches (commitMarks), and a
+// lane that waited for them before it took the next item made each of a steady trickle of
+// sends wait for the mark of the one before.
+func (o *outbox) release(room id.RoomID, kick <-chan struct{}) bool {
 	for o.unrecorded(room) {
-		if !o.sleep(20 * time.Millisecond) {
-			return // closing: the lease runs out by itself
+		t := time.NewTimer(20 * time.Millisecond)
+		select {
+		case <-kick:
+			t.Stop()
+			return false
+		case <-o.ctx.Done():
+			t.Stop()
+			return true // closing: the lease runs out by itself
+		case <-t.C:
 		}
 	}
 	_, err := o.db.Exec(o.ctx, `DELETE FROM samtal_outbox_lease WHERE session = $1 AND room_id = $2 AND holder = $3`, o.c.name, room, o.holder)
 	if err != nil && o.ctx.Err() == nil {
 		o.c.log.Warn("outbox: release room", "room", room, "err", err)
 	}
+	return true
 }
 
 // unrecorded reports whether items sent into room wait for their marks to be written.

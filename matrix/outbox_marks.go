@@ -155,8 +155,8 @@ func (o *outbox) commitMarks() {
 }
 
 // markGather is how long commitMarks gathers the marks of sent items before it writes them.
-// Nothing waits for the write: the results are in memory meanwhile.
-const markGather = 100 * time.Millisecond
+// Nothing waits for the write: the results are in memory meanwhile. A variable for a test.
+var markGather = 100 * time.Millisecond
 
 func (o *outbox) writeMarks(batch []mark) {
 	if len(batch) == 0 {
