@@ -23,14 +23,15 @@ import (
 type Statements struct {
 	db *dbutil.Database
 
-	mu    sync.Mutex
-	stmts map[string]*sql.Stmt
-	done  bool
+	mu        sync.Mutex
+	stmts     map[string]*sql.Stmt
+	preparing map[string]bool // being prepared for the database in the background
+	done      bool
 }
 
 // NewStatements returns the prepared statements of db. Close them before db.
 func NewStatements(db *dbutil.Database) *Statements {
-	return &Statements{db: db, stmts: map[string]*sql.Stmt{}}
+	return &Statements{db: db, stmts: map[string]*sql.Stmt{}, preparing: map[string]bool{}}
 }
 
 // positional matches dbutil's $1-style parameters, which SQLite writes ?1.
@@ -48,28 +49,70 @@ func (s *Statements) stmt(ctx context.Context, query string) (*sql.Stmt, error) 
 	if done {
 		return nil, nil // closed: run as it is
 	}
+	txn, inTxn := s.db.Execable(ctx).(*dbutil.LoggingTxn)
+	if inTxn {
+		if st == nil {
+			// Prepared on the transaction's own connection for now: preparing for the
+			// database takes a connection of the pool, and with the pool's connections
+			// held by transactions that wait for this one's write lock, that wait went
+			// round until the busy timeout (SQLITE_BUSY). It is prepared for the database
+			// apart, for the next time.
+			s.prepareLater(query)
+			return txn.UnderlyingTx.PrepareContext(ctx, positional.ReplaceAllString(query, "?$1"))
+		}
+		// The transaction's own copy, on its connection: closed with the transaction, and
+		// prepared once per connection (database/sql reuses it).
+		return txn.UnderlyingTx.StmtContext(ctx, st), nil
+	}
 	if st == nil {
 		prepared, err := s.db.RawDB.PrepareContext(ctx, positional.ReplaceAllString(query, "?$1"))
 		if err != nil {
 			return nil, err
 		}
-		s.mu.Lock()
-		if st = s.stmts[query]; st == nil && !s.done {
-			s.stmts[query], st = prepared, prepared
-		} else {
-			_ = prepared.Close() // prepared meanwhile by another caller, or closed
-		}
-		s.mu.Unlock()
-		if st == nil {
+		if st = s.keep(query, prepared); st == nil {
 			return nil, nil // closed meanwhile
 		}
 	}
-	if txn, ok := s.db.Execable(ctx).(*dbutil.LoggingTxn); ok {
-		// The transaction's own copy, on its connection: closed with the transaction, and
-		// prepared once per connection (database/sql reuses it).
-		return txn.UnderlyingTx.StmtContext(ctx, st), nil
-	}
 	return st, nil
+}
+
+// keep caches prepared as query's statement and returns the cached one (prepared, or one
+// prepared meanwhile by another caller); nil after Close.
+func (s *Statements) keep(query string, prepared *sql.Stmt) *sql.Stmt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.preparing, query)
+	st := s.stmts[query]
+	if st == nil && !s.done {
+		s.stmts[query], st = prepared, prepared
+	} else {
+		_ = prepared.Close()
+	}
+	if s.done {
+		return nil
+	}
+	return st
+}
+
+// prepareLater prepares query for the database in the background, once.
+func (s *Statements) prepareLater(query string) {
+	s.mu.Lock()
+	if s.done || s.preparing[query] || s.stmts[query] != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.preparing[query] = true
+	s.mu.Unlock()
+	go func() {
+		prepared, err := s.db.RawDB.PrepareContext(context.Background(), positional.ReplaceAllString(query, "?$1"))
+		if err != nil {
+			s.mu.Lock()
+			delete(s.preparing, query)
+			s.mu.Unlock()
+			return // the next use in a transaction tries again
+		}
+		s.keep(query, prepared)
+	}()
 }
 
 // Exec runs a statement that returns no rows.

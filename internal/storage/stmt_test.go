@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"go.mau.fi/util/dbutil"
 
@@ -158,5 +159,36 @@ func BenchmarkStatements(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestStatementsFirstUseInTransaction: a query used first inside a transaction is prepared on
+// the transaction's connection, not on another of the pool: with every other connection held
+// (here the pool has one), preparing it for the database waited for a connection that the
+// transactions holding them could not give back until this one ended.
+func TestStatementsFirstUseInTransaction(t *testing.T) {
+	db, err := Open(t.Context(), filepath.Join(t.TempDir(), "stmt.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.RawDB.SetMaxOpenConns(1)
+	if _, err := db.Exec(t.Context(), `CREATE TABLE kv (k TEXT PRIMARY KEY, v BIGINT NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	st := NewStatements(db)
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	err = db.DoTxn(ctx, nil, func(ctx context.Context) error {
+		_, err := st.Exec(ctx, `INSERT INTO kv (k, v) VALUES ($1, $2)`, "a", 1)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("first use in a transaction: %v", err)
+	}
+	var v int64
+	if err := st.QueryRow(t.Context(), `SELECT v FROM kv WHERE k = $1`, "a").Scan(&v); err != nil || v != 1 {
+		t.Fatalf("after: %d, %v", v, err)
 	}
 }
