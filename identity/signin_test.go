@@ -273,7 +273,11 @@ func TestSignInCallbackRefusals(t *testing.T) {
 		u := mustURL(t, cb)
 		cs := b.Jar.Cookies(u)
 		for _, c := range cs {
-			c.Value = "A" + c.Value[1:]
+			first := "A"
+			if strings.HasPrefix(c.Value, "A") {
+				first = "B" // a cookie that starts with A would be left as it was (1 in 64)
+			}
+			c.Value = first + c.Value[1:]
 		}
 		req := httptest.NewRequest(http.MethodGet, cb, nil)
 		for _, c := range cs {
