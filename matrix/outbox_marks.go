@@ -136,7 +136,11 @@ func (o *outbox) commitMarks() {
 	defer close(o.committed)
 	for m := range o.marks {
 		batch := []mark{m}
-		gather := time.NewTimer(markGather)
+		wait := markGather
+		if m.encrypted || o.opts.Retention < 0 {
+			wait = 0 // its plaintext is dropped with the mark: at once, as before
+		}
+		gather := time.NewTimer(wait)
 	more:
 		for len(batch) < 512 {
 			select {
