@@ -59,3 +59,8 @@ func (m SpooledMail) State() string {
 	}
 	return StatePending
 }
+
+// Drop deletes a dead mail from the spool, as Gateway.Drop does.
+func (sp *Spool) Drop(ctx context.Context, id int64) error {
+	return sp.s.drop(ctx, id)
+}

@@ -21,7 +21,8 @@ type SpooledMail struct {
 	Posted     bool      // in the matrix outbox, waiting for the homeserver to take it
 }
 
-// ErrNotInSpool is returned by Retry for a spool ID with no dead delivery.
+// ErrNotInSpool is returned by Retry and Drop for a spool ID with no dead delivery (Drop: or
+// with a delivery still pending or posted).
 var ErrNotInSpool = errors.New("mailbridge: no dead-lettered mail with that spool ID")
 
 // Undelivered lists the mail not yet delivered to all its rooms, one entry per room: pending
@@ -43,4 +44,12 @@ func (g *Gateway) Retry(ctx context.Context, id int64) error {
 	}
 	g.kick()
 	return nil
+}
+
+// Drop deletes the mail with spool ID id, whose deliveries are dead or done, from the spool:
+// an admin's answer to dead mail that is not to be delivered, which the spool would otherwise
+// keep (Options.Retention keeps dead mail until it is delivered or dropped). On SQLite its
+// content is overwritten in the file. A mail with a delivery pending or posted is not dropped.
+func (g *Gateway) Drop(ctx context.Context, id int64) error {
+	return g.spool.drop(ctx, id)
 }

@@ -37,7 +37,14 @@ type Options struct {
 	MinRetryDelay   time.Duration    // first wait after a failed delivery; 0 means 1 s
 	MaxRetryDelay   time.Duration    // longest wait between deliveries; 0 means 5 minutes
 	DeadLetterAfter time.Duration    // how long after receipt a failing delivery is given up (see Undelivered, Retry); 0 means 5 days
-	Logger          *slog.Logger     // nil means slog.Default(); message content is never logged
+	// Retention is how long after its receipt a mail delivered into all its rooms stays in the
+	// spool; then its raw message and envelope are deleted (on SQLite, overwritten in the file).
+	// Threads and the outbox's idempotency keys are kept, so that later replies find their
+	// conversation and the same mail again is still posted once. Dead and pending mail is kept
+	// until delivered or dropped. 0 means 24 hours; negative: as soon as it is delivered, at the
+	// next sweep (one a minute).
+	Retention time.Duration
+	Logger    *slog.Logger // nil means slog.Default(); message content is never logged
 
 	// SMTP hardening, sender authentication, automated mail (issue 10, smtp part). The reply
 	// codes of each limit are in the package documentation.
@@ -153,6 +160,11 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	if opts.DeadLetterAfter <= 0 {
 		opts.DeadLetterAfter = 5 * 24 * time.Hour
 	}
+	if opts.Retention == 0 {
+		opts.Retention = defaultRetention
+	} else if opts.Retention < 0 {
+		opts.Retention = 0
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -184,9 +196,10 @@ func New(ctx context.Context, opts Options) (*Gateway, error) {
 	g.rate = newRateLimiter(opts.SenderRate)
 	g.outcomes = make(chan int64, outcomeQueue)
 	g.stopWatch = g.client.WatchOutcomes(g.onOutcome)
-	g.worker.Add(2)
+	g.worker.Add(3)
 	go g.deliverLoop()
 	go g.confirmLoop()
+	go g.retainLoop()
 	return g, nil
 }
 

@@ -127,6 +127,7 @@ func startGateway(ctx context.Context, e *env, cfg *gatewayConfig, c *matrix.Cli
 		MinRetryDelay:   time.Duration(cfg.Delivery.MinRetryDelay),
 		MaxRetryDelay:   time.Duration(cfg.Delivery.MaxRetryDelay),
 		DeadLetterAfter: time.Duration(cfg.Delivery.DeadLetterAfter),
+		Retention:       time.Duration(cfg.Delivery.Retention),
 		ClaimLease:      time.Duration(cfg.Delivery.ClaimLease),
 		Metrics:         metrics,
 		Logger:          e.log,
@@ -277,17 +278,19 @@ func runGatewaySpool(ctx context.Context, e *env, args []string) error {
 	path := fs.String("config", envOr("SAMTAL_GATEWAY_CONFIG", "gateway.yaml"), "the gateway's configuration (env SAMTAL_GATEWAY_CONFIG)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	only := fs.String("state", "", "list only the deliveries in this state: pending, posted or dead") // gwsmall part
-	setUsage(fs, "gateway spool list [--state pending|posted|dead]|show ID|retry ID [--config FILE]", `Shows the mail in the gateway's spool that is not delivered to all its rooms yet, with the
+	setUsage(fs, "gateway spool list [--state pending|posted|dead]|show ID|retry ID|drop ID [--config FILE]", `Shows the mail in the gateway's spool that is not delivered to all its rooms yet, with the
 state and age of each delivery: pending (waiting for its next attempt), posted (in the outbox,
 waiting for the homeserver to take it) or dead (given up after dead_letter_after), and revives a
 dead mail: 'retry ID' makes it pending again, and the running gateway posts it within its
-max_retry_delay. It needs only the database, not the homeserver; no mail content is shown.`)
+max_retry_delay. 'drop ID' deletes a dead mail that is not to be delivered (the spool keeps
+dead mail until then; delivered mail goes after delivery.retention). It needs only the
+database, not the homeserver; no mail content is shown.`)
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(rest) == 0 {
-		return fmt.Errorf("%w: want 'spool list', 'spool show ID' or 'spool retry ID'", errUsage)
+		return fmt.Errorf("%w: want 'spool list', 'spool show ID', 'spool retry ID' or 'spool drop ID'", errUsage)
 	}
 	var id int64
 	switch rest[0] {
@@ -295,7 +298,7 @@ max_retry_delay. It needs only the database, not the homeserver; no mail content
 		if len(rest) != 1 {
 			return fmt.Errorf("%w: 'spool list' takes no arguments", errUsage)
 		}
-	case "show", "retry":
+	case "show", "retry", "drop":
 		if len(rest) != 2 {
 			return fmt.Errorf("%w: want 'spool %s ID'", errUsage, rest[0])
 		}
@@ -303,7 +306,7 @@ max_retry_delay. It needs only the database, not the homeserver; no mail content
 			return fmt.Errorf("%w: %q is not a spool ID (a number from 'spool list')", errUsage, rest[1])
 		}
 	default:
-		return fmt.Errorf("%w: unknown 'spool %s': want list, show or retry", errUsage, rest[0])
+		return fmt.Errorf("%w: unknown 'spool %s': want list, show, retry or drop", errUsage, rest[0])
 	}
 	switch *only { // gwsmall part
 	case "", mailbridge.StatePending, mailbridge.StatePosted, mailbridge.StateDead:
@@ -322,6 +325,16 @@ max_retry_delay. It needs only the database, not the homeserver; no mail content
 	sp, err := mailbridge.OpenSpool(ctx, db)
 	if err != nil {
 		return err
+	}
+	if rest[0] == "drop" {
+		if err := sp.Drop(ctx, id); err != nil {
+			if errors.Is(err, mailbridge.ErrNotInSpool) {
+				return fmt.Errorf("%w: %w", matrix.ErrNotFound, err)
+			}
+			return err
+		}
+		fmt.Fprintf(e.stdout, "mail %d is dropped\n", id)
+		return nil
 	}
 	if rest[0] == "retry" {
 		if err := sp.Retry(ctx, id); err != nil {

@@ -44,6 +44,7 @@ type gatewayConfig struct {
 		MinRetryDelay   duration `yaml:"min_retry_delay"`
 		MaxRetryDelay   duration `yaml:"max_retry_delay"`
 		DeadLetterAfter duration `yaml:"dead_letter_after"`
+		Retention       duration `yaml:"retention"`
 		ClaimLease      duration `yaml:"claim_lease"`
 	} `yaml:"delivery"`
 	ShutdownTimeout duration                `yaml:"shutdown_timeout"`

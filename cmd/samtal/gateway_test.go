@@ -88,7 +88,7 @@ func TestGatewayConfigErrors(t *testing.T) {
 // TestGatewayCommand runs `samtal gateway` against a real homeserver: mail sent over SMTP
 // arrives in the routed room, /readyz turns ready, /metrics counts replies, deliveries and the
 // spool; a mail for a room that does not exist becomes a dead letter that `gateway spool`
-// lists, shows and retries; SIGTERM (the context ending) stops it cleanly.
+// lists, shows, retries and drops; SIGTERM (the context ending) stops it cleanly.
 func TestGatewayCommand(t *testing.T) {
 	srv := matrixtest.NewServer(t)
 	officer, room := mailRoom(t, srv, srv.URL)
@@ -105,7 +105,7 @@ routes:
 		t.Fatal(err)
 	}
 	defer c.Close()
-	for _, rcpt := range []string{"cases@agency.example", "lost@agency.example"} {
+	for _, rcpt := range []string{"cases@agency.example", "lost@agency.example", "lost@agency.example"} {
 		if err := c.SendMail("system@agency.example", []string{rcpt}, strings.NewReader("From: system@agency.example\r\nSubject: Gateway command "+rcpt+"\r\n\r\nHello\r\n")); err != nil {
 			t.Fatal(err)
 		}
@@ -120,14 +120,14 @@ routes:
 	if code, _ := get(t, httpURL+"/healthz"); code != http.StatusOK {
 		t.Errorf("healthz %d", code)
 	}
-	var spoolID string
+	var spoolID, dropID string
 	matrixtest.Eventually(t, func() error {
 		r := samtal(t, nil, "gateway", "spool", "list", "--config", cfgPath)
-		m := regexp.MustCompile(`(?m)^(\d+)\s+dead\s+.*#nowhere:`).FindStringSubmatch(r.stdout)
-		if m == nil {
-			return fmt.Errorf("no dead letter listed: %d %s %s", r.code, r.stdout, r.stderr)
+		m := regexp.MustCompile(`(?m)^(\d+)\s+dead\s+.*#nowhere:`).FindAllStringSubmatch(r.stdout, -1)
+		if len(m) != 2 {
+			return fmt.Errorf("not two dead letters listed: %d %s %s", r.code, r.stdout, r.stderr)
 		}
-		spoolID = m[1]
+		spoolID, dropID = m[0][1], m[1][1]
 		return nil
 	})
 	// A delivery counts as delivered once the outbox reports it sent, which the gateway's
@@ -135,8 +135,8 @@ routes:
 	matrixtest.Eventually(t, func() error {
 		_, metrics := get(t, httpURL+"/metrics")
 		for _, want := range []string{`samtal_gateway_smtp_replies_total{code="250"}`,
-			`samtal_gateway_deliveries_total{outcome="delivered"} 1`, `samtal_gateway_deliveries_total{outcome="dead"} 1`,
-			"samtal_gateway_spool_dead 1", "samtal_gateway_spool_pending 0", "samtal_gateway_spool_oldest_age_seconds 0"} {
+			`samtal_gateway_deliveries_total{outcome="delivered"} 1`, `samtal_gateway_deliveries_total{outcome="dead"} 2`,
+			"samtal_gateway_spool_dead 2", "samtal_gateway_spool_pending 0", "samtal_gateway_spool_oldest_age_seconds 0"} {
 			if !strings.Contains(metrics, want) {
 				return fmt.Errorf("/metrics lacks %s", want)
 			}
@@ -151,6 +151,16 @@ routes:
 	}
 	if r := samtal(t, nil, "gateway", "spool", "show", "x", "--config", cfgPath); r.code != exitUsage {
 		t.Errorf("show x: exit %d", r.code)
+	}
+	// A dead mail not to be delivered is dropped, and is gone.
+	if out := mustSamtal(t, "gateway", "spool", "drop", dropID, "--config", cfgPath); !strings.Contains(out, "mail "+dropID+" is dropped") {
+		t.Errorf("spool drop: %s", out)
+	}
+	if r := samtal(t, nil, "gateway", "spool", "drop", dropID, "--config", cfgPath); r.code != exitNotFound {
+		t.Errorf("drop of a dropped mail: exit %d %s", r.code, r.stderr)
+	}
+	if list := mustSamtal(t, "gateway", "spool", "list", "--config", cfgPath); regexp.MustCompile(`(?m)^` + dropID + `\s`).MatchString(list) {
+		t.Errorf("the dropped mail is listed:\n%s", list)
 	}
 	gw.stop(t)
 	// Retried while the gateway is stopped: pending, and posted (as dead again) by the next run.
