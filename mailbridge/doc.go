@@ -121,10 +121,17 @@
 // the outbox has sent it (Client.WatchOutcomes), and a post the outbox failed for good (say a
 // refusal by a homeserver still starting) is requeued and posted again (Client.Requeue).
 // Failed deliveries, such as while the homeserver is down, are retried with backoff, also
-// by the next Gateway after a restart, which also settles what the last run had posted. One that still fails Options.DeadLetterAfter after
-// receipt waits as dead in the spool: Gateway.Undelivered lists what is not delivered yet,
-// each with its State (pending, posted into the outbox and not sent yet, or dead), and
-// Gateway.Retry revives a dead mail.
+// by the next Gateway after a restart, which also settles what the last run had posted. One
+// that still fails Options.DeadLetterAfter after receipt waits as dead in the spool:
+// Gateway.Undelivered lists what is not delivered yet, each with its State (pending, posted
+// into the outbox and not sent yet, or dead), Gateway.Retry revives a dead mail and
+// Gateway.Drop deletes one.
+//
+// Personal data kept no longer than needed. A mail delivered into all its rooms is deleted
+// from the spool once Options.Retention (24 hours) has passed since its receipt; on SQLite the
+// deleted content is overwritten in the file and the write-ahead log is emptied after each
+// sweep. What threading needs (Message-IDs and event IDs) and the outbox's idempotency keys
+// stay, so later replies find their conversation and a mail delivered again is posted once.
 //
 // Operations. Mails that end DATA at the same time share one transaction, and so one fsync
 // (group commit): a committer goroutine takes every mail waiting, and each waiter hears its own
@@ -135,8 +142,8 @@
 // posted once. Options.Metrics receives counts (SMTP replies by code, delivery outcomes, DMARC
 // results) and Gateway.SpoolStats the spool's depth and oldest age. Gateway.Shutdown stops
 // gracefully: new transactions get 421 4.3.2, those under way finish, each connection closes as
-// its transaction ends. OpenSpool lets an administrator list and retry dead mail without a
-// Gateway. The samtal command runs all of this as a daemon: samtal gateway --config.
+// its transaction ends. OpenSpool lets an administrator list, retry and drop dead mail without
+// a Gateway. The samtal command runs all of this as a daemon: samtal gateway --config.
 //
 // Conversion. Parse, ParseWith and Convert read MIME (github.com/emersion/go-message) in any
 // charset: text/plain, text/html (sanitized with matrix.SanitizeHTML), multipart/alternative,

@@ -152,6 +152,8 @@ type outbox struct {
 	committed chan struct{} // closed when commitMarks has written the last mark
 	// markCommits and marksWritten count commitMarks' transactions and the marks they wrote.
 	markCommits, marksWritten atomic.Int64
+	// scrub is set when content was dropped since the sweep last emptied SQLite's log.
+	scrub atomic.Bool
 
 	// Outcome watchers and requeued items (outbox_watch.go):
 	watchMu   sync.Mutex
@@ -270,7 +272,8 @@ func (o *outbox) pendingRooms(ctx context.Context) ([]id.RoomID, error) {
 
 // sweep runs until the outbox closes. Once per lease period it starts lanes for rooms with
 // pending items that no lane here works on (stored by another process that died, or held by
-// one whose lease ran out), and drops the content of delivered items past their retention.
+// one whose lease ran out), drops the content of delivered items past their retention, and
+// empties SQLite's log of content dropped since the last sweep.
 func (o *outbox) sweep() {
 	defer o.wg.Done()
 	for o.sleep(o.opts.LeaseDuration) {
@@ -280,6 +283,7 @@ func (o *outbox) sweep() {
 			}
 		}
 		o.expireContent()
+		o.scrubLog()
 	}
 }
 

@@ -8,9 +8,8 @@ import (
 	"strings"
 	"time"
 
-	"go.mau.fi/util/dbutil"
-
 	"github.com/samtalhq/samtal/internal/backoff"
+	"github.com/samtalhq/samtal/internal/storage"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -171,7 +170,7 @@ func (o *outbox) writeMarks(batch []mark) {
 		err := o.db.DoTxn(context.Background(), nil, func(ctx context.Context) error {
 			for _, m := range batch {
 				if m.encrypted || o.opts.Retention < 0 {
-					if err := o.secureDelete(ctx); err != nil {
+					if err := storage.SecureDelete(ctx, o.db); err != nil {
 						return err
 					}
 					break
@@ -196,6 +195,12 @@ func (o *outbox) writeMarks(batch []mark) {
 			return nil
 		})
 		if err == nil {
+			for _, m := range batch {
+				if m.encrypted || o.opts.Retention < 0 {
+					o.scrub.Store(true) // plaintext dropped: the sweep empties the log
+					break
+				}
+			}
 			o.markCommits.Add(1)
 			o.marksWritten.Add(int64(len(batch)))
 			break
@@ -219,11 +224,16 @@ func (o *outbox) writeMarks(batch []mark) {
 func (o *outbox) expireContent() {
 	before := time.Now().Add(-o.opts.Retention).UnixMilli()
 	err := o.db.DoTxn(o.ctx, nil, func(ctx context.Context) error {
-		if err := o.secureDelete(ctx); err != nil {
+		if err := storage.SecureDelete(ctx, o.db); err != nil {
 			return err
 		}
-		_, err := o.db.Exec(ctx, `UPDATE samtal_outbox SET content = '', content_enc = '', upload = '', data = NULL
+		res, err := o.db.Exec(ctx, `UPDATE samtal_outbox SET content = '', content_enc = '', upload = '', data = NULL
 			WHERE session = $1 AND state = $2 AND sent_at < $3 AND content <> ''`, o.c.name, stateSent, before)
+		if err == nil {
+			if n, _ := res.RowsAffected(); n > 0 {
+				o.scrub.Store(true)
+			}
+		}
 		return err
 	})
 	if err != nil && o.ctx.Err() == nil {
@@ -231,14 +241,24 @@ func (o *outbox) expireContent() {
 	}
 }
 
-// secureDelete makes SQLite overwrite what the transaction frees from here on, so that dropped
-// content is not left readable in the database file. PostgreSQL frees space with VACUUM.
-func (o *outbox) secureDelete(ctx context.Context) error {
-	if o.db.Dialect != dbutil.SQLite {
-		return nil
+// truncateWait is how long the sweep's truncation of SQLite's log waits for readers; writers
+// wait for it meanwhile. When the log cannot be emptied in that time, the next sweep tries again.
+const truncateWait = 200 * time.Millisecond
+
+// scrubLog empties SQLite's write-ahead log after content was dropped, so that the plaintext a
+// secure delete overwrote in the database is gone from the log as well (storage.TruncateWAL);
+// until then the log holds the pages as they were.
+func (o *outbox) scrubLog() {
+	if !o.scrub.Swap(false) {
+		return
 	}
-	_, err := o.db.Exec(ctx, `PRAGMA secure_delete = ON`)
-	return err
+	done, err := storage.TruncateWAL(o.ctx, o.db, truncateWait)
+	if err != nil && o.ctx.Err() == nil {
+		o.c.log.Warn("outbox: empty the database log after dropping content", "err", err)
+	}
+	if !done {
+		o.scrub.Store(true) // the next sweep tries again
+	}
 }
 
 // waitPoll is how often a waiter looks in the database, for items another process sends.
