@@ -13,6 +13,7 @@ import (
 	"go.mau.fi/util/dbutil"
 
 	"github.com/samtalhq/samtal/internal/backoff"
+	"github.com/samtalhq/samtal/internal/storage"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
 )
@@ -48,6 +49,7 @@ type Client struct {
 	mx      *mautrix.Client
 	send    *mautrix.Client // the outbox's own client: no automatic retries, the outbox decides
 	db      *dbutil.Database
+	q       *storage.Statements // db's hot queries (outbox, sync), prepared on SQLite
 	log     *slog.Logger
 	name    string
 	session Session
@@ -107,7 +109,7 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{db: db, name: opts.SessionName, log: opts.Logger.With("session", opts.SessionName),
+	c := &Client{db: db, q: storage.NewStatements(db), name: opts.SessionName, log: opts.Logger.With("session", opts.SessionName),
 		onError: opts.OnError, stop: make(chan struct{})}
 	c.aclSource = opts.CaseRoomACL
 	sessions := sessionStore{db}
@@ -351,6 +353,7 @@ func (c *Client) Close() error {
 		if c.outbox != nil {
 			c.outbox.close()
 		}
+		_ = c.q.Close() // a Syncer still stopping runs its queries unprepared
 	})
 	return nil
 }

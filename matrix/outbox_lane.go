@@ -250,7 +250,7 @@ func (o *outbox) pending(room id.RoomID, after int64) ([]row, error) {
 		inflight[id] = true
 	}
 	o.mu.Unlock()
-	rows, err := o.db.Query(o.ctx, `SELECT id, kind, event_type, content, content_enc, upload, upload_mode,
+	rows, err := o.c.q.Query(o.ctx, `SELECT id, kind, event_type, content, content_enc, upload, upload_mode,
 			COALESCE(idempotency_key, ''), created_at, attempts, encrypting FROM samtal_outbox
 		WHERE session = $1 AND room_id = $2 AND state = $3 AND id > $4 AND (user_id = $5 OR user_id = '')
 		ORDER BY id LIMIT $6`,

@@ -188,7 +188,7 @@ func (o *outbox) writeMarks(batch []mark) {
 				if m.encrypted {
 					enc = 1
 				}
-				if _, err := o.db.Exec(ctx, q, stateSent, m.eventID, now, m.attempts, enc, m.id); err != nil {
+				if _, err := o.c.q.Exec(ctx, q, stateSent, m.eventID, now, m.attempts, enc, m.id); err != nil {
 					return err
 				}
 			}
@@ -305,7 +305,7 @@ func (o *outbox) stored(ctx context.Context, rowID int64) (evt id.EventID, err e
 	var room id.RoomID
 	var f failure
 	var retryAfter int64
-	err = o.db.QueryRow(ctx, `SELECT state, event_id, room_id, error, err_kind, err_status, err_code, err_retry_after, err_request
+	err = o.c.q.QueryRow(ctx, `SELECT state, event_id, room_id, error, err_kind, err_status, err_code, err_retry_after, err_request
 		FROM samtal_outbox WHERE id = $1 AND session = $2`, rowID, o.c.name).
 		Scan(&state, &evt, &room, &f.Message, &f.Kind, &f.Status, &f.ErrCode, &retryAfter, &f.Request)
 	if errors.Is(err, sql.ErrNoRows) {

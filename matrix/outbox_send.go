@@ -200,7 +200,7 @@ func (o *outbox) enqueue(ctx context.Context, room id.RoomID, items []item, key 
 				}
 			}
 			var rowID int64
-			err := o.db.QueryRow(ctx, `INSERT INTO samtal_outbox (session, room_id, kind, event_type, content, content_enc, data,
+			err := o.c.q.QueryRow(ctx, `INSERT INTO samtal_outbox (session, room_id, kind, event_type, content, content_enc, data,
 					idempotency_key, content_hash, user_id, encrypting, created_at)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (session, idempotency_key) DO NOTHING RETURNING id`,
 				o.c.name, room, it.kind, it.evtType, string(it.content), string(it.contentEnc), it.data,
@@ -294,7 +294,7 @@ func (o *outbox) sameSend(ctx context.Context, key string, room id.RoomID, hash 
 	var rowID int64
 	var prevRoom id.RoomID
 	var prevHash string
-	err := o.db.QueryRow(ctx, `SELECT id, room_id, content_hash FROM samtal_outbox WHERE session = $1 AND idempotency_key = $2`,
+	err := o.c.q.QueryRow(ctx, `SELECT id, room_id, content_hash FROM samtal_outbox WHERE session = $1 AND idempotency_key = $2`,
 		o.c.name, key).Scan(&rowID, &prevRoom, &prevHash)
 	if err != nil {
 		return 0, err

@@ -666,7 +666,7 @@ func (s *Syncer) commit(ctx context.Context, next string, back rewind, b *batch)
 			if evt == "" {
 				continue
 			}
-			if _, err := s.c.db.Exec(ctx, `INSERT INTO samtal_sync_room (session, room_id, event_id) VALUES ($1, $2, $3)
+			if _, err := s.c.q.Exec(ctx, `INSERT INTO samtal_sync_room (session, room_id, event_id) VALUES ($1, $2, $3)
 				ON CONFLICT (session, room_id) DO UPDATE SET event_id = excluded.event_id`, s.c.name, room, evt); err != nil {
 				return fmt.Errorf("matrix: sync: store last event of %s: %w", room, err)
 			}
@@ -676,7 +676,7 @@ func (s *Syncer) commit(ctx context.Context, next string, back rewind, b *batch)
 				return fmt.Errorf("matrix: sync: forget left room %s: %w", room, err)
 			}
 		}
-		if _, err := s.c.db.Exec(ctx, `INSERT INTO samtal_sync (session, next_batch, prev_batch, prev_seen) VALUES ($1, $2, $3, $4)
+		if _, err := s.c.q.Exec(ctx, `INSERT INTO samtal_sync (session, next_batch, prev_batch, prev_seen) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (session) DO UPDATE SET next_batch = excluded.next_batch, prev_batch = excluded.prev_batch,
 			prev_seen = excluded.prev_seen`, s.c.name, next, prev, seen); err != nil {
 			return fmt.Errorf("matrix: sync: store sync token: %w", err)

@@ -104,7 +104,8 @@ func main() {
 			if sender, err = login(ctx, *hs, *rawUser, os.Getenv("MAILLOAD_RAW_PASSWORD")); err != nil {
 				log.Fatalf("mailload: log in as %s: %v", *rawUser, err)
 			}
-			defer func() { _, _ = sender.Logout(context.Background()) }()
+			// Its sync stops before it logs out: a sync after the logout fails (M_UNKNOWN_TOKEN).
+			defer func() { stopSync(); _, _ = sender.Logout(context.Background()) }()
 			if err := joinRoom(ctx, reader, sender, id.RoomID(*room)); err != nil {
 				log.Fatalf("mailload: %s joins %s: %v", *rawUser, *room, err)
 			}
