@@ -77,6 +77,9 @@ type verification struct {
 	result  chan error         // the outcome, for Verify; buffered
 	stop    context.CancelFunc // ends a running Confirm; nil before the SAS is shown
 	rekeyed bool               // afterMAC has started new room keys for them
+
+	confirmed bool           // our MAC is sent (ConfirmSAS returned)
+	heldMAC   []*event.Event // their MAC, arrived before we confirmed (holdMAC)
 }
 
 var (
@@ -89,11 +92,48 @@ func (v *verifier) forward(ctx context.Context, evt *event.Event) {
 	if v.repeated(evt.Type.Type + "|" + evt.Sender.String() + "|" + string(evt.Content.VeryRaw)) {
 		return
 	}
+	if evt.Type == event.ToDeviceVerificationMAC {
+		if c, ok := evt.Content.Parsed.(event.VerificationTransactionable); ok && v.holdMAC(c.GetTransactionID(), evt) {
+			return
+		}
+	}
 	v.private.Dispatch(ctx, evt)
 	if evt.Type == event.ToDeviceVerificationMAC {
 		if c, ok := evt.Content.Parsed.(event.VerificationTransactionable); ok {
 			v.afterMAC(ctx, c.GetTransactionID())
 		}
+	}
+}
+
+// holdMAC keeps their MAC of a verification whose SAS we have not confirmed yet, to pass it on
+// once we have (confirmedSAS), and reports whether it did. When their MAC reaches mautrix's
+// helper (v0.32.0) before our confirmation, ConfirmSAS checks their cross-signing identity
+// against our own master key, not theirs, and fails with "master keys do not match": every
+// verification between two cross-signed users in which the other side confirmed first was
+// cancelled (mautrix/go pull request 554, not merged). Held until we have confirmed, their MAC
+// takes the helper's other path, which checks it against their master key.
+func (v *verifier) holdMAC(txn id.VerificationTransactionID, evt *event.Event) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	vr := v.txns[txn]
+	if vr == nil || vr.confirmed {
+		return false
+	}
+	vr.heldMAC = append(vr.heldMAC, evt)
+	return true
+}
+
+// confirmedSAS records that our MAC is sent and passes on their MAC if it was held meanwhile.
+func (v *verifier) confirmedSAS(ctx context.Context, txn id.VerificationTransactionID) {
+	v.mu.Lock()
+	var held []*event.Event
+	if vr := v.txns[txn]; vr != nil {
+		vr.confirmed = true
+		held, vr.heldMAC = vr.heldMAC, nil
+	}
+	v.mu.Unlock()
+	for _, evt := range held {
+		v.private.Dispatch(ctx, evt)
 	}
 }
 
@@ -123,6 +163,9 @@ func (v *verifier) forwardInRoom(ctx context.Context, evt *event.Event) {
 	}
 	fixed := *evt
 	fixed.ID = request
+	if evt.Type == event.InRoomVerificationMAC && v.holdMAC(id.VerificationTransactionID(request), &fixed) {
+		return
+	}
 	v.private.Dispatch(ctx, &fixed)
 	if evt.Type == event.InRoomVerificationMAC {
 		v.afterMAC(ctx, id.VerificationTransactionID(request))
@@ -258,6 +301,7 @@ func (v *verifier) confirm(ctx context.Context, sas SAS) {
 		v.cancel(sas.TxnID, event.VerificationCancelCodeInternalError, "cannot confirm: "+err.Error())
 		return
 	}
+	v.confirmedSAS(ctx, sas.TxnID)
 	v.afterMAC(ctx, sas.TxnID)
 }
 

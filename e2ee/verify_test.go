@@ -92,6 +92,61 @@ func TestVerificationCrossSigned(t *testing.T) {
 	}
 }
 
+// TestVerificationOtherConfirmsFirst: between two cross-signed users, the side that confirms
+// the SAS last has the other's MAC already when it confirms. mautrix's helper then checked the
+// other user's identity against its own master key and cancelled ("master keys do not match",
+// a flake of TestVerificationCrossSigned whenever the bot's confirmation came last); the
+// verifier holds their MAC until it has confirmed. Each side in turn confirms a second after
+// the other.
+func TestVerificationOtherConfirmsFirst(t *testing.T) {
+	for _, last := range []string{"bot", "alice"} {
+		t.Run(last+" last", func(t *testing.T) {
+			srv := matrixtest.NewServer(t)
+			board := newSASBoard()
+			first := make(chan struct{})
+			confirm := func(who string) func(context.Context, e2ee.SAS) bool {
+				answer := board.confirm(who, true)
+				return func(ctx context.Context, s e2ee.SAS) bool {
+					if who != last {
+						defer close(first)
+						return answer(ctx, s)
+					}
+					ok := answer(ctx, s)
+					select {
+					case <-first: // the other side has confirmed and sent its MAC
+					case <-ctx.Done():
+						return false
+					}
+					time.Sleep(time.Second) // for its MAC to arrive here first
+					return ok
+				}
+			}
+			alice := newVerifyingParty(t, srv, "alice", e2ee.Options{PickleKey: testKey}, e2ee.VerifyOptions{Confirm: confirm("alice")})
+			bot := newVerifyingParty(t, srv, "bot", e2ee.Options{PickleKey: testKey},
+				e2ee.VerifyOptions{Allow: onlyUser(alice.c.UserID()), Confirm: confirm("bot")})
+			for _, p := range []*verifyingParty{alice, bot} {
+				t.Cleanup(func() { p.m.Close() })
+				if _, err := p.m.Bootstrap(t.Context(), e2ee.PasswordAuth(p.user, p.password), e2ee.BootstrapOptions{}); err != nil {
+					t.Fatalf("%s: bootstrap: %v", p.user, err)
+				}
+			}
+			if err := alice.m.Verify(verifyContext(t), bot.c.UserID(), bot.c.DeviceID()); err != nil {
+				t.Fatalf("alice's Verify: %v", err)
+			}
+			awaitTrust(t, bot.party, alice.party, id.TrustStateVerified)
+			for _, c := range []struct{ p, other *verifyingParty }{{alice, bot}, {bot, alice}} {
+				matrixtest.Eventually(t, func() error {
+					trusted, err := c.p.m.OlmMachine().IsUserTrusted(t.Context(), c.other.c.UserID())
+					if err != nil || !trusted {
+						return fmt.Errorf("%s does not trust %s's identity after the verification (%v)", c.p.user, c.other.user, err)
+					}
+					return nil
+				})
+			}
+		})
+	}
+}
+
 // TestVerificationInRoom: as Element verifies another user, alice asks the bot in an encrypted
 // room they share; the verification events travel through the room, encrypted.
 func TestVerificationInRoom(t *testing.T) {
