@@ -40,7 +40,7 @@ const (
 func (p *Poller) imapVerdict(ctx context.Context, from string, raw []byte, h message.Header) (envelope, verdict) {
 	env := envelope{from: from, authServID: p.opts.TrustAuthServID}
 	v := p.g.authenticate(ctx, env, raw, h)
-	if v.dmarc != authres.ResultPass && env.authServID != "" && v.fromDomain != "" && serverAuthenticated(h, env.authServID, v.fromDomain) {
+	if v.dmarc != authres.ResultPass && env.authServID != "" && v.fromDomain != "" && serverAuthenticated(h, env.authServID, v.fromDomain, v.spfAlign, v.dkimAlign) {
 		v.dmarc = authres.ResultPass
 	}
 	return env, v

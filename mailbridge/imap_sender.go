@@ -5,6 +5,7 @@ import (
 
 	"github.com/emersion/go-message"
 	"github.com/emersion/go-msgauth/authres"
+	"github.com/emersion/go-msgauth/dmarc"
 )
 
 // Who sent a mail taken from IMAP. No SMTP session of ours saw it arrive: the mailbox's own
@@ -14,7 +15,8 @@ import (
 //
 //   - the mailbox server's own top-most Authentication-Results field, named by
 //     IMAPOptions.TrustAuthServID, says dmarc=pass for the From domain, or an SPF or DKIM
-//     pass aligned with it (relaxed); or
+//     pass aligned with it as the From domain's DMARC record asks (aspf, adkim: relaxed
+//     without a record, strict when the record could not be read); or
 //   - a DKIM signature we verify ourselves is aligned with the From domain (DMARC pass, or no
 //     DMARC record and an aligned DKIM pass, as for SMTP).
 //
@@ -33,9 +35,10 @@ const (
 
 // serverAuthenticated reports whether the top-most Authentication-Results field carries
 // authServID and says the From domain passed there: dmarc=pass for it, or an SPF or DKIM pass
-// of a domain aligned with it. Only the top-most field counts: a field of that name further
-// down can be the sender's own, written before the mailbox server added its.
-func serverAuthenticated(h message.Header, authServID, fromDomain string) bool {
+// of a domain aligned with it in the mode the From domain's DMARC record asks for (spfAlign,
+// dkimAlign; "" is relaxed). Only the top-most field counts: a field of that name further down
+// can be the sender's own, written before the mailbox server added its.
+func serverAuthenticated(h message.Header, authServID, fromDomain string, spfAlign, dkimAlign dmarc.AlignmentMode) bool {
 	results, ok := serverResults(h, authServID)
 	if !ok {
 		return false
@@ -47,7 +50,7 @@ func serverAuthenticated(h message.Header, authServID, fromDomain string) bool {
 				return true
 			}
 		case *authres.DKIMResult:
-			if r.Value == authres.ResultPass && aligned(strings.ToLower(r.Domain), fromDomain, "") {
+			if r.Value == authres.ResultPass && aligned(strings.ToLower(r.Domain), fromDomain, dkimAlign) {
 				return true
 			}
 		case *authres.SPFResult:
@@ -55,7 +58,7 @@ func serverAuthenticated(h message.Header, authServID, fromDomain string) bool {
 			if domain == "" {
 				domain = strings.ToLower(r.From)
 			}
-			if r.Value == authres.ResultPass && aligned(domain, fromDomain, "") {
+			if r.Value == authres.ResultPass && aligned(domain, fromDomain, spfAlign) {
 				return true
 			}
 		}

@@ -17,8 +17,9 @@ import (
 // signature the gateway verifies itself, aligned with From, or the mailbox server's own
 // top-most Authentication-Results (the authserv-id the poller trusts). A forged Return-Path
 // and From, an Authentication-Results of another server, one of the trusted name under the
-// server's own, a signature over a modified body, and a proven sender not on the list are each
-// spooled as a dead letter with the reason, not posted.
+// server's own, a signature over a modified body, a pass the From domain's strict alignment
+// (adkim=s, aspf=s) does not count, and a proven sender not on the list are each spooled as a
+// dead letter with the reason, not posted.
 func TestIMAPAllowSendersProven(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Dendrite and Dovecot")
@@ -27,6 +28,7 @@ func TestIMAPAllowSendersProven(t *testing.T) {
 	zone.TXT("_dmarc.agency.example", "v=DMARC1; p=reject")
 	key := dkimKey(t, zone, "signed.example")
 	zone.TXT("_dmarc.signed.example", "v=DMARC1; p=reject")
+	zone.TXT("_dmarc.strict.example", "v=DMARC1; p=reject; adkim=s; aspf=s")
 
 	srv := matrixtest.NewServer(t)
 	bot := srv.NewClient(t, "mailbot")
@@ -34,7 +36,7 @@ func TestIMAPAllowSendersProven(t *testing.T) {
 	room := roomWith(t, bot, officer, false)
 	inbox := matrixtest.NewRecorder(t, officer, room)
 	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "cases@agency.example", Room: string(room),
-		AllowSenders: []string{"system@agency.example", "@signed.example"}})
+		AllowSenders: []string{"system@agency.example", "@signed.example", "@strict.example"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,6 +75,17 @@ func TestIMAPAllowSendersProven(t *testing.T) {
 		{"unaligned@agency.example", "Server's unaligned DKIM pass",
 			"Authentication-Results: mx.agency.example; dkim=pass header.d=mailer.example\r\n" +
 				mail("System <system@agency.example>", "Server's unaligned DKIM pass", "unaligned@agency.example", "x"), "sender not proven"},
+		// strict.example's DMARC record asks for strict alignment: a pass of a subdomain,
+		// aligned only in relaxed mode, proves nothing (it did before).
+		{"strict-dkim@strict.example", "Strict, subdomain DKIM pass",
+			"Authentication-Results: mx.agency.example; dkim=pass header.d=mail.strict.example\r\n" +
+				mail("Desk <desk@strict.example>", "Strict, subdomain DKIM pass", "strict-dkim@strict.example", "x"), "sender not proven"},
+		{"desk@mail.strict.example", "Strict, subdomain SPF pass",
+			"Authentication-Results: mx.agency.example; spf=pass smtp.mailfrom=desk@mail.strict.example\r\n" +
+				mail("Desk <desk@strict.example>", "Strict, subdomain SPF pass", "strict-spf@strict.example", "x"), "sender not proven"},
+		{"exact@strict.example", "Strict, exact DKIM pass",
+			"Authentication-Results: mx.agency.example; dkim=pass header.d=strict.example\r\n" +
+				mail("Desk <desk@strict.example>", "Strict, exact DKIM pass", "strict-exact@strict.example", "x"), ""},
 	}
 	for _, m := range mails {
 		appendMail(t, c, "INBOX", "Return-Path: <"+m.returnPath+">\r\n"+m.raw)

@@ -108,8 +108,12 @@ type verdict struct {
 	dmarc      authres.ResultValue
 	fromDomain string       // of the From header, "" when it has none or several
 	policy     dmarc.Policy // what the From domain asks for
-	user       string
-	overridden bool // accepted by local policy although DMARC did not pass
+	// spfAlign and dkimAlign are the alignment modes of the From domain's DMARC record
+	// (aspf, adkim): strict or relaxed; strict when its record could not be read (temperror,
+	// permerror), "" when it has none.
+	spfAlign, dkimAlign dmarc.AlignmentMode
+	user                string
+	overridden          bool // accepted by local policy although DMARC did not pass
 }
 
 // maxDNSLookups bounds the DKIM and DMARC lookups of one mail (SPF has its own limit of 10,
@@ -169,30 +173,31 @@ func (g *Gateway) authenticate(ctx context.Context, env envelope, raw []byte, h 
 		v.dkim = append(v.dkim, r)
 	}
 
-	v.dmarc, v.fromDomain, v.policy = g.dmarc(h, v, lookups)
+	v.dmarc, v.fromDomain, v.policy, v.spfAlign, v.dkimAlign = g.dmarc(h, v, lookups)
 	return v
 }
 
-// dmarc evaluates the From domain's DMARC policy against the SPF and DKIM results.
-func (g *Gateway) dmarc(h message.Header, v verdict, lookups *boundedTXT) (authres.ResultValue, string, dmarc.Policy) {
+// dmarc evaluates the From domain's DMARC policy against the SPF and DKIM results, and returns
+// the result, the From domain, its policy and its record's SPF and DKIM alignment modes.
+func (g *Gateway) dmarc(h message.Header, v verdict, lookups *boundedTXT) (result authres.ResultValue, from string, policy dmarc.Policy, spfAlign, dkimAlign dmarc.AlignmentMode) {
+	const strict = dmarc.AlignmentStrict
 	froms := h.Values("From")
 	if len(froms) != 1 {
-		return authres.ResultPermError, "", "" // RFC 7489 6.6.1: not one From field
+		return authres.ResultPermError, "", "", strict, strict // RFC 7489 6.6.1: not one From field
 	}
 	list, err := mail.ParseAddressList(froms[0])
 	if err != nil || len(list) != 1 {
-		return authres.ResultPermError, "", ""
+		return authres.ResultPermError, "", "", strict, strict
 	}
-	_, from, _ := strings.Cut(strings.ToLower(list[0].Address), "@")
+	_, from, _ = strings.Cut(strings.ToLower(list[0].Address), "@")
 	if ascii, err := idna.Lookup.ToASCII(from); err == nil {
 		from = ascii // an internationalized domain is looked up as its A-labels
 	}
 	if !validDomain(from) {
-		return authres.ResultPermError, "", ""
+		return authres.ResultPermError, "", "", strict, strict
 	}
 	org := orgDomain(from)
 	rec, err := dmarc.LookupWithOptions(from, &dmarc.LookupOptions{LookupTXT: lookups.lookup})
-	policy := dmarc.Policy("")
 	if errors.Is(err, dmarc.ErrNoPolicy) && org != from {
 		rec, err = dmarc.LookupWithOptions(org, &dmarc.LookupOptions{LookupTXT: lookups.lookup})
 		if err == nil && rec.SubdomainPolicy != "" {
@@ -201,24 +206,33 @@ func (g *Gateway) dmarc(h message.Header, v verdict, lookups *boundedTXT) (authr
 	}
 	switch {
 	case errors.Is(err, dmarc.ErrNoPolicy):
-		return authres.ResultNone, from, ""
+		return authres.ResultNone, from, "", "", ""
 	case dmarc.IsTempFail(err):
-		return authres.ResultTempError, from, ""
+		return authres.ResultTempError, from, "", strict, strict
 	case err != nil:
-		return authres.ResultPermError, from, ""
+		return authres.ResultPermError, from, "", strict, strict
 	}
 	if policy == "" {
 		policy = rec.Policy
 	}
-	if v.spf == authres.ResultPass && aligned(v.spfDomain, from, rec.SPFAlignment) {
-		return authres.ResultPass, from, policy
+	spfAlign, dkimAlign = alignment(rec.SPFAlignment), alignment(rec.DKIMAlignment)
+	if v.spf == authres.ResultPass && aligned(v.spfDomain, from, spfAlign) {
+		return authres.ResultPass, from, policy, spfAlign, dkimAlign
 	}
 	for _, d := range v.dkim {
-		if d.Value == authres.ResultPass && aligned(d.Domain, from, rec.DKIMAlignment) {
-			return authres.ResultPass, from, policy
+		if d.Value == authres.ResultPass && aligned(d.Domain, from, dkimAlign) {
+			return authres.ResultPass, from, policy, spfAlign, dkimAlign
 		}
 	}
-	return authres.ResultFail, from, policy
+	return authres.ResultFail, from, policy, spfAlign, dkimAlign
+}
+
+// alignment is a DMARC record's alignment mode, relaxed when it names none (RFC 7489 6.3).
+func alignment(mode dmarc.AlignmentMode) dmarc.AlignmentMode {
+	if mode == "" {
+		return dmarc.AlignmentRelaxed
+	}
+	return mode
 }
 
 // aligned reports whether an authenticated domain is aligned with the From domain (RFC 7489
