@@ -29,7 +29,7 @@ import (
 // MembersOnly, as SpooledMail.LastError shows them (AllowSenders' are in imap_sender.go).
 const (
 	reasonIMAPForged      = "sender authentication failed (DMARC fail) and the route's SenderPolicy is reject"
-	reasonIMAPDMARCUnsure = "sender authentication could not be completed this time (DMARC temperror, DNS) and the route's SenderPolicy is reject: retry it once DNS answers"
+	reasonIMAPDMARCUnsure = "sender authentication could not be completed this time (DMARC temperror, DNS) and the route's SenderPolicy is reject: 'spool retry' posts it without checking again"
 	reasonIMAPNotMember   = "sender is not a verified member of the federation (the route is MembersOnly)"
 )
 
