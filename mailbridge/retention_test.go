@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"maunium.net/go/mautrix/event"
 
+	"github.com/samtalhq/samtal/internal/storage/storagetest"
 	"github.com/samtalhq/samtal/mailbridge"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
@@ -53,13 +53,13 @@ func TestRetentionDeletesDeliveredMail(t *testing.T) {
 		return nil
 	})
 	matrixtest.Eventually(t, func() error {
-		file := spoolFile(t, path)
+		file := storagetest.OnDisk(t, path)
 		if bytes.Contains(file, []byte(secret)) {
 			return errors.New("the delivered mail is still in the spool's database file")
 		}
 		return nil
 	})
-	if file := spoolFile(t, path); !bytes.Contains(file, []byte(kept)) {
+	if file := storagetest.OnDisk(t, path); !bytes.Contains(file, []byte(kept)) {
 		t.Fatal("the dead mail is not in the spool's file (or the file is not read)")
 	}
 
@@ -85,23 +85,9 @@ func TestRetentionDeletesDeliveredMail(t *testing.T) {
 		if list, err := s.g.Undelivered(t.Context()); err != nil || len(list) != 0 {
 			return fmt.Errorf("undelivered after drop: %+v, %v", list, err)
 		}
-		if bytes.Contains(spoolFile(t, path), []byte(kept)) {
+		if bytes.Contains(storagetest.OnDisk(t, path), []byte(kept)) {
 			return errors.New("the dropped mail is still in the spool's database file")
 		}
 		return nil
 	})
-}
-
-// spoolFile reads a SQLite database as it is on disk: the file and its write-ahead log.
-func spoolFile(t *testing.T, path string) []byte {
-	t.Helper()
-	var file []byte
-	for _, name := range []string{path, path + "-wal"} {
-		b, err := os.ReadFile(name)
-		if err != nil && !os.IsNotExist(err) {
-			t.Fatal(err)
-		}
-		file = append(file, b...)
-	}
-	return file
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"github.com/samtalhq/samtal/e2ee"
+	"github.com/samtalhq/samtal/internal/storage/storagetest"
 	"github.com/samtalhq/samtal/matrix"
 	"github.com/samtalhq/samtal/matrix/matrixtest"
 )
@@ -67,17 +67,7 @@ func TestRetentionDropsEncryptedContent(t *testing.T) {
 	if p, err := c.Send(ctx, resp.RoomID, matrix.Text(secret), matrix.SendOptions{IdempotencyKey: string(resp.RoomID)}); err != nil || !p.Duplicate {
 		t.Fatalf("repeat after delivery: %+v, %v", p, err)
 	}
-	onDisk := func() []byte {
-		var file []byte
-		for _, name := range []string{dbPath, dbPath + "-wal"} {
-			b, err := os.ReadFile(name)
-			if err != nil && !os.IsNotExist(err) {
-				t.Fatal(err)
-			}
-			file = append(file, b...)
-		}
-		return file
-	}
+	onDisk := func() []byte { return storagetest.OnDisk(t, dbPath) }
 	matrixtest.Eventually(t, func() error {
 		if bytes.Contains(onDisk(), []byte(secret)) {
 			return errors.New("the plaintext of a message delivered into an encrypted room is still in the database file or its log")
