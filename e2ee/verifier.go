@@ -119,9 +119,14 @@ func (v *verifier) holdMAC(txn id.VerificationTransactionID, evt *event.Event) b
 	if vr == nil || vr.confirmed {
 		return false
 	}
-	vr.heldMAC = append(vr.heldMAC, evt)
+	if len(vr.heldMAC) < maxHeldMAC { // the helper takes one; a peer sending more gets the first few
+		vr.heldMAC = append(vr.heldMAC, evt)
+	}
 	return true
 }
+
+// maxHeldMAC bounds the MAC events held for one verification (holdMAC).
+const maxHeldMAC = 4
 
 // confirmedSAS records that our MAC is sent and passes on their MAC if it was held meanwhile.
 func (v *verifier) confirmedSAS(ctx context.Context, txn id.VerificationTransactionID) {
