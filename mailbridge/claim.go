@@ -133,7 +133,7 @@ func (s *spool) queueTargets(ctx context.Context) ([]pendingTarget, error) {
 }
 
 // selectDue reads deliveries with their mails.
-const selectDue = `SELECT d.spool_id, d.target, d.recipient, d.create_spec, d.attempts, m.mail_from, m.received_at, m.message
+const selectDue = `SELECT d.spool_id, d.target, d.recipient, d.create_spec, d.recheck, d.attempts, m.mail_from, m.received_at, m.message
 	FROM samtal_mail_delivery d JOIN samtal_mail_spool m ON m.id = d.spool_id`
 
 // claimTargetQuery reads the next deliveries due of one target ($1) at $2, at most $3, in the
@@ -240,7 +240,7 @@ func (s *spool) scanDeliveries(rows dbutil.Rows, err error) ([]delivery, error) 
 	for rows.Next() {
 		var d delivery
 		var received int64
-		if err := rows.Scan(&d.spoolID, &d.target, &d.recipient, &d.createSpec, &d.attempts, &d.mailFrom, &received, &d.message); err != nil {
+		if err := rows.Scan(&d.spoolID, &d.target, &d.recipient, &d.createSpec, &d.recheck, &d.attempts, &d.mailFrom, &received, &d.message); err != nil {
 			return nil, fmt.Errorf("mailbridge: read spool: %w", err)
 		}
 		d.receivedAt = time.UnixMilli(received)

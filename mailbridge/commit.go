@@ -139,8 +139,8 @@ func (c *committer) commit(batch []*commitReq) ([]int64, error) {
 				if t.refused != "" {
 					state = stateDead // refused before it was ever tried (imap_sender.go)
 				}
-				_, err := c.q.Exec(ctx, `INSERT INTO samtal_mail_delivery (spool_id, target, recipient, create_spec, state, last_error) VALUES ($1, $2, $3, $4, $5, $6)`,
-					ids[i], t.room, t.recipient, t.createSpec, state, t.refused)
+				_, err := c.q.Exec(ctx, `INSERT INTO samtal_mail_delivery (spool_id, target, recipient, create_spec, state, last_error, recheck) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+					ids[i], t.room, t.recipient, t.createSpec, state, t.refused, t.recheck)
 				if err != nil {
 					return err
 				}

@@ -78,6 +78,21 @@ func (g *Gateway) deliverDue() {
 // deliverOne posts one mail into one room, or schedules another try. The delivery is done
 // once the outbox has sent what it posted (confirm.go).
 func (g *Gateway) deliverOne(d delivery) {
+	if d.recheck != "" {
+		// A retried dead letter that DNS deferred: its checks run again first (recheck.go).
+		raw, reason, again := g.recheck(g.ctx, d)
+		if g.ctx.Err() != nil {
+			return
+		}
+		if reason != "" {
+			g.log.Warn("retried mail fails its sender checks again; dead-lettered", "spool_id", d.spoolID, "target", d.target, "reason", reason)
+			if err := g.spool.recheckFailed(g.ctx, d, reason, again, raw); err != nil && g.ctx.Err() == nil {
+				g.log.Error("dead-letter delivery", "spool_id", d.spoolID, "err", err)
+			}
+			return
+		}
+		d.message = raw
+	}
 	items, err := g.post(g.ctx, d)
 	if g.ctx.Err() != nil {
 		return // closing: the next Gateway tries again, and the idempotency key prevents a double

@@ -11,7 +11,8 @@ import (
 // through the route's SenderPolicy (DMARC), AllowSenders and MembersOnly, in the order the
 // SMTP server checks them at DATA. Where SMTP refuses the mail (550, or 451 when DNS could not
 // tell), the poller spools it for that route's room as a dead letter with the reason (nobody is
-// there to answer); `samtal gateway spool list` shows it and `spool retry` posts it. Where SMTP
+// there to answer); `samtal gateway spool list` shows it and `spool retry` posts it (one
+// that DNS deferred is checked again first, recheck.go). Where SMTP
 // marks the mail, the room shows it marked the same way: the poller writes its verdict on top
 // of the mail as the SMTP server does (Authentication-Results with Options.Domain), and the
 // converter shows it.
@@ -29,17 +30,17 @@ import (
 // MembersOnly, as SpooledMail.LastError shows them (AllowSenders' are in imap_sender.go).
 const (
 	reasonIMAPForged      = "sender authentication failed (DMARC fail) and the route's SenderPolicy is reject"
-	reasonIMAPDMARCUnsure = "sender authentication could not be completed this time (DMARC temperror, DNS) and the route's SenderPolicy is reject: 'spool retry' posts it without checking again"
+	reasonIMAPDMARCUnsure = "sender authentication could not be completed this time (DMARC temperror, DNS) and the route's SenderPolicy is reject: retry it once DNS answers, which checks it again"
 	reasonIMAPNotMember   = "sender is not a verified member of the federation (the route is MembersOnly)"
 )
 
 // imapVerdict runs sender authentication for a mail taken from IMAP whose envelope sender (as
-// the spool keeps it) is from: DKIM ourselves, SPF from the trusted mailbox server's
+// the spool keeps it) is from: DKIM ourselves, SPF from the trusted mailbox server's (authServID)
 // Authentication-Results, DMARC from both; and a DMARC pass when that server says the From
 // domain passed there.
-func (p *Poller) imapVerdict(ctx context.Context, from string, raw []byte, h message.Header) (envelope, verdict) {
-	env := envelope{from: from, authServID: p.opts.TrustAuthServID}
-	v := p.g.authenticate(ctx, env, raw, h)
+func (g *Gateway) imapVerdict(ctx context.Context, authServID, from string, raw []byte, h message.Header) (envelope, verdict) {
+	env := envelope{from: from, authServID: authServID}
+	v := g.authenticate(ctx, env, raw, h)
 	if v.dmarc != authres.ResultPass && env.authServID != "" && v.fromDomain != "" && serverAuthenticated(h, env.authServID, v.fromDomain, v.spfAlign, v.dkimAlign) {
 		v.dmarc = authres.ResultPass
 	}
@@ -49,7 +50,7 @@ func (p *Poller) imapVerdict(ctx context.Context, from string, raw []byte, h mes
 // imapPolicy is why the route of m refuses a mail with verdict v and proven senders ps, or ""
 // when it takes it: its SenderPolicy, then its AllowSenders, then MembersOnly, as at DATA.
 // postmaster@ mail is only ever marked, as over SMTP.
-func (p *Poller) imapPolicy(m Match, v verdict, ps provenSenders) string {
+func (g *Gateway) imapPolicy(m Match, v verdict, ps provenSenders) string {
 	if !m.postmaster && m.Route.SenderPolicy == SenderReject {
 		switch v.dmarc {
 		case authres.ResultFail:
@@ -62,7 +63,7 @@ func (p *Poller) imapPolicy(m Match, v verdict, ps provenSenders) string {
 		return r
 	}
 	if m.Route.MembersOnly && !m.postmaster {
-		fed := p.g.opts.Federation
+		fed := g.opts.Federation
 		if v.dmarc != authres.ResultPass || fed == nil || !fed.HasDomain(v.fromDomain) {
 			return reasonIMAPNotMember
 		}

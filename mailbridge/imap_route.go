@@ -67,18 +67,21 @@ func (p *Poller) route(ctx context.Context, mb *IMAPMailbox, raw []byte) imapRou
 		return out
 	}
 	header := message.Header{Header: h}
-	env, v := p.imapVerdict(ctx, out.from, raw, header)
+	env, v := p.g.imapVerdict(ctx, p.opts.TrustAuthServID, out.from, raw, header)
 	ps := proven(envelope{}, v, header)
 	for _, m := range matches {
 		t, ok := targetFor(m, m.Recipient)
 		if !ok {
 			continue
 		}
-		t.refused = p.imapPolicy(m, v, ps)
+		t.refused = p.g.imapPolicy(m, v, ps)
+		if deferredByDNS(t.refused) {
+			t.recheck = recheckIMAP + p.opts.TrustAuthServID
+		}
 		// As over SMTP, the strictest route of a room holds: one that refuses refuses the room.
 		if i := roomIndex(out.targets, t.room); i >= 0 {
 			if out.targets[i].refused == "" {
-				out.targets[i].refused = t.refused
+				out.targets[i].refused, out.targets[i].recheck = t.refused, t.recheck
 			}
 			continue
 		}

@@ -30,7 +30,7 @@ import (
 const (
 	reasonIMAPUnproven     = "sender not proven: no trusted Authentication-Results and no verified DKIM signature aligned with From (the route has AllowSenders)"
 	reasonIMAPNotAllowed   = "sender not allowed: the proven sender is not on the route's AllowSenders"
-	reasonIMAPUnverifiable = "sender could not be verified this time (DNS): 'spool retry' posts it without checking again"
+	reasonIMAPUnverifiable = "sender could not be verified this time (DNS): retry it once DNS answers, which checks it again"
 )
 
 // serverAuthenticated reports whether the top-most Authentication-Results field carries

@@ -35,6 +35,7 @@ type target struct {
 	recipient  string // first recipient routed there
 	createSpec string // JSON RoomSpec or ""
 	refused    string // when set, the delivery is spooled dead with this reason (no content)
+	recheck    string // with refused: how a retry checks the mail again first (recheck.go); "" posts it as it is
 }
 
 // delivery is a due delivery, with its mail.
@@ -43,6 +44,7 @@ type delivery struct {
 	target     string
 	recipient  string
 	createSpec string
+	recheck    string // samtal_mail_delivery.recheck: checks to run again before posting
 	attempts   int
 	mailFrom   string
 	receivedAt time.Time
