@@ -282,7 +282,7 @@ func runGatewaySpool(ctx context.Context, e *env, args []string) error {
 state and age of each delivery: pending (waiting for its next attempt), posted (in the outbox,
 waiting for the homeserver to take it) or dead (given up after dead_letter_after), and revives a
 dead mail: 'retry ID' makes it pending again, and the running gateway posts it within its
-max_retry_delay. 'drop ID' deletes a dead mail that is not to be delivered (the spool keeps
+max_retry_delay (IMAP mail that DNS deferred is checked again first). 'drop ID' deletes a dead mail that is not to be delivered (the spool keeps
 dead mail until then; delivered mail goes after delivery.retention). It needs only the
 database, not the homeserver; no mail content is shown.`)
 	rest, err := parseInterspersed(fs, args)
