@@ -80,8 +80,10 @@ func (p *Poller) route(ctx context.Context, mb *IMAPMailbox, raw []byte) imapRou
 		}
 		// As over SMTP, the strictest route of a room holds: one that refuses refuses the room.
 		if i := roomIndex(out.targets, t.room); i >= 0 {
-			if out.targets[i].refused == "" {
-				out.targets[i].refused, out.targets[i].recheck = t.refused, t.recheck
+			if out.targets[i].refused == "" && t.refused != "" {
+				// The refusing route's recipient names the delivery, so that a retry checks
+				// the mail again by that route (recheck.go).
+				out.targets[i].refused, out.targets[i].recheck, out.targets[i].recipient = t.refused, t.recheck, t.recipient
 			}
 			continue
 		}

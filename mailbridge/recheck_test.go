@@ -17,7 +17,8 @@ import (
 // retry once DNS answers checks it again: a signed mail is posted, shown as verified; a forged
 // one is dead again, now as forged, not posted (before, a retry posted both as they were). A
 // second retry of the forged one is an admin's decision and posts it, shown as forged. One
-// whose DNS still fails stays dead, to be retried again.
+// whose DNS still fails stays dead, to be retried again. A mail for one room through two
+// routes is checked again by the one that refused it.
 func TestIMAPRetryChecksAgain(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Dendrite and Dovecot")
@@ -32,7 +33,8 @@ func TestIMAPRetryChecksAgain(t *testing.T) {
 	officer := srv.NewClient(t, "officer")
 	room := roomWith(t, bot, officer, false)
 	inbox := matrixtest.NewRecorder(t, officer, room)
-	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "reject@agency.example", Room: string(room), SenderPolicy: mailbridge.SenderReject})
+	router, err := mailbridge.NewRouter(mailbridge.Route{Address: "reject@agency.example", Room: string(room), SenderPolicy: mailbridge.SenderReject},
+		mailbridge.Route{Address: "mark@agency.example", Room: string(room)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,6 +45,9 @@ func TestIMAPRetryChecksAgain(t *testing.T) {
 		"signed@x.example": dkimSign(t, key, "later.example", policyMail("desk@later.example", "reject@agency.example", "Signed while DNS was down")),
 		"forged@x.example": policyMail("boss@forged.example", "reject@agency.example", "Forged while DNS was down"),
 		"down@x.example":   policyMail("desk@down.example", "reject@agency.example", "DNS still down"),
+		// For the room through two routes, the first of which only marks: the stricter
+		// route refused it, and it is by that route that the retry checks it again.
+		"two@x.example": policyMail("boss@forged.example", "mark@agency.example, reject@agency.example", "Forged to two routes"),
 	}
 	for from, raw := range mails {
 		appendMail(t, c, "INBOX", "Return-Path: <"+from+">\r\n"+raw)
@@ -90,14 +95,14 @@ func TestIMAPRetryChecksAgain(t *testing.T) {
 		return ids
 	}
 	const unsure, forged = "sender authentication could not be completed this time", "sender authentication failed (DMARC fail)"
-	ids := dead(map[string]string{"signed@x.example": unsure, "forged@x.example": unsure, "down@x.example": unsure})
+	ids := dead(map[string]string{"signed@x.example": unsure, "forged@x.example": unsure, "down@x.example": unsure, "two@x.example": unsure})
 
 	// DNS answers again, but for down.example.
 	for _, d := range []string{"later.example", "forged.example"} {
 		zone.Heal("_dmarc." + d)
 		zone.TXT("_dmarc."+d, "v=DMARC1; p=reject")
 	}
-	for _, from := range []string{"signed@x.example", "forged@x.example", "down@x.example"} {
+	for _, from := range []string{"signed@x.example", "forged@x.example", "down@x.example", "two@x.example"} {
 		if err := g.Retry(t.Context(), ids[from]); err != nil {
 			t.Fatal(err)
 		}
@@ -105,9 +110,11 @@ func TestIMAPRetryChecksAgain(t *testing.T) {
 	if e := inbox.Wait(t, subjectLine("Signed while DNS was down")); !strings.Contains(e.Text(), "Sender check: DMARC pass") {
 		t.Errorf("the signed mail, retried, shows\n%s\nwant a DMARC pass", e.Text())
 	}
-	dead(map[string]string{"forged@x.example": forged, "down@x.example": unsure})
-	if n := count(inbox, subjectLine("Forged while DNS was down")); n != 0 {
-		t.Fatalf("the forged mail was posted on a retry that found it forged (%d times)", n)
+	dead(map[string]string{"forged@x.example": forged, "down@x.example": unsure, "two@x.example": forged})
+	for _, subject := range []string{"Forged while DNS was down", "Forged to two routes"} {
+		if n := count(inbox, subjectLine(subject)); n != 0 {
+			t.Fatalf("%s: posted on a retry that found it forged (%d times)", subject, n)
+		}
 	}
 
 	// The admin retries the forged mail once more: that posts it, shown as forged.

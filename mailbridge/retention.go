@@ -120,7 +120,10 @@ func (s *spool) expirable(ctx context.Context, after, cutoff int64) (ids []int64
 			return nil, 0, false, fmt.Errorf("mailbridge: read spool for retention: %w", err)
 		}
 		if received >= cutoff {
-			return ids, last, false, rows.Err() // the rest is younger
+			if err := rows.Err(); err != nil {
+				return nil, 0, false, fmt.Errorf("mailbridge: read spool for retention: %w", err)
+			}
+			return ids, last, false, nil // the rest is younger
 		}
 		read++
 		last = id
