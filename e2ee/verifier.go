@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"maunium.net/go/mautrix"
@@ -66,7 +67,9 @@ type verifier struct {
 
 	mu   sync.Mutex
 	txns map[id.VerificationTransactionID]*verification
-	seen map[string]time.Time // events passed on to the helper, for repeated
+	// heldCount counts the events hold kept back, for tests.
+	heldCount atomic.Int64
+	seen      map[string]time.Time // events passed on to the helper, for repeated
 }
 
 // verification is one verification in progress.
@@ -79,7 +82,7 @@ type verification struct {
 	rekeyed bool               // afterMAC has started new room keys for them
 
 	confirmed bool           // our MAC is sent (ConfirmSAS returned)
-	heldMAC   []*event.Event // their MAC, arrived before we confirmed (holdMAC)
+	held      []*event.Event // their MAC, arrived before we confirmed, and what followed it (hold)
 }
 
 var (
@@ -92,10 +95,8 @@ func (v *verifier) forward(ctx context.Context, evt *event.Event) {
 	if v.repeated(evt.Type.Type + "|" + evt.Sender.String() + "|" + string(evt.Content.VeryRaw)) {
 		return
 	}
-	if evt.Type == event.ToDeviceVerificationMAC {
-		if c, ok := evt.Content.Parsed.(event.VerificationTransactionable); ok && v.holdMAC(c.GetTransactionID(), evt) {
-			return
-		}
+	if c, ok := evt.Content.Parsed.(event.VerificationTransactionable); ok && v.hold(c.GetTransactionID(), evt, evt.Type == event.ToDeviceVerificationMAC) {
+		return
 	}
 	v.private.Dispatch(ctx, evt)
 	if evt.Type == event.ToDeviceVerificationMAC {
@@ -105,40 +106,54 @@ func (v *verifier) forward(ctx context.Context, evt *event.Event) {
 	}
 }
 
-// holdMAC keeps their MAC of a verification whose SAS we have not confirmed yet, to pass it on
-// once we have (confirmedSAS), and reports whether it did. When their MAC reaches mautrix's
-// helper (v0.32.0) before our confirmation, ConfirmSAS checks their cross-signing identity
-// against our own master key, not theirs, and fails with "master keys do not match": every
-// verification between two cross-signed users in which the other side confirmed first was
-// cancelled (mautrix/go pull request 554, not merged). Held until we have confirmed, their MAC
-// takes the helper's other path, which checks it against their master key.
-func (v *verifier) holdMAC(txn id.VerificationTransactionID, evt *event.Event) bool {
+// hold keeps their MAC of a verification whose SAS we have not confirmed yet, and every event
+// of theirs for it that follows (their done must not reach the helper before their MAC), to
+// pass them on once we have (confirmedSAS); it reports whether it did. When their MAC reaches
+// mautrix's helper (v0.32.0) before our confirmation, ConfirmSAS checks their cross-signing
+// identity against our own master key, not theirs, and fails with "master keys do not match":
+// every verification between two cross-signed users in which the other side confirmed first
+// was cancelled (mautrix/go pull request 554, not merged). Held until we have confirmed, their
+// MAC takes the helper's other path, which checks it against their master key. Events of
+// anyone but the other party, and cancellations, are not held.
+func (v *verifier) hold(txn id.VerificationTransactionID, evt *event.Event, isMAC bool) bool {
+	if evt.Type == event.ToDeviceVerificationCancel || evt.Type == event.InRoomVerificationCancel {
+		return false
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	vr := v.txns[txn]
-	if vr == nil || vr.confirmed {
+	if vr == nil || vr.confirmed || evt.Sender != vr.with || (!isMAC && len(vr.held) == 0) {
 		return false
 	}
-	if len(vr.heldMAC) < maxHeldMAC { // the helper takes one; a peer sending more gets the first few
-		vr.heldMAC = append(vr.heldMAC, evt)
+	if len(vr.held) < maxHeld { // a peer sending more than a verification takes gets the first few
+		vr.held = append(vr.held, evt)
 	}
+	v.heldCount.Add(1)
 	return true
 }
 
-// maxHeldMAC bounds the MAC events held for one verification (holdMAC).
-const maxHeldMAC = 4
+// maxHeld bounds the events held for one verification (hold).
+const maxHeld = 8
 
-// confirmedSAS records that our MAC is sent and passes on their MAC if it was held meanwhile.
+// confirmedSAS records that our MAC is sent and passes on, in order, what was held meanwhile;
+// what arrives while it does so is held and passed on after it.
 func (v *verifier) confirmedSAS(ctx context.Context, txn id.VerificationTransactionID) {
-	v.mu.Lock()
-	var held []*event.Event
-	if vr := v.txns[txn]; vr != nil {
-		vr.confirmed = true
-		held, vr.heldMAC = vr.heldMAC, nil
-	}
-	v.mu.Unlock()
-	for _, evt := range held {
-		v.private.Dispatch(ctx, evt)
+	for {
+		v.mu.Lock()
+		vr := v.txns[txn]
+		if vr == nil || len(vr.held) == 0 {
+			if vr != nil {
+				vr.confirmed = true
+			}
+			v.mu.Unlock()
+			return
+		}
+		held := vr.held
+		vr.held = nil
+		v.mu.Unlock()
+		for _, evt := range held {
+			v.private.Dispatch(ctx, evt)
+		}
 	}
 }
 
@@ -168,7 +183,7 @@ func (v *verifier) forwardInRoom(ctx context.Context, evt *event.Event) {
 	}
 	fixed := *evt
 	fixed.ID = request
-	if evt.Type == event.InRoomVerificationMAC && v.holdMAC(id.VerificationTransactionID(request), &fixed) {
+	if v.hold(id.VerificationTransactionID(request), &fixed, evt.Type == event.InRoomVerificationMAC) {
 		return
 	}
 	v.private.Dispatch(ctx, &fixed)

@@ -113,6 +113,7 @@ func TestVerificationOtherConfirmsFirst(t *testing.T) {
 			srv := matrixtest.NewServer(t)
 			board := newSASBoard()
 			first := make(chan struct{})
+			var lastM atomic.Pointer[e2ee.Machine] // the machine of the side that confirms last
 			confirm := func(who string) func(context.Context, e2ee.SAS) bool {
 				answer := board.confirm(who, true)
 				return func(ctx context.Context, s e2ee.SAS) bool {
@@ -126,14 +127,22 @@ func TestVerificationOtherConfirmsFirst(t *testing.T) {
 					case <-ctx.Done():
 						return false
 					}
-					time.Sleep(time.Second) // for its MAC to arrive here first
+					// Until its MAC has arrived here (and was held), or a while: before the
+					// fix nothing was held, and the MAC reached the helper first.
+					for deadline := time.Now().Add(3 * time.Second); e2ee.HeldVerificationEvents(lastM.Load()) == 0 && time.Now().Before(deadline); {
+						time.Sleep(20 * time.Millisecond)
+					}
 					return ok
 				}
 			}
 			alice := newVerifyingParty(t, srv, "alice", e2ee.Options{PickleKey: testKey}, e2ee.VerifyOptions{Confirm: confirm("alice")})
 			bot := newVerifyingParty(t, srv, "bot", e2ee.Options{PickleKey: testKey},
 				e2ee.VerifyOptions{Allow: onlyUser(alice.c.UserID()), Confirm: confirm("bot")})
+			lastM.Store(map[string]*e2ee.Machine{"alice": alice.m, "bot": bot.m}[last])
 			crossSignedVerification(t, alice, bot)
+			if n := e2ee.HeldVerificationEvents(lastM.Load()); n == 0 {
+				t.Errorf("%s confirmed last but held none of the other side's events: the case under test did not occur", last)
+			}
 		})
 	}
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/emersion/go-message"
 	"github.com/emersion/go-message/textproto"
+
+	"github.com/samtalhq/samtal/internal/storage"
 )
 
 // A dead letter that DNS deferred is checked again. A mail taken from IMAP whose sender could
@@ -66,6 +68,9 @@ func (s *spool) recheckFailed(ctx context.Context, d delivery, reason string, ag
 		if again {
 			recheck = d.recheck
 		} else if raw != nil {
+			if err := storage.SecureDelete(ctx, s.db); err != nil { // the old copy is not left in free pages
+				return err
+			}
 			if _, err := s.db.Exec(ctx, `UPDATE samtal_mail_spool SET message = $1 WHERE id = $2`, raw, d.spoolID); err != nil {
 				return err
 			}

@@ -31,13 +31,12 @@ const expireBatch = 256
 // wait for it meanwhile. When the log cannot be emptied in that time, the next sweep tries again.
 const truncateWait = 200 * time.Millisecond
 
-// retainLoop deletes delivered mail past its retention, a sweep every retentionSweep, until
-// Close.
+// retainLoop deletes delivered mail past its retention and empties SQLite's log (of what it and
+// others deleted), a sweep every retentionSweep, until Close.
 func (g *Gateway) retainLoop() {
 	defer g.worker.Done()
 	t := time.NewTicker(retentionSweep)
 	defer t.Stop()
-	scrub := false // deleted mail may still be in SQLite's log
 	for {
 		n, err := g.spool.expire(g.ctx, time.Now().Add(-g.opts.Retention))
 		if err != nil && g.ctx.Err() == nil {
@@ -45,14 +44,11 @@ func (g *Gateway) retainLoop() {
 		}
 		if n > 0 {
 			g.log.Debug("deleted delivered mail past retention", "mails", n)
-			scrub = true
 		}
-		if scrub {
-			done, err := storage.TruncateWAL(g.ctx, g.spool.db, truncateWait)
-			if err != nil && g.ctx.Err() == nil {
-				g.log.Warn("empty the database log after deleting mail", "err", err)
-			}
-			scrub = !done
+		// Every sweep, not only after its own deletes: mail dropped by an admin (samtal
+		// gateway spool drop, in another process) or rewritten by a retry is in the log too.
+		if _, err := storage.TruncateWAL(g.ctx, g.spool.db, truncateWait); err != nil && g.ctx.Err() == nil {
+			g.log.Warn("empty the database log after deleting mail", "err", err)
 		}
 		select {
 		case <-g.ctx.Done():
@@ -177,11 +173,32 @@ func (s *spool) drop(ctx context.Context, spoolID int64) error {
 	dropped := false
 	err := s.db.DoTxn(ctx, nil, func(ctx context.Context) error {
 		dropped = false
+		// On PostgreSQL the rows are locked, so that a Retry of another process waits for
+		// the drop (and then finds nothing) rather than revive what is deleted next.
+		q := `SELECT state FROM samtal_mail_delivery WHERE spool_id = $1`
+		if s.claims.postgres {
+			q += ` FOR UPDATE`
+		}
+		rows, err := s.db.Query(ctx, q, spoolID)
+		if err != nil {
+			return err
+		}
 		var dead, busy int
-		if err := s.db.QueryRow(ctx, `SELECT
-			COALESCE(SUM(CASE WHEN state = 2 THEN 1 ELSE 0 END), 0),
-			COALESCE(SUM(CASE WHEN state IN (0, 3) THEN 1 ELSE 0 END), 0)
-			FROM samtal_mail_delivery WHERE spool_id = $1`, spoolID).Scan(&dead, &busy); err != nil {
+		for rows.Next() {
+			var state int
+			if err := rows.Scan(&state); err != nil {
+				rows.Close()
+				return err
+			}
+			switch state {
+			case stateDead:
+				dead++
+			case 0, statePosted:
+				busy++
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
 			return err
 		}
 		if dead == 0 || busy > 0 {
@@ -209,8 +226,8 @@ func (s *spool) drop(ctx context.Context, spoolID int64) error {
 	if !dropped {
 		return fmt.Errorf("%w: %d", ErrNotInSpool, spoolID)
 	}
-	if _, err := storage.TruncateWAL(ctx, s.db, truncateWait); err != nil {
-		return fmt.Errorf("mailbridge: drop mail %d: %w", spoolID, err)
-	}
+	// Dropped: what is left of it in SQLite's log goes now if the log can be emptied, else at
+	// the running gateway's next sweep (retainLoop).
+	_, _ = storage.TruncateWAL(ctx, s.db, truncateWait)
 	return nil
 }
