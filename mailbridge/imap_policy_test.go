@@ -1,10 +1,8 @@
 package mailbridge_test
 
 import (
-	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -103,21 +101,9 @@ func TestIMAPRoutePolicy(t *testing.T) {
 	for _, m := range mails {
 		appendMail(t, c, "INBOX", "Return-Path: <"+m.returnPath+">\r\n"+m.raw)
 	}
-	p, err := g.NewPoller(mailbridge.IMAPOptions{Addr: imapSrv.Addr, Security: "none", Username: imapSrv.User, Password: imapSrv.Password,
+	defer runPoller(t, g, mailbridge.IMAPOptions{Addr: imapSrv.Addr, Security: "none", Username: imapSrv.User, Password: imapSrv.Password,
 		Mailboxes: []mailbridge.IMAPMailbox{{}}, TrustAuthServID: "mx.agency.example",
-		PollInterval: 200 * time.Millisecond, MinReconnectDelay: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+		PollInterval: 200 * time.Millisecond, MinReconnectDelay: 50 * time.Millisecond})()
 
 	inboxes := map[id.RoomID]*matrixtest.Recorder{roomA: inboxA, roomB: inboxB}
 	wantDead := 0

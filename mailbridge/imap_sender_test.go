@@ -1,8 +1,6 @@
 package mailbridge_test
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -90,21 +88,9 @@ func TestIMAPAllowSendersProven(t *testing.T) {
 	for _, m := range mails {
 		appendMail(t, c, "INBOX", "Return-Path: <"+m.returnPath+">\r\n"+m.raw)
 	}
-	p, err := g.NewPoller(mailbridge.IMAPOptions{Addr: imapSrv.Addr, Security: "none", Username: imapSrv.User, Password: imapSrv.Password,
+	defer runPoller(t, g, mailbridge.IMAPOptions{Addr: imapSrv.Addr, Security: "none", Username: imapSrv.User, Password: imapSrv.Password,
 		Mailboxes: []mailbridge.IMAPMailbox{{Address: "cases@agency.example", Flag: `\Seen`}}, TrustAuthServID: "mx.agency.example",
-		PollInterval: 200 * time.Millisecond, MinReconnectDelay: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+		PollInterval: 200 * time.Millisecond, MinReconnectDelay: 50 * time.Millisecond})()
 
 	for _, m := range mails {
 		if m.refused == "" {

@@ -72,6 +72,25 @@ func (s *imapSetup) options(mailboxes ...mailbridge.IMAPMailbox) mailbridge.IMAP
 	}
 }
 
+// runPoller starts a poller of g and returns a function that stops it and checks that Run
+// returned context.Canceled; defer it (before the test's end closes the gateway).
+func runPoller(t *testing.T, g *mailbridge.Gateway, opts mailbridge.IMAPOptions) (stop func()) {
+	t.Helper()
+	p, err := g.NewPoller(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	return func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Run: %v", err)
+		}
+	}
+}
+
 // run starts a poller and returns a function that stops it and waits for Run to return.
 func (s *imapSetup) run(t *testing.T, opts mailbridge.IMAPOptions) (stop func()) {
 	t.Helper()

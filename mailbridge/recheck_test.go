@@ -1,8 +1,6 @@
 package mailbridge_test
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -52,20 +50,8 @@ func TestIMAPRetryChecksAgain(t *testing.T) {
 	for from, raw := range mails {
 		appendMail(t, c, "INBOX", "Return-Path: <"+from+">\r\n"+raw)
 	}
-	p, err := g.NewPoller(mailbridge.IMAPOptions{Addr: imapSrv.Addr, Security: "none", Username: imapSrv.User, Password: imapSrv.Password,
-		Mailboxes: []mailbridge.IMAPMailbox{{}}, PollInterval: 200 * time.Millisecond, MinReconnectDelay: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	defer runPoller(t, g, mailbridge.IMAPOptions{Addr: imapSrv.Addr, Security: "none", Username: imapSrv.User, Password: imapSrv.Password,
+		Mailboxes: []mailbridge.IMAPMailbox{{}}, PollInterval: 200 * time.Millisecond, MinReconnectDelay: 50 * time.Millisecond})()
 
 	// dead waits until the deliveries from the Return-Paths named are dead with reasons that
 	// start as given, and returns the spool IDs of all three.

@@ -27,10 +27,6 @@ var retentionSweep = time.Minute
 // expireBatch is how many mails one transaction of a sweep reads and deletes at most.
 const expireBatch = 256
 
-// truncateWait is how long a sweep's truncation of SQLite's log waits for readers; writers
-// wait for it meanwhile. When the log cannot be emptied in that time, the next sweep tries again.
-const truncateWait = 200 * time.Millisecond
-
 // retainLoop deletes delivered mail past its retention and empties SQLite's log (of what it and
 // others deleted), a sweep every retentionSweep, until Close.
 func (g *Gateway) retainLoop() {
@@ -47,7 +43,7 @@ func (g *Gateway) retainLoop() {
 		}
 		// Every sweep, not only after its own deletes: mail dropped by an admin (samtal
 		// gateway spool drop, in another process) or rewritten by a retry is in the log too.
-		if _, err := storage.TruncateWAL(g.ctx, g.spool.db, truncateWait); err != nil && g.ctx.Err() == nil {
+		if _, err := storage.TruncateWAL(g.ctx, g.spool.db, storage.TruncateWait); err != nil && g.ctx.Err() == nil {
 			g.log.Warn("empty the database log after deleting mail", "err", err)
 		}
 		select {
@@ -228,6 +224,6 @@ func (s *spool) drop(ctx context.Context, spoolID int64) error {
 	}
 	// Dropped: what is left of it in SQLite's log goes now if the log can be emptied, else at
 	// the running gateway's next sweep (retainLoop).
-	_, _ = storage.TruncateWAL(ctx, s.db, truncateWait)
+	_, _ = storage.TruncateWAL(ctx, s.db, storage.TruncateWait)
 	return nil
 }

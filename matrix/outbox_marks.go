@@ -241,10 +241,6 @@ func (o *outbox) expireContent() {
 	}
 }
 
-// truncateWait is how long the sweep's truncation of SQLite's log waits for readers; writers
-// wait for it meanwhile. When the log cannot be emptied in that time, the next sweep tries again.
-const truncateWait = 200 * time.Millisecond
-
 // scrubLog empties SQLite's write-ahead log after content was dropped, so that the plaintext a
 // secure delete overwrote in the database is gone from the log as well (storage.TruncateWAL);
 // until then the log holds the pages as they were.
@@ -252,7 +248,7 @@ func (o *outbox) scrubLog() {
 	if !o.scrub.Swap(false) {
 		return
 	}
-	done, err := storage.TruncateWAL(o.ctx, o.db, truncateWait)
+	done, err := storage.TruncateWAL(o.ctx, o.db, storage.TruncateWait)
 	if err != nil && o.ctx.Err() == nil {
 		o.c.log.Warn("outbox: empty the database log after dropping content", "err", err)
 	}

@@ -24,6 +24,10 @@ func SecureDelete(ctx context.Context, db *dbutil.Database) error {
 	return nil
 }
 
+// TruncateWait is the wait for TruncateWAL of a caller that tries again later (a periodic
+// sweep): short, since new writers wait for it meanwhile.
+const TruncateWait = 200 * time.Millisecond
+
 // TruncateWAL copies SQLite's write-ahead log into the database file and empties the log, so
 // that the pages a secure delete overwrote are gone from the log as well: until then the log
 // holds them as they were, deleted content included. It waits at most wait for readers of an
